@@ -1,0 +1,5 @@
+import sys
+
+from mskai.cli import main
+
+sys.exit(main())

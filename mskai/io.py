@@ -1,0 +1,100 @@
+"""Volume files (NRRD, NIfTI) and the write-to-temp-then-rename rule for every output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import nrrd
+import numpy as np
+
+from mskai import MskaiError
+from mskai.volume import Volume
+
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def suffix_of(path) -> str:
+    name = str(path).lower()
+    for s in (".nii.gz", ".seg.nrrd"):
+        if name.endswith(s):
+            return s
+    return Path(name).suffix
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix_of(path), dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_volume(volume: Volume, path) -> Path:
+    """Write a volume as NRRD (LPS) or NIfTI (RAS). Only geometry and voxels go in the file, no DICOM fields."""
+    path = Path(path)
+    kind = suffix_of(path)
+    if kind not in (".nrrd", ".nii", ".nii.gz"):
+        raise MskaiError(f"Cannot write {path.name}: use .nrrd, .nii or .nii.gz")
+    with atomic_output(path) as tmp:
+        if kind == ".nrrd":
+            header = {
+                "space": "left-posterior-superior",
+                "space directions": volume.affine_lps[:3, :3].T,
+                "space origin": volume.affine_lps[:3, 3],
+                "kinds": ["domain", "domain", "domain"],
+                "encoding": "gzip",
+            }
+            nrrd.write(str(tmp), np.asarray(volume.array), header, compression_level=1)
+        else:
+            image = nib.Nifti1Image(np.asarray(volume.array), volume.affine_ras)
+            image.header.set_xyzt_units("mm")
+            image.set_qform(volume.affine_ras, code=1)
+            image.set_sform(volume.affine_ras, code=1)
+            nib.save(image, str(tmp))
+    return path
+
+
+def read_volume_file(path) -> Volume:
+    """Read a NRRD or NIfTI volume file."""
+    path = Path(path)
+    kind = suffix_of(path)
+    if not path.is_file():
+        raise MskaiError(f"{path} does not exist")
+    try:
+        if kind in (".nrrd", ".nhdr", ".seg.nrrd"):
+            data, header = nrrd.read(str(path))
+            space = header.get("space", "left-posterior-superior")
+            directions = np.asarray(header["space directions"], dtype=float)
+            rows = [i for i, d in enumerate(directions) if np.all(np.isfinite(d))]
+            if len(rows) != 3:
+                raise MskaiError(f"{path.name}: not a 3D volume")
+            affine = np.eye(4)
+            affine[:3, :3] = directions[rows].T
+            affine[:3, 3] = header.get("space origin", np.zeros(3))
+            if space in ("right-anterior-superior", "RAS"):
+                return Volume.from_ras(data, affine, label=path.name)
+            if space not in ("left-posterior-superior", "LPS"):
+                raise MskaiError(f"{path.name}: unsupported NRRD space {space!r}")
+            return Volume(data, affine, label=path.name)
+        if kind in (".nii", ".nii.gz"):
+            image = nib.load(str(path))
+            return Volume.from_ras(np.asanyarray(image.dataobj), image.affine, label=path.name)
+    except MskaiError:
+        raise
+    except Exception as exc:
+        raise MskaiError(f"Cannot read {path.name}: {exc.__class__.__name__}: {exc}") from None
+    raise MskaiError(f"{path.name}: not a volume file ({', '.join(VOLUME_SUFFIXES)})")

@@ -1,0 +1,1 @@
+"""Synthetic data: DICOM series written from volumes, and simple phantoms."""
