@@ -54,7 +54,7 @@ def _strip(ds: Dataset):
 
 def _mark(ds: Dataset):
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "mskai: DICOM PS3.15 Basic Application Level Confidentiality Profile (dicognito)"
+    ds.DeidentificationMethod = "PS3.15 Basic Profile; mskai; dicognito"
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = BASIC_PROFILE_CODE
     ds.DeidentificationMethodCodeSequence = Sequence([code])

@@ -186,6 +186,8 @@ def _classic_frame(ds, path) -> Frame:
 
 def read_header(path: str) -> pydicom.Dataset:
     """Read a file's header, leaving large values (the pixels) on disk. Raises MskaiError."""
+    if not os.path.isfile(path):
+        raise MskaiError("file is missing")
     try:
         ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
     except InvalidDicomError:
