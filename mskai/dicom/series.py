@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,11 +190,11 @@ def _stored_dtype(ds) -> np.dtype:
 
 
 def _invert_monochrome1(raw: np.ndarray, ds) -> np.ndarray:
-    """MONOCHROME1 shows low values bright; flip within the stored range so bright is high."""
-    bits = int(ds.get("BitsStored", ds.BitsAllocated))
+    """MONOCHROME1 shows low values bright; flip within the stored range (same dtype) so bright is high."""
     if raw.dtype.kind == "i":
-        return -1 - raw.astype(np.int64)
-    return (2**bits - 1) - raw.astype(np.int64)
+        return ~raw  # -1 - raw
+    bits = int(ds.get("BitsStored", ds.BitsAllocated))
+    return ((2**bits - 1) - raw.astype(np.int64)).astype(raw.dtype)
 
 
 def _read_native(path, ds, frames_wanted, rows, cols) -> dict:
@@ -266,13 +268,12 @@ def read_volume(plan: VolumePlan, resample: bool = False) -> Volume:
     where = {}
     for k, f in enumerate(frames):
         where.setdefault(f.path, []).append((k, f.frame_index))
-    buf = None
-    for path, items in where.items():
+    dtype = np.float32 if rescaled else _stored_dtype(read_header(frames[0].path)).newbyteorder("=")
+    buf = np.empty((len(frames), rows, cols), dtype=dtype)
+
+    def fill(path, items):
         pixels, ds = _read_frames(path, [idx for _, idx in items], rows, cols)
         monochrome1 = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-        if buf is None:
-            dtype = np.float32 if rescaled or monochrome1 else pixels[items[0][1]].dtype.newbyteorder("=")
-            buf = np.empty((len(frames), rows, cols), dtype=dtype)
         for k, idx in items:
             raw = pixels[idx]
             if raw.shape != (rows, cols):
@@ -280,10 +281,12 @@ def read_volume(plan: VolumePlan, resample: bool = False) -> Volume:
             if monochrome1:
                 raw = _invert_monochrome1(raw, ds)
             f = frames[k]
-            if rescaled:
-                buf[k] = raw * np.float32(f.slope) + np.float32(f.intercept)
-            else:
-                buf[k] = raw
+            buf[k] = raw * np.float32(f.slope) + np.float32(f.intercept) if rescaled else raw
+
+    # File reads release the GIL: a few threads overlap I/O, decoding and copying.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for future in [pool.submit(fill, path, items) for path, items in where.items()]:
+            future.result()
     array = buf.transpose(2, 1, 0)  # (k, j, i) -> (i, j, k), no copy
     affine = plan.affine_lps
     meta = {
