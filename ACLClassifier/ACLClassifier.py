@@ -28,8 +28,10 @@ class ACLClassifier(ScriptedLoadableModule):
 class ACLClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        self.ui = slicer.util.childWidgetVariables(slicer.util.loadUI(self.resourcePath("UI/ACLClassifier.ui")))
-        self.layout.addWidget(self.ui.statusLabel.parent())
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ACLClassifier.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.statusLabel.text = mskai.DEMO_NOTICE
         self.logic = ACLClassifierLogic()
 

@@ -14,7 +14,7 @@ from pydicom.errors import InvalidDicomError
 from mskai import MskaiError
 
 PIXEL_DATA = 0x7FE00010
-ENHANCED_PIXEL_TAGS = (PIXEL_DATA, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
+PIXEL_TAGS = (PIXEL_DATA, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
 
 # Header-only read: values larger than this are left in the file and not read.
 _DEFER_BYTES = 4096
@@ -55,9 +55,13 @@ class Series:
     study_date: str = ""
     patient_name: str = ""
     patient_id: str = ""
-    is_image: bool = True
     frames: list[Frame] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+
+    @property
+    def is_image(self) -> bool:
+        """False for series of non-image objects only (SR, PR, RTSTRUCT, ...)."""
+        return bool(self.frames)
 
 
 @dataclass
@@ -201,7 +205,7 @@ def read_header(path: str) -> pydicom.Dataset:
 
 def pixel_element(ds):
     """The raw (not yet read) pixel data element of a header, or None for non-image objects."""
-    for tag in ENHANCED_PIXEL_TAGS:
+    for tag in PIXEL_TAGS:
         if tag in ds:
             return ds.get_item(tag, keep_deferred=True)
     return None
@@ -247,8 +251,8 @@ def _new_series(ds) -> Series:
 def scan_files(paths, report: ScanReport | None = None) -> ScanReport:
     """Read the headers of the given files and group their images by series.
 
-    Files that are not DICOM, truncated or damaged go to ``report.problems``; non-image
-    objects (SR, PR, RTSTRUCT, ...) form series with ``is_image=False`` and no frames.
+    Files that are not DICOM, truncated or damaged go to ``report.problems``; series of
+    non-image objects (SR, PR, RTSTRUCT, ...) have no frames.
     """
     report = report or ScanReport()
     by_uid: dict[str, Series] = {s.uid: s for s in report.series}
@@ -270,12 +274,7 @@ def scan_files(paths, report: ScanReport | None = None) -> ScanReport:
             series = by_uid[uid] = _new_series(ds)
             report.series.append(series)
         series.files.append(path)
-        if not has_pixels:
-            series.is_image = False
         series.frames.extend(frames)
-    for s in report.series:
-        if not s.is_image:
-            s.frames.clear()
     report.series.sort(key=lambda s: (s.patient_id, s.study_date, s.study_uid, s.number or 0, s.uid))
     return report
 

@@ -110,8 +110,6 @@ def plan_volumes(series: Series) -> list[VolumePlan]:
         raise MskaiError(
             f"Series {series.number or ''} {series.description!r} is a {series.sop_class_name or 'non-image object'}, not images"
         )
-    if not series.frames:
-        raise MskaiError(f"Series {series.uid} has no readable images")
     plans = []
     for frames, parts in _split(series.frames, _split_keys(series.frames), []):
         for sub, sub_parts in _split_repeats(frames, parts):
