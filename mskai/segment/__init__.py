@@ -1,0 +1,1 @@
+"""Bone segmentation: labels, preprocessing, inference, post-processing, outputs, metrics, training."""

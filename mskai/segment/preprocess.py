@@ -1,0 +1,115 @@
+"""One path from a Volume to the model's grid and back, shared by training and inference.
+
+canonical: voxel axes permuted/flipped to the closest of R, A, S (no interpolation);
+model grid: the canonical grid resampled (trilinear) to the model's spacing;
+intensities: clipped to percentiles and scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mskai import MskaiError
+from mskai.volume import Volume
+
+MIN_VOXELS_PER_AXIS = 8
+MAX_VOXELS = 1_500_000_000
+
+
+@dataclass
+class CanonicalGrid:
+    """How an input volume maps onto the model grid."""
+
+    ornt: np.ndarray  # nibabel orientation: input axis -> canonical axis, flip
+    input_shape: tuple
+    canonical_shape: tuple
+    canonical_spacing: np.ndarray
+    model_shape: tuple
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        return nib.orientations.apply_orientation(array, self.ornt)
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        inverse = np.zeros_like(self.ornt)
+        for axis, (target, flip) in enumerate(self.ornt):
+            inverse[int(target)] = (axis, flip)
+        return nib.orientations.apply_orientation(array, inverse)
+
+
+def check_input(volume: Volume):
+    """Refuse volumes a model cannot use, with the reason."""
+    if volume.array.ndim != 3 or min(volume.shape) < MIN_VOXELS_PER_AXIS:
+        raise MskaiError(f"Volume {volume.shape} is too small: each axis needs at least {MIN_VOXELS_PER_AXIS} voxels")
+    if int(np.prod(volume.shape)) > MAX_VOXELS:
+        raise MskaiError(f"Volume {volume.shape} is too large ({np.prod(volume.shape) / 1e6:.0f} M voxels; "
+                         f"limit {MAX_VOXELS / 1e6:.0f} M): crop it or use a slab")
+    if volume.array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+        if bad:
+            raise MskaiError(f"Volume has {bad} NaN/infinite voxels; fix or mask them before segmenting")
+
+
+def canonical_grid(volume: Volume, spacing_mm) -> CanonicalGrid:
+    ornt = nib.orientations.io_orientation(volume.affine_ras)
+    order = ornt[:, 0].astype(int)
+    canonical_shape = tuple(int(volume.shape[i]) for i in np.argsort(order))
+    canonical_spacing = volume.spacing[np.argsort(order)]
+    model_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in
+                        zip(canonical_shape, canonical_spacing, spacing_mm))
+    return CanonicalGrid(ornt, tuple(volume.shape), canonical_shape, canonical_spacing, model_shape)
+
+
+def normalise(array, method: dict) -> np.ndarray:
+    """Intensity normalisation named in a model package: ``{"method": "percentile", "lower": 0.5, "upper": 99.5}``."""
+    array = np.asarray(array, dtype=np.float32)
+    if method["method"] != "percentile":
+        raise MskaiError(f"Unknown intensity normalisation {method['method']!r}")
+    sample = array.ravel()[:: max(1, array.size // 2_000_000)]
+    lo, hi = np.percentile(sample, [method.get("lower", 0.5), method.get("upper", 99.5)])
+    if hi <= lo:
+        raise MskaiError("Volume has (almost) constant intensity: nothing to segment")
+    return np.clip((array - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def resample(array: np.ndarray, shape, mode: str = "trilinear") -> torch.Tensor:
+    """Resample a 3D array (or C x 3D) to ``shape`` (same physical extent, voxel centres aligned)."""
+    t = torch.as_tensor(np.ascontiguousarray(array))
+    t = t[None, None] if t.ndim == 3 else t[None]
+    if tuple(t.shape[2:]) == tuple(shape):
+        return t[0]
+    kwargs = {"align_corners": False} if mode == "trilinear" else {}
+    return F.interpolate(t.float(), size=tuple(shape), mode=mode, **kwargs)[0]
+
+
+def to_model_grid(volume: Volume, spacing_mm, intensity: dict):
+    """(1 x D x H x W tensor on the model grid, CanonicalGrid)."""
+    check_input(volume)
+    grid = canonical_grid(volume, spacing_mm)
+    canonical = normalise(grid.to_canonical(volume.array), intensity)
+    return resample(canonical, grid.model_shape), grid
+
+
+def argmax_on_grid(probabilities: torch.Tensor, shape, slab_voxels: int = 8_000_000) -> np.ndarray:
+    """Label map on ``shape`` from class probabilities (C x d x h x w) on a coarser/finer grid.
+
+    Probabilities are interpolated trilinearly and the argmax taken slab by slab along the last
+    axis, so memory stays bounded for very large inputs.
+    """
+    out = np.empty(shape, dtype=np.uint8)
+    step = max(1, slab_voxels // (shape[0] * shape[1]))
+    src = probabilities[None].float()
+    axes = [2 * (torch.arange(n, dtype=torch.float32) + 0.5) / n - 1 for n in shape]
+    for start in range(0, shape[2], step):
+        stop = min(shape[2], start + step)
+        zz, yy, xx = torch.meshgrid(axes[0], axes[1], axes[2][start:stop], indexing="ij")
+        # grid_sample wants (x, y, z) = (last, middle, first) input axes
+        grid = torch.stack([xx, yy, zz], dim=-1)[None]
+        slab = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[:, :, start:stop] = slab[0].argmax(0).numpy().astype(np.uint8)
+        del slab, grid
+    return out

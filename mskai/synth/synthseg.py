@@ -1,0 +1,337 @@
+"""SynthSeg-style MR-like images rendered from label maps, for training and testing the demo bone model.
+
+Two kinds of shape source give "tissue" maps (bone marrow per bone, cortical rim, cartilage,
+menisci, muscle, fat, air...) that are rendered with random intensities per tissue:
+- ``KneeLabelSource``: the real knee label map in ../shared/data (pymskt, MIT licence);
+- ``LowerLimbPhantom``: procedural pelvis, femur, patella, tibia and fibula built from
+  signed distance functions, with random sizes, angles, knee flexion and side.
+Each sample draws a random pose (rotation, scale, elastic deformation), renders intensities,
+partial-volume blur, a random slice thickness, a bias field, gamma and noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Tissue classes shared by every source; TISSUE_TO_BONE maps them to the bone label table.
+AIR, MUSCLE, FAT, CORTEX, CARTILAGE, MENISCUS, OTHER = 0, 1, 2, 3, 4, 5, 6
+MARROW = {1: 7, 2: 8, 3: 9, 4: 10, 5: 11}  # bone label -> its marrow tissue class
+N_TISSUES = 12
+CORTEX_MM = 1.5
+# Patch axes R, A, S written in LPS: the orientation the model sees after canonical reorientation.
+CANONICAL_RAS = np.diag([-1.0, -1.0, 1.0])
+
+# Knee label map values (pymskt SAG_3D_DESS ... bones_cart_men_fib): 5 femur, 6 tibia, 7 patella, 8 fibula,
+# 1 femoral cartilage, 2/3 tibial cartilage, 4 patellar cartilage, 9/10 menisci.
+KNEE_BONES = {6: 1, 5: 2, 8: 3, 7: 5}
+KNEE_CARTILAGE = (1, 2, 3, 4)
+KNEE_MENISCI = (9, 10)
+
+
+def bone_labels_of(tissue: torch.Tensor, cortex_owner: torch.Tensor) -> torch.Tensor:
+    """Bone label map from a tissue map: marrow classes plus the cortex assigned to its bone."""
+    labels = torch.zeros_like(tissue, dtype=torch.uint8)
+    for bone, marrow in MARROW.items():
+        labels[tissue == marrow] = bone
+    cortex = tissue == CORTEX
+    labels[cortex] = cortex_owner[cortex].to(torch.uint8)
+    return labels
+
+
+class KneeLabelSource:
+    """The real knee label map as tissues; sampled by nearest neighbour in millimetres (LPS)."""
+
+    def __init__(self, path):
+        import nrrd
+        from scipy import ndimage
+
+        data, header = nrrd.read(str(path))
+        self.affine = np.eye(4)
+        self.affine[:3, :3] = np.asarray(header["space directions"], dtype=float).T
+        self.affine[:3, 3] = header["space origin"]
+        spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
+        tissue = np.full(data.shape, MUSCLE, dtype=np.uint8)
+        owner = np.zeros(data.shape, dtype=np.uint8)
+        boxes = ndimage.find_objects(data)
+        for value, bone in KNEE_BONES.items():
+            box = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in boxes[value - 1])
+            mask = data[box] == value
+            depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+            tissue[box][mask] = np.where(depth[mask] <= CORTEX_MM, CORTEX, MARROW[bone])
+            owner[box][mask] = bone
+        tissue[np.isin(data, KNEE_CARTILAGE)] = CARTILAGE
+        tissue[np.isin(data, KNEE_MENISCI)] = MENISCUS
+        self.tissue = torch.from_numpy(tissue)
+        self.owner = torch.from_numpy(owner)
+        self.shape = data.shape
+        bones = np.argwhere(owner > 0)
+        self.bone_box_mm = (self._mm(bones.min(0)), self._mm(bones.max(0)))
+        self.centre_mm = self._mm((np.array(data.shape) - 1) / 2)
+
+    def _mm(self, ijk):
+        return self.affine[:3, :3] @ np.asarray(ijk, dtype=float) + self.affine[:3, 3]
+
+    def random_centre(self, rng) -> np.ndarray:
+        lo, hi = self.bone_box_mm
+        return rng.uniform(np.minimum(lo, hi), np.maximum(lo, hi))
+
+    def sample(self, points_mm: torch.Tensor):
+        """Tissue and bone owner at LPS points (..., 3); outside the map is muscle."""
+        inv = torch.as_tensor(np.linalg.inv(self.affine), dtype=torch.float32)
+        ijk = points_mm @ inv[:3, :3].T + inv[:3, 3]
+        idx = torch.round(ijk).long()
+        inside = torch.ones(idx.shape[:-1], dtype=torch.bool)
+        for axis, n in enumerate(self.shape):
+            inside &= (idx[..., axis] >= 0) & (idx[..., axis] < n)
+            idx[..., axis] = idx[..., axis].clamp(0, n - 1)
+        tissue = self.tissue[idx[..., 0], idx[..., 1], idx[..., 2]]
+        owner = self.owner[idx[..., 0], idx[..., 1], idx[..., 2]]
+        tissue = torch.where(inside, tissue, torch.tensor(MUSCLE, dtype=torch.uint8))
+        owner = torch.where(inside, owner, torch.tensor(0, dtype=torch.uint8))
+        return tissue, owner
+
+
+# --- procedural lower limb ------------------------------------------------------------------------------
+
+
+def _capsule(p, a, b, r):
+    a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
+    ab = b - a
+    t = ((p - a) @ ab / (ab @ ab)).clamp(0, 1)
+    return torch.linalg.norm(p - (a + t[..., None] * ab), dim=-1) - r
+
+
+def _tapered(p, a, b, ra, rb):
+    a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
+    ab = b - a
+    t = ((p - a) @ ab / (ab @ ab)).clamp(0, 1)
+    return torch.linalg.norm(p - (a + t[..., None] * ab), dim=-1) - (ra + (rb - ra) * t)
+
+
+def _ellipsoid(p, c, radii):
+    q = (p - torch.as_tensor(c, dtype=torch.float32)) / torch.as_tensor(radii, dtype=torch.float32)
+    return (torch.linalg.norm(q, dim=-1) - 1) * float(min(radii))
+
+
+def _sphere(p, c, r):
+    return torch.linalg.norm(p - torch.as_tensor(c, dtype=torch.float32), dim=-1) - r
+
+
+def _rot_x(deg):
+    a = np.radians(deg)
+    return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+class LowerLimbPhantom:
+    """One random leg (hip to ankle) in LPS millimetres, hip joint centre at the origin.
+
+    Side "right" puts the leg at -L; the pelvis extends medially (+/- x) and superiorly.
+    """
+
+    def __init__(self, rng):
+        self.side = rng.choice(["left", "right"])
+        m = 1.0 if self.side == "left" else -1.0  # medial is towards -x for a left leg (x = L)
+        s = rng.uniform(0.85, 1.15)  # overall size
+        r = lambda lo, hi: rng.uniform(lo, hi) * s  # noqa: E731
+        femur_len = r(400, 460)
+        self.head_r = r(21, 25)
+        knee = np.array([m * r(5, 15), r(-5, 10), -femur_len])
+        neck_end = np.array([-m * r(30, 40), 0.0, -r(25, 35)])  # greater trochanter side is lateral
+        shaft_top = neck_end + np.array([0.0, 0.0, -r(20, 40)])
+        self.femur = dict(head=(np.zeros(3), self.head_r), neck=(np.zeros(3), neck_end, r(14, 17)),
+                          troch=(neck_end, r(16, 20)), shaft=(shaft_top, knee + [0, 0, 40], r(11, 14), r(12, 15)))
+        cw = r(20, 25)
+        self.condyles = [(knee + [sgn * cw, r(5, 10), 0], (r(18, 22), r(25, 30), r(22, 26))) for sgn in (-1, 1)]
+        flex = rng.uniform(0, 35)  # knee flexion, tibia rotates about the knee's L axis
+        self.knee, self.flex = knee, _rot_x(flex)
+        tib_len = r(340, 400)
+        self.patella = (knee + self.flex @ np.array([0, -r(32, 38), r(15, 25)]), (r(20, 24), r(9, 12), r(22, 27)))
+        self.tibia = dict(plateau=(np.array([0, r(0, 5), -r(30, 36)]), (r(36, 42), r(26, 31), r(12, 16))),
+                          shaft=(np.array([0, 0, -r(40, 50)]), np.array([0, r(0, 8), -tib_len]), r(13, 16), r(10, 12)),
+                          malleolus=(np.array([m * r(10, 16), 0, -tib_len - r(5, 12)]), r(9, 12)))
+        fx = -m * r(26, 32)
+        self.fibula = dict(head=(np.array([fx, r(12, 18), -r(50, 58)]), r(9, 12)),
+                           shaft=(np.array([fx, r(12, 18), -r(60, 70)]), np.array([fx * 1.05, r(5, 12), -tib_len - r(5, 15)]),
+                                  r(5.5, 7.5)))
+        cup = self.head_r + r(2, 4)
+        self.pelvis = dict(cup=(np.zeros(3), cup, r(5, 7)),
+                           ilium=(np.array([-m * r(5, 20), r(-5, 10), r(70, 100)]), (r(55, 70), r(10, 14), r(65, 80))),
+                           pubis=(np.array([m * 20, -r(15, 25), -r(5, 15)]), np.array([m * r(70, 85), -r(30, 45), -r(10, 25)]),
+                                  r(9, 12)),
+                           ischium=(np.array([m * 5, r(15, 25), -r(25, 35)]), np.array([m * r(35, 45), r(25, 35), -r(60, 75)]),
+                                    r(10, 13)))
+        self.thigh = (np.array([-m * 10, 0, 30]), knee + [0, 0, -10], r(75, 95), r(48, 58))
+        self.calf = (knee + [0, 0, -20], np.array([0, 0, -tib_len]) + knee, r(50, 60), r(28, 34))
+        self.fat = r(6, 15)
+        self.length = femur_len + tib_len
+
+    def random_centre(self, rng) -> np.ndarray:
+        """A point along the skeleton, so patches mostly contain bone."""
+        z = rng.uniform(-self.length, 120)
+        if z > self.knee[2]:  # thigh and pelvis: along the femur axis
+            t = np.clip(z / self.knee[2], 0, 1)
+            return np.array([self.knee[0] * t, self.knee[1] * t, z]) + rng.normal(0, 15, 3)
+        return self.knee + np.array([0, 0, z - self.knee[2]]) + rng.normal(0, 15, 3)
+
+    def _bones(self, p):
+        f = self.femur
+        femur = torch.minimum(_sphere(p, *f["head"]), _capsule(p, *f["neck"]))
+        femur = torch.minimum(femur, _sphere(p, *f["troch"]))
+        femur = torch.minimum(femur, _tapered(p, *f["shaft"]))
+        for c, radii in self.condyles:
+            femur = torch.minimum(femur, _ellipsoid(p, c, radii))
+        # tibia, fibula and patella live in the flexed shank frame around the knee
+        q = (p - torch.as_tensor(self.knee, dtype=torch.float32)) @ torch.as_tensor(self.flex, dtype=torch.float32)
+        t = self.tibia
+        tibia = torch.minimum(_ellipsoid(q, *t["plateau"]), _tapered(q, *t["shaft"]))
+        tibia = torch.minimum(tibia, _sphere(q, *t["malleolus"]))
+        fibula = torch.minimum(_sphere(q, *self.fibula["head"]), _capsule(q, *self.fibula["shaft"]))
+        patella = _ellipsoid(p, *self.patella)
+        c, radius, thick = self.pelvis["cup"]
+        above = p[..., 2] > -0.3 * radius  # the acetabulum covers the upper part of the head
+        cup = torch.where(above, torch.abs(_sphere(p, c, radius + thick / 2)) - thick / 2, torch.tensor(1e3))
+        ilium = _ellipsoid(p, *self.pelvis["ilium"])
+        pelvis = torch.minimum(torch.minimum(cup, ilium),
+                               torch.minimum(_capsule(p, *self.pelvis["pubis"]), _capsule(p, *self.pelvis["ischium"])))
+        return {1: tibia, 2: femur, 3: fibula, 4: pelvis, 5: patella}
+
+    def sample(self, points_mm: torch.Tensor):
+        p = points_mm.float()
+        limb = torch.minimum(_tapered(p, *self.thigh), _tapered(p, *self.calf))
+        limb = torch.minimum(limb, _ellipsoid(p, np.array([0, 0, 60.0]), (160.0, 110.0, 120.0)))
+        tissue = torch.full(p.shape[:-1], AIR, dtype=torch.uint8)
+        tissue[limb < 0] = FAT
+        tissue[limb < -self.fat] = MUSCLE
+        owner = torch.zeros(p.shape[:-1], dtype=torch.uint8)
+        for bone, sdf in self._bones(p).items():  # later bones win overlaps: pelvis, patella last
+            inside = sdf < 0
+            owner[inside] = bone
+            tissue[inside] = torch.where(sdf[inside] > -CORTEX_MM, torch.tensor(CORTEX, dtype=torch.uint8),
+                                         torch.tensor(MARROW[bone], dtype=torch.uint8))
+        return tissue, owner
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+
+
+def _rotation(rng, max_deg):
+    from mskai.synth.phantom import rotation
+
+    r = np.eye(3)
+    for axis in np.eye(3):
+        r = rotation(axis, rng.uniform(-max_deg, max_deg)) @ r
+    return r
+
+
+def _smooth_field(rng, shape, coarse=4, scale=1.0):
+    field = torch.as_tensor(rng.normal(0, scale, (1, 1, coarse, coarse, coarse)), dtype=torch.float32)
+    return F.interpolate(field, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0]
+
+
+def _blur_axis(image, axis, sigma_vox):
+    if sigma_vox < 0.3:
+        return image
+    radius = int(np.ceil(3 * sigma_vox))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma_vox) ** 2)
+    kernel /= kernel.sum()
+    moved = image.movedim(axis, -1)
+    shape = moved.shape
+    flat = moved.reshape(-1, 1, shape[-1])
+    out = F.conv1d(F.pad(flat, (radius, radius), mode="replicate"), kernel[None, None])
+    return out.reshape(shape).movedim(-1, axis)
+
+
+def sample_grid_points(shape, spacing, directions, centre, rng, max_rotation=15.0, scale=0.1, elastic_mm=3.0):
+    """LPS points (…, 3) of a grid centred at ``centre`` after a random pose and elastic deformation."""
+    spacing = np.asarray(spacing, dtype=float)
+    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    pose = _rotation(rng, max_rotation) * rng.uniform(1 - scale, 1 + scale)
+    m = torch.as_tensor(pose @ np.asarray(directions) @ np.diag(spacing), dtype=torch.float32)
+    points = ijk @ m.T + torch.as_tensor(centre, dtype=torch.float32)
+    if elastic_mm > 0:
+        disp = torch.stack([_smooth_field(rng, shape, coarse=5, scale=elastic_mm) for _ in range(3)], dim=-1)
+        points = points + disp
+    return points
+
+
+def render(tissue: torch.Tensor, rng, spacing, fast: bool = False) -> torch.Tensor:
+    """MR-like intensities for a tissue map: random contrast, texture, slice thickness, bias, gamma, noise."""
+    means = torch.as_tensor(rng.uniform(0, 1, N_TISSUES), dtype=torch.float32)
+    stds = torch.as_tensor(rng.uniform(0, 0.08, N_TISSUES), dtype=torch.float32)
+    if rng.random() < 0.7:  # usual MR: air dark
+        means[AIR] = rng.uniform(0, 0.08)
+    image = means[tissue.long()] + stds[tissue.long()] * torch.randn(tissue.shape, generator=_torch_rng(rng))
+    image = image * (1 + _smooth_field(rng, tissue.shape, coarse=8, scale=0.08))  # tissue texture
+    image = _blur_axis(_blur_axis(_blur_axis(image, 0, 0.5), 1, 0.5), 2, 0.5)  # partial volume
+    if rng.random() < 0.7:  # thick slices along a random axis (anisotropic acquisitions)
+        axis = int(rng.integers(3))
+        thickness_mm = rng.uniform(1.0, 4.0)
+        image = _blur_axis(image, axis, thickness_mm / 2.355 / spacing[axis])
+    image = image * torch.exp(_smooth_field(rng, tissue.shape, coarse=4, scale=rng.uniform(0, 0.3)))
+    image = image.clamp(min=0)
+    image = image / image.max().clamp(min=1e-6)
+    image = image ** float(np.exp(rng.normal(0, 0.25)))
+    image = image + rng.uniform(0, 0.04) * torch.randn(image.shape, generator=_torch_rng(rng))
+    return image
+
+
+def _torch_rng(rng):
+    return torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def default_sources(knee_label_path, rng, n_phantoms: int = 4):
+    sources = [KneeLabelSource(knee_label_path)] if knee_label_path else []
+    sources += [LowerLimbPhantom(rng) for _ in range(n_phantoms)]
+    return sources
+
+
+class SyntheticPatches(torch.utils.data.IterableDataset):
+    """Endless random (image 1xPxPxP, labels PxPxP) training patches on the model grid.
+
+    Each worker draws new procedural phantoms every ``new_phantom_every`` samples.
+    """
+
+    def __init__(self, knee_label_path, patch=64, spacing=1.0, seed=0, knee_fraction=0.5, new_phantom_every=20):
+        self.knee_label_path = Path(knee_label_path) if knee_label_path else None
+        self.patch, self.spacing, self.seed = patch, float(spacing), seed
+        self.knee_fraction, self.new_phantom_every = knee_fraction, new_phantom_every
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed + (info.id if info else 0) * 7919)
+        knee = KneeLabelSource(self.knee_label_path) if self.knee_label_path else None
+        phantom, count = None, 0
+        while True:
+            if phantom is None or count % self.new_phantom_every == 0:
+                phantom = LowerLimbPhantom(rng)
+            count += 1
+            source = knee if knee is not None and rng.random() < self.knee_fraction else phantom
+            yield make_sample(source, rng, (self.patch,) * 3, (self.spacing,) * 3, directions=CANONICAL_RAS)
+
+
+def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, supersample=1, **pose):
+    """Render one case/patch: (image tensor 1 x shape, bone labels uint8 tensor shape)."""
+    from mskai import MskaiError
+    from mskai.segment.preprocess import normalise
+
+    centre = source.random_centre(rng) if centre is None else centre
+    fine_shape = tuple(n * supersample for n in shape)
+    fine_spacing = np.asarray(spacing, dtype=float) / supersample
+    points = sample_grid_points(fine_shape, fine_spacing, directions, centre, rng, **pose)
+    tissue, owner = source.sample(points)
+    image = render(tissue, rng, fine_spacing)
+    image = F.avg_pool3d(image[None, None], supersample)[0, 0]
+    labels = bone_labels_of(tissue, owner)
+    onehot = F.one_hot(labels.long(), 6).permute(3, 0, 1, 2).float()
+    labels = F.avg_pool3d(onehot[None], supersample)[0].argmax(0).to(torch.uint8)
+    try:
+        image = torch.as_tensor(normalise(image.numpy(), {"method": "percentile", "lower": 0.5, "upper": 99.5}))
+    except MskaiError:  # a featureless patch
+        image = torch.zeros_like(image)
+    return image[None], labels
