@@ -117,9 +117,9 @@ def _output_paths(out: Path, count: int):
     return [out.with_name(f"{stem}_v{n}{suffix}") for n in range(1, count + 1)]
 
 
-def cmd_convert(args):
-    from mskai.dicom import plan_volumes, read_volume, scan_source
-    from mskai.io import write_volume
+def _select_plans(args):
+    """The volume plans of the chosen series (all, or the one --volume names) and the scan report."""
+    from mskai.dicom import plan_volumes, scan_source
 
     report = scan_source(args.source)
     series = _select_series(report, args.source, args.series)
@@ -128,6 +128,26 @@ def cmd_convert(args):
         if not 1 <= args.volume <= len(plans):
             raise MskaiError(f"--volume must be 1-{len(plans)} for this series")
         plans = [plans[args.volume - 1]]
+    return plans, report
+
+
+def _input_volume(args):
+    """The one volume a command works on: a volume file, or a DICOM series (first volume unless --volume)."""
+    from mskai.dicom import read_volume
+    from mskai.io import VOLUME_SUFFIXES, read_volume_file, suffix_of
+
+    if suffix_of(args.source) in VOLUME_SUFFIXES and Path(args.source).is_file():
+        return read_volume_file(args.source)
+    plans, report = _select_plans(args)
+    _print_problems(report.problems)
+    return read_volume(plans[0], resample=args.resample)
+
+
+def cmd_convert(args):
+    from mskai.dicom import read_volume
+    from mskai.io import write_volume
+
+    plans, report = _select_plans(args)
     for plan, out in zip(plans, _output_paths(Path(args.output), len(plans))):
         volume = read_volume(plan, resample=args.resample)
         write_volume(volume, out)
@@ -167,6 +187,140 @@ def cmd_synth_series(args):
     return 0
 
 
+def _parse_slab(text):
+    if not text:
+        return None
+    unit = "slices" if text.endswith("slices") else "mm"
+    low, _, high = text.removesuffix(unit).partition(":")
+    try:
+        return float(low), float(high), unit
+    except ValueError:
+        raise MskaiError(f"--slab must look like -400:-50mm or 10:120slices, not {text!r}") from None
+
+
+def _progress_printer(mode):
+    """progress(stage, fraction): tqdm bars on a terminal, or JSON lines for the Slicer modules."""
+    if mode == "json":
+        return lambda stage, fraction: print(json.dumps({"stage": stage, "progress": round(fraction, 4)}),
+                                             file=sys.stderr, flush=True)
+    if mode == "none":
+        return None
+    from tqdm import tqdm
+
+    bars = {}
+
+    def show(stage, fraction):
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=100, desc=stage, unit="%", leave=False))
+        bar.update(round(fraction * 100) - bar.n)
+        if fraction >= 1:
+            bar.close()
+
+    return show
+
+
+def cmd_segment(args):
+    import time
+
+    from mskai.io import staged_folder
+    from mskai.models.registry import find_model
+    from mskai.segment.infer import SegmentOptions, segment_volume
+    from mskai.segment.labels import labels_from_table
+    from mskai.segment.outputs import write_outputs
+    from mskai.segment.postprocess import PostprocessOptions
+
+    t = time.perf_counter()
+    package = find_model(args.model, task="segmentation")
+    volume = _input_volume(args)
+    load_s = time.perf_counter() - t
+    post = PostprocessOptions.from_settings(enabled=not args.no_postprocess, fill_holes=not args.no_fill_holes,
+                                            min_island_fraction=args.min_island_fraction,
+                                            max_components=args.max_components)
+    options = SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
+                             batch_size=args.batch_size, slab=_parse_slab(args.slab),
+                             check_input=not args.no_input_check, postprocess=post)
+    result = segment_volume(volume, package, options, progress=_progress_printer(args.progress))
+    timings = {"load": load_s, **result.timings}
+    formats = tuple(f.strip() for f in args.formats.split(","))
+    with staged_folder(args.output) as staging:
+        out = write_outputs(result.labels, staging, model=package, timings=timings, settings=result.settings,
+                            formats=formats, dicom_seg=args.dicom_seg, table=labels_from_table(package.metadata["labels"]))
+    report = out["report"]
+    if package.metadata["demo"]:
+        print("NOTE: demo model trained on synthetic data - not for clinical use.", file=sys.stderr)
+    print(f"{'bone':<8} {'volume mL':>10} {'surface cm2':>12}")
+    for bone in report["bones"]:
+        area = bone["surface_area_cm2"]
+        print(f"{bone['name']:<8} {bone['volume_ml']:>10.1f} {area if area is not None else '-':>12}")
+    print(f"Wrote {sum(len(v) if isinstance(v, list) else 1 for v in out['files'].values())} files to {args.output} "
+          f"in {sum(report['timings_s'].values()):.1f} s")
+    return 0
+
+
+def cmd_evaluate(args):
+    from mskai.segment.metrics import evaluate
+    from mskai.segment.outputs import read_segmentation
+
+    rows = evaluate(read_segmentation(args.segmentation), read_segmentation(args.reference))
+    print(f"{'bone':<8} {'Dice':>6} {'vol mL':>8} {'ref mL':>8} {'err mL':>8} {'HD95 mm':>8} {'ASD mm':>7}")
+    for r in rows:
+        print(f"{r['name']:<8} {r['dice']:>6.3f} {r['volume_ml']:>8.1f} {r['reference_volume_ml']:>8.1f} "
+              f"{r['volume_error_ml']:>8.1f} {r['hd95_mm']:>8.2f} {r['asd_mm']:>7.2f}")
+    if args.json:
+        from mskai.io import atomic_output
+
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_train_seg(args):
+    import numpy as np
+
+    from mskai.models.registry import find_model
+    from mskai.segment.dataset import FolderPatches, _nnunet_remap, find_pairs, load_case
+    from mskai.segment.train import INTENSITY, TrainConfig, train
+
+    init = find_model(args.init, task="segmentation") if args.init else None
+    spacing = init.input["spacing_mm"] if init else [args.spacing] * 3
+    intensity = init.input["intensity"] if init else INTENSITY
+    pairs = find_pairs(args.data)
+    remap = _nnunet_remap(Path(args.data))
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(pairs))
+    n_val = max(1, round(len(pairs) * args.val_fraction)) if len(pairs) > 1 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:] if len(pairs) > 1 else order
+    print(f"{len(train_idx)} training and {len(val_idx)} validation cases from {args.data}")
+    cases = [load_case(*pairs[i], spacing, intensity, remap) for i in train_idx]
+    val = [load_case(*pairs[i], spacing, intensity, remap) for i in val_idx] or cases[:1]
+    config = TrainConfig(spacing_mm=float(spacing[0]), patch=args.patch, batch_size=args.batch_size,
+                         iterations=args.iterations, eval_every=args.eval_every, lr=args.lr, patience=args.patience,
+                         seed=args.seed, threads=args.threads, model_id=args.id or (init.id if init else "mskai-bones"),
+                         version=args.version, training_data=args.training_data)
+    train(FolderPatches(cases, args.patch, args.seed), val, config, args.output, init_package=init)
+    print(f"Model package written to {args.output}")
+    return 0
+
+
+def cmd_models_list(args):
+    from mskai.models.registry import bundled_dir, list_models, user_dir
+
+    models = list_models()
+    for m in models:
+        demo = "  [demo, synthetic training data]" if m.metadata["demo"] else ""
+        print(f"{m.id}@{m.version}  {m.metadata['task']}  {m.source}{demo}")
+    if not models:
+        print(f"No models in {user_dir()} or {bundled_dir()}")
+    return 0
+
+
+def cmd_models_install(args):
+    from mskai.models.registry import install_model
+
+    package = install_model(args.source, sha256=args.sha256)
+    print(f"Installed {package.id}@{package.version} into {package.source}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mskai", description="SlicerAutoSegMSK engine: MSK MRI tools.")
     parser.add_argument("--version", action="version", version=f"mskai {__version__}")
@@ -200,6 +354,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--seed", help="secret that makes fake values and UID mapping repeatable")
     p.set_defaults(func=cmd_anonymise)
+
+    p = top.add_parser("segment", help="segment the lower-limb bones of a DICOM series or a volume file")
+    p.add_argument("source", help="DICOM folder, Slicer DICOM database, or .nrrd / .nii.gz volume")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--series", help="which series (see `mskai dicom ls`)")
+    p.add_argument("--volume", type=int, help="which volume of a multi-volume series (default: the first)")
+    p.add_argument("--resample", action="store_true", help="resample unequally spaced slices instead of refusing")
+    p.add_argument("--model", default="mskai-bones-demo", help="model id[@version] or package path")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--fast", action="store_true", help="coarser model spacing: faster on a CPU, less detail")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0-0.9)")
+    p.add_argument("--batch-size", type=int, default=2, help="sliding windows per batch")
+    p.add_argument("--slab", help="segment only an inferior-superior range: LOW:HIGHmm (patient S) or LOW:HIGHslices")
+    p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
+    p.add_argument("--min-island-fraction", type=float, help="drop pieces below this fraction of a bone (0.01)")
+    p.add_argument("--max-components", type=int, help="keep this many largest pieces per bone (2; 0 = all)")
+    p.add_argument("--no-fill-holes", action="store_true")
+    p.add_argument("--formats", default="nii.gz,nrrd,seg.nrrd,stl,ply,obj,report",
+                   help="outputs: nii.gz, nrrd, seg.nrrd, stl, ply, obj, report")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM SEG referencing the source series (it carries the patient's identity)")
+    p.add_argument("--no-input-check", action="store_true", help="run even on a modality/plane the model does not expect")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    p.set_defaults(func=cmd_segment)
+
+    p = top.add_parser("evaluate", help="Dice, volume error, HD95 and surface distance per bone against a reference")
+    p.add_argument("segmentation", help="label map (.nii.gz/.nrrd), .seg.nrrd or DICOM SEG")
+    p.add_argument("reference", help="the reference, in any of the same formats")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = top.add_parser("train-seg", help="train or fine-tune a bone model from image + label pairs")
+    p.add_argument("data", help="folder: nnU-Net raw layout, images/ + labels/, or <case>_image + <case>_label")
+    p.add_argument("-o", "--output", required=True, help="folder for the model package, log and curves")
+    p.add_argument("--init", help="fine-tune this model (id or package path) instead of starting from scratch")
+    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--eval-every", type=int, default=150)
+    p.add_argument("--patience", type=int, default=6, help="evaluations without improvement before stopping")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--spacing", type=float, default=1.0, help="model voxel size in mm (new models)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--id", help="model id of the new package")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--training-data", default="", help="a description of the training data for the package")
+    p.set_defaults(func=cmd_train_seg)
+
+    models = top.add_parser("models", help="list and install model packages").add_subparsers(dest="models_command",
+                                                                                             required=True)
+    p = models.add_parser("list", help="bundled and user-installed models")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("install", help="install a package folder, .zip, or http(s) URL into the user models folder")
+    p.add_argument("source")
+    p.add_argument("--sha256", help="checksum of the downloaded file (required for URLs)")
+    p.set_defaults(func=cmd_models_install)
 
     synth = top.add_parser("synth", help="synthetic sample data").add_subparsers(dest="synth_command", required=True)
     p = synth.add_parser("series", help="write a synthetic MR phantom series")

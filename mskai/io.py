@@ -43,6 +43,27 @@ def atomic_output(path):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def staged_folder(folder):
+    """Yield a hidden staging folder inside ``folder``; on success its files move into ``folder``, else vanish.
+
+    Every file appears under its final name only once all outputs have been written.
+    """
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".mskai-staging-", dir=folder))
+    try:
+        yield staging
+        for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+            dst = folder / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_volume(volume: Volume, path) -> Path:
     """Write a volume as NRRD (LPS) or NIfTI (RAS). Only geometry and voxels go in the file, no DICOM fields."""
     path = Path(path)

@@ -295,6 +295,7 @@ def read_volume(plan: VolumePlan, resample: bool = False) -> Volume:
         "label": plan.label,
         "echo_time": frames[0].echo_time,
         "resampled": None,
+        "frame_files": [f.path for f in frames],  # slice k's file: lets a DICOM SEG reference its sources
     }
     if plan.uneven_gaps:
         array, affine = _resample_slices(array, plan)

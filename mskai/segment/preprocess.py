@@ -30,6 +30,7 @@ class CanonicalGrid:
     canonical_shape: tuple
     canonical_spacing: np.ndarray
     model_shape: tuple
+    canonical_affine_ras: np.ndarray
 
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
         return nib.orientations.apply_orientation(array, self.ornt)
@@ -61,7 +62,8 @@ def canonical_grid(volume: Volume, spacing_mm) -> CanonicalGrid:
     canonical_spacing = volume.spacing[np.argsort(order)]
     model_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in
                         zip(canonical_shape, canonical_spacing, spacing_mm))
-    return CanonicalGrid(ornt, tuple(volume.shape), canonical_shape, canonical_spacing, model_shape)
+    affine = volume.affine_ras @ nib.orientations.inv_ornt_aff(ornt, volume.shape)
+    return CanonicalGrid(ornt, tuple(volume.shape), canonical_shape, canonical_spacing, model_shape, affine)
 
 
 def normalise(array, method: dict) -> np.ndarray:

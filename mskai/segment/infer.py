@@ -1,0 +1,201 @@
+"""Run a segmentation model package on a Volume: preprocess, sliding windows, back onto the input grid, clean."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mskai import MskaiError
+from mskai.segment.labels import labels_from_table
+from mskai.segment.postprocess import PostprocessOptions, clean_labels
+from mskai.segment.preprocess import argmax_on_grid, canonical_grid, check_input, normalise, resample
+from mskai.volume import Volume
+
+
+class Cancelled(MskaiError):
+    """Raised when the cancel flag is set; no output has been written."""
+
+
+@dataclass
+class SegmentOptions:
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None
+    fast: bool = False  # coarser spacing (the package's fast_spacing_mm)
+    overlap: float = 0.25
+    batch_size: int = 2
+    slab: tuple | None = None  # (low, high, "mm" | "slices"): superior-inferior range to segment
+    check_input: bool = True  # refuse a modality or plane the model was not made for
+    postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
+
+
+@dataclass
+class SegmentResult:
+    labels: Volume  # uint8 label map on the input grid
+    timings: dict  # seconds per stage
+    settings: dict  # what was actually used (spacing, batch size, device, fallbacks)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MskaiError("--device cuda asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def check_compatible(volume: Volume, package):
+    """Refuse a modality or plane the package says it was not made for."""
+    spec = package.input
+    modality = volume.meta.get("modality")
+    if modality and spec["modality"] != "any" and modality != spec["modality"]:
+        raise MskaiError(f"Model {package.id} segments {spec['modality']} images; this series is {modality}")
+    plane = volume.meta.get("plane")
+    if plane and spec["plane"] != "any" and plane != spec["plane"]:
+        raise MskaiError(f"Model {package.id} expects {spec['plane']} slices; this series is {plane}")
+
+
+def _slab_crop(volume: Volume, grid, slab) -> tuple:
+    """Canonical-grid slices of the superior-inferior slab (all of it when slab is None)."""
+    crop = [slice(0, n) for n in grid.canonical_shape]
+    if slab is None:
+        return tuple(crop)
+    low, high, unit = slab
+    if unit == "slices":  # indices along the input's third (slice) axis
+        axis, flip = int(grid.ornt[2, 0]), grid.ornt[2, 1] < 0
+        n = volume.shape[2]
+        lo, hi = max(0, int(low)), min(n, int(high))
+        if flip:
+            lo, hi = n - hi, n - lo
+    elif unit == "mm":  # patient S coordinate; the canonical third axis runs inferior -> superior
+        axis = 2
+        a = grid.canonical_affine_ras
+        ci, cj = (grid.canonical_shape[0] - 1) / 2, (grid.canonical_shape[1] - 1) / 2
+        s = a[2, 0] * ci + a[2, 1] * cj + a[2, 2] * np.arange(grid.canonical_shape[2]) + a[2, 3]
+        inside = np.nonzero((s >= min(low, high)) & (s <= max(low, high)))[0]
+        lo, hi = (int(inside[0]), int(inside[-1]) + 1) if len(inside) else (0, 0)
+    else:
+        raise MskaiError(f"Slab unit must be mm or slices, not {unit!r}")
+    if hi - lo < 8:
+        raise MskaiError(f"The slab {low}-{high} {unit} holds fewer than 8 slices of this volume")
+    crop[axis] = slice(lo, hi)
+    return tuple(crop)
+
+
+def _n_windows(shape, roi, overlap) -> int:
+    n = 1
+    for size, r in zip(shape, roi):
+        r = min(size, r)
+        step = max(1, int(r * (1 - overlap)))
+        n *= math.ceil((size - r) / step) + 1 if size > r else 1
+    return n
+
+
+def estimate_memory_bytes(model_shape, n_classes, roi, batch_size, widest_channels=128) -> int:
+    """Rough peak for sliding-window inference: output and count maps plus one batch of activations."""
+    voxels = int(np.prod(model_shape))
+    return voxels * (n_classes * 4 * 2 + 8) + batch_size * int(np.prod(roi)) * widest_channels * 4 * 6
+
+
+def _available_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def segment_volume(volume: Volume, package, options: SegmentOptions | None = None, progress=None,
+                   cancel=None) -> SegmentResult:
+    """Segment a volume with a segmentation model package.
+
+    progress: called as progress(stage, fraction) with stage in preprocess/infer/postprocess.
+    cancel: a callable returning True to stop; checked between sliding windows (raises Cancelled).
+    """
+    from monai.inferers import sliding_window_inference
+
+    options = options or SegmentOptions()
+    progress = progress or (lambda stage, fraction: None)
+    if package.metadata["task"] != "segmentation":
+        raise MskaiError(f"Model {package.id} is a {package.metadata['task']} model, not a segmentation model")
+    check_input(volume)
+    if options.check_input:
+        check_compatible(volume, package)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = _device(options.device)
+    spec = package.input
+    labels_table = labels_from_table(package.metadata["labels"])
+    n_classes = len(labels_table) + 1
+    roi = tuple(spec["patch_size"])
+    timings, settings = {}, {"device": str(device), "fallbacks": []}
+
+    t = time.perf_counter()
+    progress("preprocess", 0.0)
+    fast = options.fast
+    spacing = spec.get("fast_spacing_mm") if fast else spec["spacing_mm"]
+    grid = canonical_grid(volume, spacing)
+    crop = _slab_crop(volume, grid, options.slab)
+    crop_shape = tuple(s.stop - s.start for s in crop)
+    batch = options.batch_size
+
+    def model_shape_for(sp):
+        return tuple(max(1, round(n * c / t_)) for n, c, t_ in zip(crop_shape, grid.canonical_spacing, sp))
+
+    model_shape = model_shape_for(spacing)
+    budget = 0.6 * _available_bytes()
+    while estimate_memory_bytes(model_shape, n_classes, roi, batch) > budget:
+        if batch > 1:
+            batch = 1
+            settings["fallbacks"].append("batch size 1 to fit memory")
+        elif not fast and spec.get("fast_spacing_mm"):
+            fast, spacing = True, spec["fast_spacing_mm"]
+            model_shape = model_shape_for(spacing)
+            settings["fallbacks"].append(f"fast mode ({spacing} mm) to fit memory")
+        else:
+            need = estimate_memory_bytes(model_shape, n_classes, roi, batch) / 2**30
+            raise MskaiError(f"Not enough memory: about {need:.1f} GiB needed, {budget / 0.6 / 2**30:.1f} GiB "
+                             "available; use a slab (--slab) or a machine with more memory")
+    settings.update(spacing_mm=list(spacing), batch_size=batch, fast=fast, model_grid=list(model_shape))
+    canonical = normalise(grid.to_canonical(volume.array)[crop], spec["intensity"])
+    image = resample(canonical, model_shape)
+    del canonical
+    timings["preprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    net = package.build_network().to(device)
+    total = _n_windows(model_shape, roi, options.overlap)
+    done = [0]
+
+    def predictor(x):
+        if cancel is not None and cancel():
+            raise Cancelled("Segmentation cancelled")
+        y = net(x)
+        done[0] += x.shape[0]
+        progress("infer", min(1.0, done[0] / total))
+        return y
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(image[None].to(device), roi_size=roi, sw_batch_size=batch,
+                                          predictor=predictor, overlap=options.overlap, mode="gaussian",
+                                          sw_device=device, device=torch.device("cpu"))
+        probabilities = torch.softmax(logits[0], dim=0)
+    del logits, image
+    timings["infer"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    progress("postprocess", 0.0)
+    canonical_labels = np.zeros(grid.canonical_shape, dtype=np.uint8)
+    canonical_labels[crop] = argmax_on_grid(probabilities, crop_shape)
+    del probabilities
+    labels = np.ascontiguousarray(grid.from_canonical(canonical_labels))
+    labels = clean_labels(labels, [label.value for label in labels_table], options.postprocess)
+    timings["postprocess"] = time.perf_counter() - t
+    progress("postprocess", 1.0)
+    meta = {k: v for k, v in volume.meta.items() if k in ("modality", "plane", "series_uid", "frame_files")}
+    return SegmentResult(Volume(labels, volume.affine_lps.copy(), label="bones", meta=meta), timings, settings)
