@@ -43,3 +43,40 @@ def _sitk_read_series(files):
     affine[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
     affine[:3, 3] = image.GetOrigin()
     return sitk.GetArrayFromImage(image).transpose(2, 1, 0), affine
+
+
+def make_package(folder, constant_class=None, channels=(4, 8), seed=0, **metadata):
+    """A small but real segmentation model package on disk (MONAI UNet, safetensors weights).
+
+    constant_class: zero every weight and bias the final layer so the network predicts that class
+    everywhere, which makes pipeline geometry testable without a trained model.
+    """
+    import torch
+
+    from mskai.models.networks import build_network
+    from mskai.models.package import save_package
+    from mskai.segment.labels import label_table
+    from mskai.segment.train import INTENSITY, TrainConfig, network_spec
+
+    spec = network_spec(TrainConfig(channels=channels))
+    torch.manual_seed(seed)
+    net = build_network(spec)
+    state = net.state_dict()
+    if constant_class is not None:
+        state = {k: torch.zeros_like(v) for k, v in state.items()}
+        last_bias = [k for k in state if k.endswith("bias")][-1]
+        state[last_bias][constant_class] = 5.0
+    meta = {"id": "test-bones", "version": "1.0.0", "task": "segmentation", "demo": True, "licence": "test",
+            "training_data": "none (test package)", "labels": label_table(),
+            "input": {"modality": "MR", "plane": "any", "spacing_mm": [2.0] * 3, "fast_spacing_mm": [4.0] * 3,
+                      "intensity": INTENSITY, "patch_size": [32, 32, 32]},
+            "network": spec}
+    meta.update(metadata)
+    return save_package(folder, meta, state)
+
+
+@pytest.fixture
+def tiny_package(tmp_path):
+    from mskai.models.package import load_package
+
+    return load_package(make_package(tmp_path / "tiny-package"))

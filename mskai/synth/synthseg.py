@@ -260,12 +260,29 @@ def sample_grid_points(shape, spacing, directions, centre, rng, max_rotation=15.
     return points
 
 
+def _tissue_means(rng) -> np.ndarray:
+    """Random mean intensity per tissue within MR-plausible ranges.
+
+    Cortical bone and menisci have almost no signal in any sequence; fat and fatty marrow are bright
+    unless fat-suppressed; everything else varies widely, as across PD, T1, T2 and DESS protocols.
+    """
+    means = rng.uniform(0, 1, N_TISSUES)
+    fat = rng.uniform(0.05, 0.3) if rng.random() < 0.3 else rng.uniform(0.5, 1.0)  # fat-suppressed or not
+    means[AIR] = rng.uniform(0, 0.06)
+    means[CORTEX] = rng.uniform(0, 0.12)
+    means[MENISCUS] = rng.uniform(0, 0.2)
+    means[FAT] = fat
+    means[MUSCLE] = rng.uniform(0.1, 0.55)
+    means[CARTILAGE] = rng.uniform(0.2, 0.8)
+    for marrow in MARROW.values():
+        means[marrow] = fat * rng.uniform(0.7, 1.05)
+    return means
+
+
 def render(tissue: torch.Tensor, rng, spacing, fast: bool = False) -> torch.Tensor:
     """MR-like intensities for a tissue map: random contrast, texture, slice thickness, bias, gamma, noise."""
-    means = torch.as_tensor(rng.uniform(0, 1, N_TISSUES), dtype=torch.float32)
-    stds = torch.as_tensor(rng.uniform(0, 0.08, N_TISSUES), dtype=torch.float32)
-    if rng.random() < 0.7:  # usual MR: air dark
-        means[AIR] = rng.uniform(0, 0.08)
+    means = torch.as_tensor(_tissue_means(rng), dtype=torch.float32)
+    stds = torch.as_tensor(rng.uniform(0, 0.06, N_TISSUES), dtype=torch.float32)
     image = means[tissue.long()] + stds[tissue.long()] * torch.randn(tissue.shape, generator=_torch_rng(rng))
     image = image * (1 + _smooth_field(rng, tissue.shape, coarse=8, scale=0.08))  # tissue texture
     image = _blur_axis(_blur_axis(_blur_axis(image, 0, 0.5), 1, 0.5), 2, 0.5)  # partial volume
@@ -335,3 +352,21 @@ def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, 
     except MskaiError:  # a featureless patch
         image = torch.zeros_like(image)
     return image[None], labels
+
+
+def synthetic_case(source, rng, spacing, extent_mm=(160.0, 160.0, 160.0), plane="sagittal", centre=None):
+    """A whole synthetic acquisition: (image Volume, bone label Volume) on one grid.
+
+    The grid has the given voxel spacing and slice plane; the anatomy sits in it with a random pose
+    and deformation. Labels are the bones at the voxel centres (no partial volume).
+    """
+    from mskai.synth.phantom import ORIENTATIONS, grid_affine
+    from mskai.volume import Volume
+
+    directions = ORIENTATIONS[plane]
+    shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing))
+    image, labels = make_sample(source, rng, shape, spacing, directions=directions, centre=centre)
+    affine = grid_affine(directions, spacing, -directions @ (np.asarray(spacing) * (np.array(shape) - 1) / 2))
+    volume = Volume(np.rint(image[0].numpy() * 1000).astype(np.int16), affine, label="synthetic MR",
+                    meta={"modality": "MR", "plane": plane})
+    return volume, Volume(labels.numpy(), affine, label="bones")
