@@ -17,7 +17,7 @@ def on_grid_of(reference: Volume, target: Volume) -> np.ndarray:
     # target voxel -> reference voxel
     m = np.linalg.inv(reference.affine_lps) @ target.affine_lps
     return ndimage.affine_transform(np.asarray(reference.array), m[:3, :3], offset=m[:3, 3], output_shape=target.shape,
-                                    order=0, mode="constant", cval=0).astype(np.uint8)
+                                    order=0, mode="grid-constant", cval=0).astype(np.uint8)
 
 
 def evaluate(prediction: Volume, reference: Volume, table=BONES) -> list[dict]:

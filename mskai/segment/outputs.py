@@ -173,10 +173,8 @@ def read_segmentation(path, table=BONES) -> Volume:
         seg = slicerio.read_segmentation(str(path))
         masks = []
         for segment in seg["segments"]:
-            code = None
-            terminology = segment.get("terminology") or {}
-            if isinstance(terminology, dict):
-                code = (terminology.get("type") or {}).get("CodeValue")
+            kind = (segment.get("terminology") or {}).get("type") or [None, None]  # [scheme, code, meaning]
+            code = kind[1]
             voxels = seg["voxels"] if seg["voxels"].ndim == 3 else seg["voxels"][segment.get("layer", 0)]
             masks.append((segment["name"], code, voxels == segment["labelValue"]))
         return _from_segment_masks(masks, np.asarray(seg["ijkToLPS"]), table)
