@@ -41,13 +41,14 @@ def validation_patches(n, seed, patch, spacing):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=6000)
+    parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--spacing", type=float, default=1.5, help="model voxel size, mm")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--val-patches", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "Resources" / "Models" / "mskai-bones-demo"))
     args = parser.parse_args()
-    config = TrainConfig(iterations=args.iterations, eval_every=args.eval_every, threads=args.threads, patience=8,
+    config = TrainConfig(spacing_mm=args.spacing, iterations=args.iterations, eval_every=args.eval_every, threads=args.threads, patience=8,
                          model_id="mskai-bones-demo", version="0.1.0", demo=True, training_data=TRAINING_DATA)
     val = validation_patches(args.val_patches, seed=10_000, patch=config.patch, spacing=config.spacing_mm)
     data = SyntheticPatches(KNEE, patch=config.patch, spacing=config.spacing_mm, seed=config.seed)

@@ -157,3 +157,17 @@ def test_merge_binary_masks_overlaps_become_background():
     b[1:3] = True
     merged = merge_binary_masks({1: a, 2: b})
     assert np.all(merged[0] == 1) and np.all(merged[1] == 0) and np.all(merged[2] == 2) and np.all(merged[3] == 0)
+
+
+@pytest.mark.parametrize("handedness", [1, -1])
+def test_mesh_normals_point_outward_for_either_grid_handedness(handedness):
+    from vtk.util import numpy_support
+
+    from mskai.segment.meshes import surface
+
+    labels = _ball((40, 40, 40), (20, 20, 20), 12).astype(np.uint8)
+    mesh = surface(labels, 1, np.diag([0.5, 0.6, 2.0 * handedness, 1.0]))
+    points = numpy_support.vtk_to_numpy(mesh.GetPoints().GetData())
+    normals = numpy_support.vtk_to_numpy(mesh.GetPointData().GetNormals())
+    outward = np.sum((points - points.mean(0)) * normals, axis=1)
+    assert (outward > 0).mean() > 0.99

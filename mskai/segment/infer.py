@@ -184,7 +184,10 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
         logits = sliding_window_inference(image[None].to(device), roi_size=roi, sw_batch_size=batch,
                                           predictor=predictor, overlap=options.overlap, mode="gaussian",
                                           sw_device=device, device=torch.device("cpu"))
-        probabilities = torch.softmax(logits[0], dim=0)
+        probabilities = logits[0]  # softmax in place: no second full-size copy
+        probabilities -= probabilities.max(dim=0, keepdim=True).values
+        probabilities.exp_()
+        probabilities /= probabilities.sum(dim=0, keepdim=True)
     del logits, image
     timings["infer"] = time.perf_counter() - t
 

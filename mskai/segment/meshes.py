@@ -61,7 +61,8 @@ def surface(labels: np.ndarray, value: int, affine_lps: np.ndarray, smoothing_it
     normals = vtk.vtkPolyDataNormals()
     normals.SetInputConnection(to_patient.GetOutputPort())
     normals.ConsistencyOn()
-    normals.AutoOrientNormalsOn()  # outward, whatever the handedness of the voxel grid
+    # flying edges orients triangles outward in voxel space; a left-handed voxel grid mirrors them
+    normals.SetFlipNormals(bool(np.linalg.det(affine_lps[:3, :3]) < 0))
     normals.SplittingOff()
     normals.Update()
     out = vtk.vtkPolyData()

@@ -96,22 +96,51 @@ def to_model_grid(volume: Volume, spacing_mm, intensity: dict):
     return resample(canonical, grid.model_shape), grid
 
 
-def argmax_on_grid(probabilities: torch.Tensor, shape, slab_voxels: int = 8_000_000) -> np.ndarray:
-    """Label map on ``shape`` from class probabilities (C x d x h x w) on a coarser/finer grid.
+def _linear_weights(n_in: int, n_out: int):
+    """Source indices and weights of linear interpolation from n_in to n_out samples (voxel centres aligned)."""
+    x = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
+    lo = x.floor().long()
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return lo, hi, (x - lo).float()
 
-    Probabilities are interpolated trilinearly and the argmax taken slab by slab along the last
-    axis, so memory stays bounded for very large inputs.
+
+def _lerp(t: torch.Tensor, dim: int, weights) -> torch.Tensor:
+    lo, hi, w = weights
+    shape = [1] * t.ndim
+    shape[dim] = -1
+    a = t.index_select(dim, lo)
+    return a.add_(t.index_select(dim, hi).sub_(a).mul_(w.view(shape)))
+
+
+def _argmax_first_axis(t: torch.Tensor) -> np.ndarray:
+    """argmax over the class axis as a running maximum (much faster than torch.argmax across a strided axis)."""
+    best = t[0].clone()
+    index = torch.zeros(t.shape[1:], dtype=torch.uint8)
+    for c in range(1, t.shape[0]):
+        better = t[c] > best
+        index.masked_fill_(better, c)
+        torch.maximum(best, t[c], out=best)
+    return index.numpy()
+
+
+def argmax_on_grid(probabilities: torch.Tensor, shape, slab_voxels: int = 8_000_000) -> np.ndarray:
+    """Label map on ``shape`` from class probabilities (C x d x h x w) on another grid of the same extent.
+
+    Probabilities are interpolated trilinearly (voxel centres aligned: linear along the last axis, then
+    in-plane) and the argmax taken slab by slab along the last axis, so memory stays bounded.
     """
+    c, *src = probabilities.shape
     out = np.empty(shape, dtype=np.uint8)
+    lo, hi, w = _linear_weights(src[2], shape[2])
     step = max(1, slab_voxels // (shape[0] * shape[1]))
-    src = probabilities[None].float()
-    axes = [2 * (torch.arange(n, dtype=torch.float32) + 0.5) / n - 1 for n in shape]
     for start in range(0, shape[2], step):
         stop = min(shape[2], start + step)
-        zz, yy, xx = torch.meshgrid(axes[0], axes[1], axes[2][start:stop], indexing="ij")
-        # grid_sample wants (x, y, z) = (last, middle, first) input axes
-        grid = torch.stack([xx, yy, zz], dim=-1)[None]
-        slab = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out[:, :, start:stop] = slab[0].argmax(0).numpy().astype(np.uint8)
-        del slab, grid
+        # the source planes this slab needs, renumbered from 0
+        first, last = int(lo[start]), int(hi[stop - 1])
+        block = probabilities[:, :, :, first:last + 1].float().contiguous()
+        slab = _lerp(block, 3, (lo[start:stop] - first, hi[start:stop] - first, w[start:stop]))
+        # in-plane: trilinear with the last axis already at its output size (an exact identity there)
+        slab = F.interpolate(slab[None], size=(shape[0], shape[1], stop - start), mode="trilinear",
+                             align_corners=False)[0]
+        out[:, :, start:stop] = _argmax_first_axis(slab)
     return out

@@ -161,7 +161,7 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
         spec = network_spec(config)
         net = build_network(spec)
     net.to(device).train()
-    loss_fn = DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=True)
+    loss_fn = DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=True, batch=True)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.02)
     loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=0)

@@ -1,0 +1,88 @@
+"""Training and fine-tuning end to end on synthetic cases (a few iterations), and dataset layouts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mskai import MskaiError
+from mskai.io import write_volume
+from mskai.models.package import load_package
+from mskai.segment.dataset import _nnunet_remap, find_pairs, load_case
+from mskai.segment.train import INTENSITY
+from mskai.synth.synthseg import LowerLimbPhantom, synthetic_case
+
+MSKAI = str(Path(sys.executable).with_name("mskai"))
+
+
+def _cases(folder, n, layout="images-labels"):
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        phantom = LowerLimbPhantom(rng)
+        image, labels = synthetic_case(phantom, rng, (2.0, 2.0, 2.5), extent_mm=(80, 80, 80),
+                                       centre=phantom.knee + [0, 0, 20])
+        if layout == "images-labels":
+            write_volume(image, folder / "images" / f"case{i}.nii.gz")
+            write_volume(labels, folder / "labels" / f"case{i}.nrrd")
+        elif layout == "nnunet":
+            write_volume(image, folder / "imagesTr" / f"knee_{i:03d}_0000.nii.gz")
+            swapped = labels.array.copy()  # this dataset numbers femur 1 and tibia 2
+            swapped[labels.array == 1], swapped[labels.array == 2] = 2, 1
+            labels.array = swapped
+            write_volume(labels, folder / "labelsTr" / f"knee_{i:03d}.nii.gz")
+        else:
+            write_volume(image, folder / f"c{i}_image.nii.gz")
+            write_volume(labels, folder / f"c{i}_label.nii.gz")
+    if layout == "nnunet":
+        (folder / "dataset.json").write_text(json.dumps(
+            {"channel_names": {"0": "MR"}, "labels": {"background": 0, "femur": 1, "tibia": 2, "fibula": 3,
+                                                       "pelvis": 4, "patella": 5}, "file_ending": ".nii.gz"}))
+
+
+def test_train_then_fine_tune_writes_packages_logs_and_curves(tmp_path):
+    _cases(tmp_path / "data", 3)
+    run = lambda *a: subprocess.run([MSKAI, *map(str, a)], capture_output=True, text=True, timeout=600)  # noqa: E731
+    first = run("train-seg", tmp_path / "data", "-o", tmp_path / "model", "--iterations", 6, "--eval-every", 3,
+                "--patch", 32, "--spacing", 2.0, "--id", "my-bones", "--training-data", "3 synthetic test cases")
+    assert first.returncode == 0, first.stderr
+    assert "2 training and 1 validation cases" in first.stdout
+    package = load_package(tmp_path / "model")
+    assert package.id == "my-bones" and package.input["spacing_mm"] == [2.0, 2.0, 2.0]
+    log = json.loads((tmp_path / "model" / "training_log.json").read_text())
+    assert [e["iteration"] for e in log["log"]] == [3, 6]
+    assert set(log["log"][0]["val_dice"]) == {"tibia", "femur", "fibula", "pelvis", "patella"}
+    png = (tmp_path / "model" / "training_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    second = run("train-seg", tmp_path / "data", "-o", tmp_path / "tuned", "--init", tmp_path / "model",
+                 "--iterations", 2, "--eval-every", 2, "--patch", 32, "--version", "0.2.0", "--lr", "1e-4")
+    assert second.returncode == 0, second.stderr
+    tuned = load_package(tmp_path / "tuned")
+    assert tuned.metadata["training"]["fine_tuned_from"] == "my-bones@0.1.0"
+    assert tuned.version == "0.2.0" and tuned.metadata["network"] == package.metadata["network"]
+    before, after = package.state_dict(), tuned.state_dict()
+    assert any(not np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+
+
+def test_nnunet_layout_labels_are_remapped_by_name(tmp_path):
+    _cases(tmp_path, 1, layout="nnunet")
+    (image_path, label_path), = find_pairs(tmp_path)
+    assert image_path.name == "knee_000_0000.nii.gz" and label_path.name == "knee_000.nii.gz"
+    remap = _nnunet_remap(tmp_path)
+    assert remap[1] == 2 and remap[2] == 1 and remap[5] == 5
+    _, raw = load_case(image_path, label_path, [2.0] * 3, INTENSITY)
+    _, fixed = load_case(image_path, label_path, [2.0] * 3, INTENSITY, remap)
+    assert np.array_equal(fixed.numpy() == 2, raw.numpy() == 1)
+
+
+def test_side_by_side_layout_and_missing_pairs(tmp_path):
+    _cases(tmp_path, 2, layout="side-by-side")
+    assert [p.name for p, _ in find_pairs(tmp_path)] == ["c0_image.nii.gz", "c1_image.nii.gz"]
+    (tmp_path / "c1_label.nii.gz").unlink()
+    assert [p.name for p, _ in find_pairs(tmp_path)] == ["c0_image.nii.gz"]
+    (tmp_path / "c0_label.nii.gz").unlink()
+    with pytest.raises(MskaiError, match="No image \\+ label pairs"):
+        find_pairs(tmp_path)
