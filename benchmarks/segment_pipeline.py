@@ -27,7 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CACHE = Path(__file__).resolve().parent / ".cache"
-KNEE = Path(os.environ.get("MSKAI_SHARED_DATA", REPO.parent / "shared" / "data")) / "knee_bones_cartilage_label.nrrd"
+from mskai.synth.synthseg import BUNDLED_KNEE_LABELS  # noqa: E402
+KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
 
 _RUN = ("import json, resource, sys; from mskai.cli import main; rc = main(sys.argv[1:]); "
         "print(json.dumps({'rc': rc, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")

@@ -321,6 +321,26 @@ def cmd_models_install(args):
     return 0
 
 
+def cmd_synth_knee(args):
+    import numpy as np
+
+    from mskai.io import write_volume
+    from mskai.synth.dicom_writer import write_series
+    from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, KneeLabelSource, synthetic_case
+
+    source = KneeLabelSource(args.labels or BUNDLED_KNEE_LABELS)
+    rng = np.random.default_rng(args.seed)
+    image, labels = synthetic_case(source, rng, tuple(args.spacing), extent_mm=(150, 150, 120), plane=args.plane,
+                                   centre=source.centre_mm)
+    paths = write_series(image, args.folder, patient=("SYNTHETIC^KNEE", "SYNTH-KNEE"),
+                         description=f"SYNTHETIC {args.plane} knee")
+    print(f"Wrote {len(paths)} file(s) of a synthetic {args.plane} knee series to {args.folder}")
+    if args.truth:
+        write_volume(labels, args.truth)
+        print(f"Wrote its true bone labels to {args.truth}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mskai", description="SlicerAutoSegMSK engine: MSK MRI tools.")
     parser.add_argument("--version", action="version", version=f"mskai {__version__}")
@@ -424,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syntax", default="explicit-le", help="explicit-le, explicit-be, rle, jpeg-ls, jpeg2000, ...")
     p.add_argument("--multiframe", action="store_true", help="one Enhanced MR file instead of one file per slice")
     p.set_defaults(func=cmd_synth_series)
+    p = synth.add_parser("knee", help="write a synthetic knee MR series rendered from the bundled knee label map")
+    p.add_argument("folder")
+    p.add_argument("--plane", choices=["sagittal", "coronal", "axial"], default="sagittal")
+    p.add_argument("--spacing", type=float, nargs=3, default=[0.6, 0.6, 1.5], help="voxel size in mm (i j k)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truth", help="also write the true bone label map here (.nii.gz / .nrrd)")
+    p.add_argument("--labels", help="another knee label map (pymskt encoding) to render from")
+    p.set_defaults(func=cmd_synth_knee)
     return parser
 
 

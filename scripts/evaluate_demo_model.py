@@ -10,7 +10,6 @@ scored with `mskai.segment.metrics.evaluate` against its own label map. Prints a
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from mskai.models.registry import find_model  # noqa: E402
 from mskai.segment.infer import SegmentOptions, segment_volume  # noqa: E402
 from mskai.segment.labels import BONES  # noqa: E402
 from mskai.segment.metrics import evaluate  # noqa: E402
-from mskai.synth.synthseg import KneeLabelSource, LowerLimbPhantom, synthetic_case  # noqa: E402
+from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, KneeLabelSource, LowerLimbPhantom, synthetic_case  # noqa: E402
 
-KNEE = Path(os.environ.get("MSKAI_SHARED_DATA", REPO.parent / "shared" / "data")) / "knee_bones_cartilage_label.nrrd"
+KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
 HELDOUT_SEED = 900_000  # training draws its shapes and poses from seed 0, validation from 10_000
 
 

@@ -8,7 +8,6 @@ deformations (a different seed). The result is a demo model: not for clinical us
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -18,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mskai.segment.train import TrainConfig, train  # noqa: E402
-from mskai.synth.synthseg import CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom, SyntheticPatches, make_sample  # noqa: E402
+from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom, SyntheticPatches, make_sample  # noqa: E402, E501
 
-KNEE = Path(os.environ.get("MSKAI_SHARED_DATA", REPO.parent / "shared" / "data")) / "knee_bones_cartilage_label.nrrd"
+KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
 TRAINING_DATA = (
     "Synthetic only: SynthSeg-style MR-like images rendered with random contrasts, blur, slice thickness, "
     "bias field and noise from (a) one real knee label map (pymskt project, MIT licence) under random "

@@ -28,6 +28,8 @@ CANONICAL_RAS = np.diag([-1.0, -1.0, 1.0])
 # Knee label map values (pymskt SAG_3D_DESS ... bones_cart_men_fib): 5 femur, 6 tibia, 7 patella, 8 fibula,
 # 1 femoral cartilage, 2/3 tibial cartilage, 4 patellar cartilage, 9/10 menisci.
 KNEE_BONES = {6: 1, 5: 2, 8: 3, 7: 5}
+# A copy of that label map ships with the extension (Resources/SampleData, with its NOTICE.md).
+BUNDLED_KNEE_LABELS = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "knee_bones_cartilage_label.nrrd"
 KNEE_CARTILAGE = (1, 2, 3, 4)
 KNEE_MENISCI = (9, 10)
 
