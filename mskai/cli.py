@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -11,18 +10,12 @@ from pathlib import Path
 from mskai import MskaiError, __version__
 
 
-def _patient_key(series) -> str:
-    """A stable pseudonym for a patient, so listings group patients without showing who they are."""
-    digest = hashlib.sha256(f"{series.patient_id}\x00{series.patient_name}".encode()).hexdigest()
-    return f"P-{digest[:8]}"
-
-
-def _series_summary(index, series, show_identifiers) -> dict:
+def _series_summary(index, series, patient_number, show_identifiers) -> dict:
     from mskai.dicom.series import plan_volumes
 
     entry = {
         "index": index,
-        "patient": _patient_key(series),
+        "patient": patient_number,  # numbered in listing order: groups series without naming anyone
         "study": series.study_description,
         "number": series.number,
         "modality": series.modality,
@@ -89,7 +82,10 @@ def cmd_ls(args):
     from mskai.dicom import scan_source
 
     report = scan_source(args.source)
-    entries = [_series_summary(i, s, args.show_identifiers) for i, s in enumerate(report.require_series(args.source), 1)]
+    numbers = {}
+    entries = [_series_summary(i, s, numbers.setdefault((s.patient_id, s.patient_name), len(numbers) + 1),
+                               args.show_identifiers)
+               for i, s in enumerate(report.require_series(args.source), 1)]
     if args.json:
         print(json.dumps({"series": entries, "problems": [vars(p) for p in report.problems]}, indent=2))
     else:

@@ -16,6 +16,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mskai.models.package import load_package  # noqa: E402
 from mskai.segment.train import TrainConfig, train  # noqa: E402
 from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom, SyntheticPatches, make_sample  # noqa: E402, E501
 
@@ -45,13 +46,19 @@ def main():
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--val-patches", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", help="continue from this package (e.g. the previous run's output)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--seed", type=int, default=0, help="training data stream (use a new one when continuing)")
     parser.add_argument("--out", default=str(REPO / "Resources" / "Models" / "mskai-bones-demo"))
     args = parser.parse_args()
-    config = TrainConfig(spacing_mm=args.spacing, iterations=args.iterations, eval_every=args.eval_every, threads=args.threads, patience=8,
-                         model_id="mskai-bones-demo", version="0.1.0", demo=True, training_data=TRAINING_DATA)
+    init = load_package(args.init) if args.init else None
+    config = TrainConfig(spacing_mm=args.spacing, iterations=args.iterations, eval_every=args.eval_every, lr=args.lr,
+                         threads=args.threads, patience=8, model_id="mskai-bones-demo", version=args.version,
+                         demo=True, training_data=TRAINING_DATA, seed=args.seed)
     val = validation_patches(args.val_patches, seed=10_000, patch=config.patch, spacing=config.spacing_mm)
     data = SyntheticPatches(KNEE, patch=config.patch, spacing=config.spacing_mm, seed=config.seed)
-    train(data, val, config, args.out, progress=lambda msg: print(msg, flush=True))
+    train(data, val, config, args.out, init_package=init, progress=lambda msg: print(msg, flush=True))
 
 
 if __name__ == "__main__":

@@ -56,9 +56,9 @@ def write_dicom_seg(labels: Volume, path, model_id: str, model_version: str, tab
         raise MskaiError("A DICOM SEG needs a DICOM input series (this volume did not come from DICOM files)")
     if labels.meta.get("resampled"):
         raise MskaiError("The input slices were resampled onto an even grid; a DICOM SEG cannot reference them")
-    sources = [pydicom.dcmread(f) for f in files]
-    if len({id(s) for s in sources}) != len(sources) or any(int(s.get("NumberOfFrames", 1) or 1) > 1 for s in sources):
+    if len(set(files)) != len(files):
         raise MskaiError("DICOM SEG output supports single-frame source images only")
+    sources = [pydicom.dcmread(f) for f in files]
     frames = np.ascontiguousarray(np.asarray(labels.array, dtype=np.uint8).transpose(2, 1, 0))  # (k, rows, cols)
     present = [label for label in table if np.any(frames == label.value)]
     if not present:
@@ -208,7 +208,7 @@ def _read_dicom_seg(path, table) -> Volume:
 
 
 def write_outputs(labels: Volume, folder, *, model, timings: dict, settings: dict, formats=("nii.gz", "nrrd",
-                  "seg.nrrd", "stl", "report"), dicom_seg: bool = False, table=BONES, progress=None) -> dict:
+                  "seg.nrrd", "stl", "report"), dicom_seg: bool = False, table=BONES) -> dict:
     """Write every requested output into ``folder``; returns {kind: path(s)} and the report dict."""
     import time
 

@@ -172,12 +172,16 @@ class LowerLimbPhantom:
         self.length = femur_len + tib_len
 
     def random_centre(self, rng) -> np.ndarray:
-        """A point along the skeleton, so patches mostly contain bone."""
-        z = rng.uniform(-self.length, 120)
-        if z > self.knee[2]:  # thigh and pelvis: along the femur axis
-            t = np.clip(z / self.knee[2], 0, 1)
-            return np.array([self.knee[0] * t, self.knee[1] * t, z]) + rng.normal(0, 15, 3)
-        return self.knee + np.array([0, 0, z - self.knee[2]]) + rng.normal(0, 15, 3)
+        """A point along the skeleton, so patches mostly contain bone; hip and knee are drawn most often."""
+        region = rng.choice(["hip", "thigh", "knee", "shank"], p=[0.3, 0.15, 0.35, 0.2])
+        if region == "hip":
+            return np.array([0.0, 0.0, 30.0]) + rng.normal(0, 25, 3)
+        if region == "knee":
+            return self.knee + rng.normal(0, 20, 3)
+        t = rng.uniform(0.2, 0.9)
+        if region == "thigh":
+            return self.knee * t + rng.normal(0, 10, 3)
+        return self.knee + np.array([0.0, 0.0, -t * (self.length + self.knee[2])]) + rng.normal(0, 10, 3)
 
     def _bones(self, p):
         f = self.femur
