@@ -233,7 +233,7 @@ def cmd_segment(args):
                                             max_components=args.max_components)
     options = SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
                              batch_size=args.batch_size, slab=_parse_slab(args.slab),
-                             check_input=not args.no_input_check, postprocess=post)
+                             check_compatibility=not args.no_input_check, postprocess=post)
     result = segment_volume(volume, package, options, progress=_progress_printer(args.progress))
     timings = {"load": load_s, **result.timings}
     formats = tuple(f.strip() for f in args.formats.split(","))

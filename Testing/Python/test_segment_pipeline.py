@@ -85,7 +85,7 @@ def test_bad_inputs_are_refused_clearly(femur_everywhere):
     ct.meta["modality"] = "CT"
     with pytest.raises(MskaiError, match="segments MR images; this series is CT"):
         segment_volume(ct, femur_everywhere)
-    assert segment_volume(ct, femur_everywhere, SegmentOptions(check_input=False)).labels.shape == ct.shape
+    assert segment_volume(ct, femur_everywhere, SegmentOptions(check_compatibility=False)).labels.shape == ct.shape
     flat = Volume(np.full((20, 20, 20), 7.0), np.eye(4))
     with pytest.raises(MskaiError, match="constant intensity"):
         segment_volume(flat, femur_everywhere)

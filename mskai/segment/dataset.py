@@ -12,7 +12,7 @@ from mskai import MskaiError
 from mskai.io import VOLUME_SUFFIXES, read_volume_file, suffix_of
 from mskai.segment.labels import BONES
 from mskai.segment.outputs import read_segmentation
-from mskai.segment.preprocess import canonical_grid, check_input, normalise, resample
+from mskai.segment.preprocess import resample, to_model_grid
 
 _SUFFIXES = VOLUME_SUFFIXES + (".seg.nrrd",)
 
@@ -68,14 +68,12 @@ def _nnunet_remap(folder: Path):
 def load_case(image_path, label_path, spacing, intensity, remap=None):
     """(image 1xDxHxW, labels DxHxW) of one case on the model grid (canonical orientation, model spacing)."""
     image = read_volume_file(image_path)
-    check_input(image)
     labels = read_segmentation(label_path)
     if labels.shape != image.shape or not np.allclose(labels.affine_lps, image.affine_lps, atol=1e-2):
         from mskai.segment.metrics import on_grid_of
 
         labels.array, labels.affine_lps = on_grid_of(labels, image), image.affine_lps
-    grid = canonical_grid(image, spacing)
-    x = resample(normalise(grid.to_canonical(image.array), intensity), grid.model_shape)
+    x, grid = to_model_grid(image, spacing, intensity)
     y_arr = grid.to_canonical(np.asarray(labels.array))
     if remap is not None:
         y_arr = remap[y_arr]

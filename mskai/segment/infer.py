@@ -29,7 +29,7 @@ class SegmentOptions:
     overlap: float = 0.25
     batch_size: int = 2
     slab: tuple | None = None  # (low, high, "mm" | "slices"): superior-inferior range to segment
-    check_input: bool = True  # refuse a modality or plane the model was not made for
+    check_compatibility: bool = True  # refuse a modality or plane the model was not made for
     postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
 
 
@@ -124,7 +124,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     if package.metadata["task"] != "segmentation":
         raise MskaiError(f"Model {package.id} is a {package.metadata['task']} model, not a segmentation model")
     check_input(volume)
-    if options.check_input:
+    if options.check_compatibility:
         check_compatible(volume, package)
     if options.threads:
         torch.set_num_threads(options.threads)
