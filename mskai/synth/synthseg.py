@@ -167,7 +167,7 @@ class LowerLimbPhantom:
                            ischium=(np.array([m * 5, r(15, 25), -r(25, 35)]), np.array([m * r(35, 45), r(25, 35), -r(60, 75)]),
                                     r(10, 13)))
         self.thigh = (np.array([-m * 10, 0, 30]), knee + [0, 0, -10], r(75, 95), r(48, 58))
-        self.calf = (knee + [0, 0, -20], np.array([0, 0, -tib_len]) + knee, r(50, 60), r(28, 34))
+        self.calf = (np.array([0, 0, -20.0]), np.array([0, 0, -tib_len]), r(50, 60), r(28, 34))  # shank frame
         self.fat = r(6, 15)
         self.length = femur_len + tib_len
 
@@ -183,6 +183,10 @@ class LowerLimbPhantom:
             return self.knee * t + rng.normal(0, 10, 3)
         return self.knee + np.array([0.0, 0.0, -t * (self.length + self.knee[2])]) + rng.normal(0, 10, 3)
 
+    def _shank(self, p):
+        """Points in the flexed shank frame (origin at the knee): tibia, fibula and calf live there."""
+        return (p - torch.as_tensor(self.knee, dtype=torch.float32)) @ torch.as_tensor(self.flex, dtype=torch.float32)
+
     def _bones(self, p):
         f = self.femur
         femur = torch.minimum(_sphere(p, *f["head"]), _capsule(p, *f["neck"]))
@@ -190,8 +194,7 @@ class LowerLimbPhantom:
         femur = torch.minimum(femur, _tapered(p, *f["shaft"]))
         for c, radii in self.condyles:
             femur = torch.minimum(femur, _ellipsoid(p, c, radii))
-        # tibia, fibula and patella live in the flexed shank frame around the knee
-        q = (p - torch.as_tensor(self.knee, dtype=torch.float32)) @ torch.as_tensor(self.flex, dtype=torch.float32)
+        q = self._shank(p)
         t = self.tibia
         tibia = torch.minimum(_ellipsoid(q, *t["plateau"]), _tapered(q, *t["shaft"]))
         tibia = torch.minimum(tibia, _sphere(q, *t["malleolus"]))
@@ -207,7 +210,7 @@ class LowerLimbPhantom:
 
     def sample(self, points_mm: torch.Tensor):
         p = points_mm.float()
-        limb = torch.minimum(_tapered(p, *self.thigh), _tapered(p, *self.calf))
+        limb = torch.minimum(_tapered(p, *self.thigh), _tapered(self._shank(p), *self.calf))
         limb = torch.minimum(limb, _ellipsoid(p, np.array([0, 0, 60.0]), (160.0, 110.0, 120.0)))
         tissue = torch.full(p.shape[:-1], AIR, dtype=torch.uint8)
         tissue[limb < 0] = FAT
