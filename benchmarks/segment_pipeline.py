@@ -52,7 +52,6 @@ def knee_volume() -> tuple[Path, Path]:
 
 def limb_volume() -> Path:
     """A hip-to-ankle phantom rendered at 1.6 x 1.6 x 2 mm, upsampled to 512 x 512 x 1000 (0.8 x 0.8 x 1 mm)."""
-    import torch
     import torch.nn.functional as F
 
     from mskai.io import write_volume
@@ -153,7 +152,7 @@ def main():
               f"peak RSS {r['peak_mb'] / 1024:.2f} GB of 4 GB ({r['peak_mb'] / 4096:.2f}x)")
     if "knee" in args.cases:
         m = compare_meshes(knee_volume()[1])
-        print(f"\nBone surfaces from the knee label map (4 bones, 384x384x160):")
+        print("\nBone surfaces from the knee label map (4 bones, 384x384x160):")
         print(f"{'method':<44}{'seconds':>9}{'triangles':>11}")
         print(f"{'mskai (flying edges + windowed sinc, LPS)':<44}{m['mskai_s']:>9.2f}{m['mskai_triangles']:>11}")
         print(f"{'Slicer closed-surface conversion':<44}{m['slicer_s']:>9.2f}{m['slicer_triangles']:>11}")

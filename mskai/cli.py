@@ -337,6 +337,13 @@ def cmd_synth_knee(args):
     return 0
 
 
+def _add_series_arguments(p, volume_help):
+    p.add_argument("--series", help="Series Instance UID or the number `mskai dicom ls` shows in brackets")
+    p.add_argument("--volume", type=int, help=volume_help)
+    p.add_argument("--resample", action="store_true",
+                   help="resample unequally spaced slices onto an even grid instead of refusing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mskai", description="SlicerAutoSegMSK engine: MSK MRI tools.")
     parser.add_argument("--version", action="version", version=f"mskai {__version__}")
@@ -354,10 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = dicom.add_parser("convert", help="write a series' volume(s) as .nrrd / .nii / .nii.gz")
     p.add_argument("source", help="folder, DICOM file, or Slicer DICOM database")
     p.add_argument("output", help="out.nrrd | out.nii.gz; a series with several volumes gets _v1, _v2, ...")
-    p.add_argument("--series", help="Series Instance UID or the number `mskai dicom ls` shows in brackets")
-    p.add_argument("--volume", type=int, help="write only this volume (1-based) of a multi-volume series")
-    p.add_argument("--resample", action="store_true",
-                   help="resample unequally spaced slices onto an even grid instead of refusing")
+    _add_series_arguments(p, volume_help="write only this volume (1-based) of a multi-volume series")
     p.set_defaults(func=cmd_convert)
 
     p = dicom.add_parser("index", help="add a folder's DICOM files to a Slicer DICOM database (created if needed)")
@@ -374,9 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = top.add_parser("segment", help="segment the lower-limb bones of a DICOM series or a volume file")
     p.add_argument("source", help="DICOM folder, Slicer DICOM database, or .nrrd / .nii.gz volume")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--series", help="which series (see `mskai dicom ls`)")
-    p.add_argument("--volume", type=int, help="which volume of a multi-volume series (default: the first)")
-    p.add_argument("--resample", action="store_true", help="resample unequally spaced slices instead of refusing")
+    _add_series_arguments(p, volume_help="which volume (1-based) of a multi-volume series (default: the first)")
     p.add_argument("--model", default="mskai-bones-demo", help="model id[@version] or package path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="CPU threads for torch")

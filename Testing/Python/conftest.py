@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,15 @@ import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("MSKAI_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def run_mskai(*args, ok=True):
+    """Run the installed `mskai` console script; with ok=True it must succeed."""
+    mskai = str(Path(sys.executable).with_name("mskai"))
+    result = subprocess.run([mskai, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -2,40 +2,28 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
 
+from conftest import run_mskai
 from mskai import MskaiError
 from mskai.dicom import index_folder, load_series, scan_folder
 from mskai.io import atomic_output, read_volume_file, write_volume
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
 
-MSKAI = str(Path(sys.executable).with_name("mskai"))
-
-
-def run(*args, ok=True):
-    result = subprocess.run([MSKAI, *map(str, args)], capture_output=True, text=True, timeout=300)
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
 def test_ls_and_convert_the_shared_knee_series(knee_dicom, tmp_path, sitk_series):
-    out = run("dicom", "ls", knee_dicom).stdout
+    out = run_mskai("dicom", "ls", knee_dicom).stdout
     assert "sagittal" in out and "256x256x24" in out and "8 volume(s)" in out and "192 files" in out
-    listing = json.loads(run("dicom", "ls", knee_dicom, "--json").stdout)
+    listing = json.loads(run_mskai("dicom", "ls", knee_dicom, "--json").stdout)
     (series,) = listing["series"]
     assert series["modality"] == "MR" and len(series["volumes"]) == 8
 
-    run("dicom", "convert", knee_dicom, tmp_path / "knee.nii.gz", "--volume", "1")
-    run("dicom", "convert", knee_dicom, tmp_path / "knee.nrrd")
+    run_mskai("dicom", "convert", knee_dicom, tmp_path / "knee.nii.gz", "--volume", "1")
+    run_mskai("dicom", "convert", knee_dicom, tmp_path / "knee.nrrd")
     assert sorted(p.name for p in tmp_path.glob("knee_v*.nrrd")) == [f"knee_v{n}.nrrd" for n in range(1, 9)]
 
     echo1 = load_series(scan_folder(knee_dicom).series[0])[0]
@@ -52,9 +40,9 @@ def test_ls_and_convert_the_shared_knee_series(knee_dicom, tmp_path, sitk_series
 def test_ls_on_a_database_hides_identifiers_unless_asked(tmp_path):
     write_series(phantom(), tmp_path / "in", patient=("DOE^JANE", "MRN-777"), description="SAG PD")
     index_folder(tmp_path / "in", tmp_path / "db")
-    plain = run("dicom", "ls", tmp_path / "db").stdout
+    plain = run_mskai("dicom", "ls", tmp_path / "db").stdout
     assert "SAG PD" in plain and "DOE" not in plain and "MRN-777" not in plain and "Patient 1" in plain
-    shown = run("dicom", "ls", tmp_path / "db", "--show-identifiers").stdout
+    shown = run_mskai("dicom", "ls", tmp_path / "db", "--show-identifiers").stdout
     assert "DOE^JANE" in shown and "MRN-777" in shown
 
 
@@ -64,24 +52,24 @@ def test_convert_from_database_by_uid(tmp_path):
     write_series(phantom(), tmp_path / "in2")
     index_folder(tmp_path / "in", tmp_path / "db")
     index_folder(tmp_path / "in2", tmp_path / "db")
-    failed = run("dicom", "convert", tmp_path / "db", tmp_path / "x.nrrd", ok=False)
+    failed = run_mskai("dicom", "convert", tmp_path / "db", tmp_path / "x.nrrd", ok=False)
     assert failed.returncode == 1 and "2 image series" in failed.stderr and "--series" in failed.stderr
-    run("dicom", "convert", tmp_path / "db", tmp_path / "x.nrrd", "--series", "1.2.826.0.1.3680043.2.1125.42")
+    run_mskai("dicom", "convert", tmp_path / "db", tmp_path / "x.nrrd", "--series", "1.2.826.0.1.3680043.2.1125.42")
     volume = read_volume_file(tmp_path / "x.nrrd")
     np.testing.assert_array_equal(volume.array, truth.array)
     np.testing.assert_allclose(volume.affine_lps, truth.affine_lps, atol=1e-4)
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
-    result = run("dicom", "ls", tmp_path, ok=False)
+    result = run_mskai("dicom", "ls", tmp_path, ok=False)
     assert result.returncode == 1
     assert result.stderr.strip() == f"mskai: error: No DICOM series found in {tmp_path}"
     paths = write_series(phantom(shape=(16, 16, 6)), tmp_path / "gap")
     paths[2].unlink()
-    result = run("dicom", "convert", tmp_path / "gap", tmp_path / "o.nrrd", ok=False)
+    result = run_mskai("dicom", "convert", tmp_path / "gap", tmp_path / "o.nrrd", ok=False)
     assert result.returncode == 1 and "not equally spaced" in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.nrrd")) and not list(tmp_path.glob(".*part*"))
-    run("dicom", "convert", tmp_path / "gap", tmp_path / "o.nrrd", "--resample")
+    run_mskai("dicom", "convert", tmp_path / "gap", tmp_path / "o.nrrd", "--resample")
     assert read_volume_file(tmp_path / "o.nrrd").shape == (16, 16, 6)
 
 
@@ -96,7 +84,7 @@ def test_mixed_sizes_in_one_series_are_named_and_the_gap_is_refused(tmp_path):
     odd_paths = write_series(odd, tmp_path / "odd", series_uid=uid, study_uid=study, first_instance=50)
     for p in odd_paths[:3] + odd_paths[4:]:
         p.unlink()  # keep only slice 3, in place of the one removed above
-    listing = json.loads(run("dicom", "ls", tmp_path, "--json").stdout)
+    listing = json.loads(run_mskai("dicom", "ls", tmp_path, "--json").stdout)
     labels = [v["label"] for v in listing["series"][0]["volumes"]]
     assert labels == ["32x32", "40x40"]
     assert "not equally spaced" in listing["series"][0]["volumes"][0]["problem"]
@@ -137,7 +125,7 @@ def test_volume_files_carry_no_dicom_identifiers(tmp_path):
 
 
 def test_synth_series_command_writes_a_loadable_series(tmp_path):
-    run("synth", "series", tmp_path, "--plane", "coronal", "--shape", "20", "16", "5", "--syntax", "jpeg-ls")
+    run_mskai("synth", "series", tmp_path, "--plane", "coronal", "--shape", "20", "16", "5", "--syntax", "jpeg-ls")
     (series,) = scan_folder(tmp_path).series
     (volume,) = load_series(series)
     assert volume.shape == (20, 16, 5) and volume.meta["plane"] == "coronal"

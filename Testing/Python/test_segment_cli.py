@@ -1,25 +1,13 @@
 """`mskai segment` end to end with the bundled demo model package, on the real knee series and synthetic data."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pydicom
 
+from conftest import run_mskai
 from mskai.dicom import index_folder
 from mskai.io import read_volume_file
 from mskai.models.registry import find_model
-
-MSKAI = str(Path(sys.executable).with_name("mskai"))
-
-
-def run(*args, ok=True):
-    result = subprocess.run([MSKAI, *map(str, args)], capture_output=True, text=True, timeout=600)
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def test_the_bundled_demo_model_is_listed_and_says_demo():
@@ -27,12 +15,12 @@ def test_the_bundled_demo_model_is_listed_and_says_demo():
     assert package.metadata["demo"] is True and "synthetic" in package.metadata["training_data"].lower()
     assert package.source.parent.name == "Models" and package.source.parent.parent.name == "Resources"
     assert (package.source / "model.safetensors").stat().st_size < 10 * 2**20
-    assert "mskai-bones-demo@" in run("models", "list").stdout
+    assert "mskai-bones-demo@" in run_mskai("models", "list").stdout
 
 
 def test_segment_the_real_knee_series_from_a_slicer_database(knee_dicom, tmp_path):
     index_folder(knee_dicom, tmp_path / "db")
-    result = run("segment", tmp_path / "db", "--series", "1", "-o", tmp_path / "out", "--progress", "json",
+    result = run_mskai("segment", tmp_path / "db", "--series", "1", "-o", tmp_path / "out", "--progress", "json",
                  "--threads", "2", "--dicom-seg")
     assert "not for clinical use" in result.stderr
     progress = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
@@ -53,11 +41,11 @@ def test_segment_the_real_knee_series_from_a_slicer_database(knee_dicom, tmp_pat
 
 
 def test_segment_a_volume_file_and_evaluate_against_the_truth(tmp_path):
-    run("synth", "knee", tmp_path / "dicom", "--truth", tmp_path / "truth.nii.gz", "--seed", "7")
-    run("dicom", "convert", tmp_path / "dicom", tmp_path / "knee.nrrd")
-    run("segment", tmp_path / "knee.nrrd", "-o", tmp_path / "out", "--formats", "nrrd,seg.nrrd,report",
+    run_mskai("synth", "knee", tmp_path / "dicom", "--truth", tmp_path / "truth.nii.gz", "--seed", "7")
+    run_mskai("dicom", "convert", tmp_path / "dicom", tmp_path / "knee.nrrd")
+    run_mskai("segment", tmp_path / "knee.nrrd", "-o", tmp_path / "out", "--formats", "nrrd,seg.nrrd,report",
         "--progress", "none")
-    result = run("evaluate", tmp_path / "out" / "segmentation.seg.nrrd", tmp_path / "truth.nii.gz",
+    result = run_mskai("evaluate", tmp_path / "out" / "segmentation.seg.nrrd", tmp_path / "truth.nii.gz",
                  "--json", tmp_path / "scores.json")
     rows = {r["name"]: r for r in json.loads((tmp_path / "scores.json").read_text())}
     assert "femur" in result.stdout and set(rows) == {"tibia", "femur", "fibula", "pelvis", "patella"}
@@ -66,18 +54,18 @@ def test_segment_a_volume_file_and_evaluate_against_the_truth(tmp_path):
 
 
 def test_failed_run_leaves_no_output_files(tmp_path):
-    run("synth", "series", tmp_path / "dicom", "--shape", "64", "64", "20")
-    run("dicom", "convert", tmp_path / "dicom", tmp_path / "v.nii.gz")
-    result = run("segment", tmp_path / "v.nii.gz", "-o", tmp_path / "out", "--dicom-seg", "--progress", "none",
+    run_mskai("synth", "series", tmp_path / "dicom", "--shape", "64", "64", "20")
+    run_mskai("dicom", "convert", tmp_path / "dicom", tmp_path / "v.nii.gz")
+    result = run_mskai("segment", tmp_path / "v.nii.gz", "-o", tmp_path / "out", "--dicom-seg", "--progress", "none",
                  ok=False)
     assert result.returncode == 1 and "DICOM SEG needs a DICOM input series" in result.stderr
     assert list((tmp_path / "out").rglob("*")) == []
 
 
 def test_bad_model_and_bad_input_messages(tmp_path):
-    result = run("segment", tmp_path / "nothing.nrrd", "-o", tmp_path / "out", ok=False)
+    result = run_mskai("segment", tmp_path / "nothing.nrrd", "-o", tmp_path / "out", ok=False)
     assert result.returncode == 1 and "error" in result.stderr and "Traceback" not in result.stderr
-    result = run("segment", tmp_path, "-o", tmp_path / "out", "--model", "no-such-model", ok=False)
+    result = run_mskai("segment", tmp_path, "-o", tmp_path / "out", "--model", "no-such-model", ok=False)
     assert "No model 'no-such-model'" in result.stderr
 
 

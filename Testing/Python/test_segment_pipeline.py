@@ -1,7 +1,5 @@
 """Inference pipeline, post-processing and outputs with real (small) model packages and real files."""
 
-import json
-
 import numpy as np
 import pytest
 

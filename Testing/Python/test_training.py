@@ -1,21 +1,17 @@
 """Training and fine-tuning end to end on synthetic cases (a few iterations), and dataset layouts."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_mskai
 from mskai import MskaiError
 from mskai.io import write_volume
 from mskai.models.package import load_package
 from mskai.segment.dataset import _nnunet_remap, find_pairs, load_case
 from mskai.segment.train import INTENSITY
 from mskai.synth.synthseg import LowerLimbPhantom, synthetic_case
-
-MSKAI = str(Path(sys.executable).with_name("mskai"))
 
 
 def _cases(folder, n, layout="images-labels"):
@@ -44,10 +40,8 @@ def _cases(folder, n, layout="images-labels"):
 
 def test_train_then_fine_tune_writes_packages_logs_and_curves(tmp_path):
     _cases(tmp_path / "data", 3)
-    run = lambda *a: subprocess.run([MSKAI, *map(str, a)], capture_output=True, text=True, timeout=600)  # noqa: E731
-    first = run("train-seg", tmp_path / "data", "-o", tmp_path / "model", "--iterations", 6, "--eval-every", 3,
+    first = run_mskai("train-seg", tmp_path / "data", "-o", tmp_path / "model", "--iterations", 6, "--eval-every", 3,
                 "--patch", 32, "--spacing", 2.0, "--id", "my-bones", "--training-data", "3 synthetic test cases")
-    assert first.returncode == 0, first.stderr
     assert "2 training and 1 validation cases" in first.stdout
     package = load_package(tmp_path / "model")
     assert package.id == "my-bones" and package.input["spacing_mm"] == [2.0, 2.0, 2.0]
@@ -57,9 +51,8 @@ def test_train_then_fine_tune_writes_packages_logs_and_curves(tmp_path):
     png = (tmp_path / "model" / "training_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
-    second = run("train-seg", tmp_path / "data", "-o", tmp_path / "tuned", "--init", tmp_path / "model",
+    run_mskai("train-seg", tmp_path / "data", "-o", tmp_path / "tuned", "--init", tmp_path / "model",
                  "--iterations", 2, "--eval-every", 2, "--patch", 32, "--version", "0.2.0", "--lr", "1e-4")
-    assert second.returncode == 0, second.stderr
     tuned = load_package(tmp_path / "tuned")
     assert tuned.metadata["training"]["fine_tuned_from"] == "my-bones@0.1.0"
     assert tuned.version == "0.2.0" and tuned.metadata["network"] == package.metadata["network"]
