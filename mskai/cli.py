@@ -273,14 +273,14 @@ def cmd_train_seg(args):
     import numpy as np
 
     from mskai.models.registry import find_model
-    from mskai.segment.dataset import FolderPatches, _nnunet_remap, find_pairs, load_case
+    from mskai.segment.dataset import FolderPatches, nnunet_label_remap, find_pairs, load_case
     from mskai.segment.train import INTENSITY, TrainConfig, train
 
     init = find_model(args.init, task="segmentation") if args.init else None
     spacing = init.input["spacing_mm"] if init else [args.spacing] * 3
     intensity = init.input["intensity"] if init else INTENSITY
     pairs = find_pairs(args.data)
-    remap = _nnunet_remap(Path(args.data))
+    remap = nnunet_label_remap(Path(args.data))
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(pairs))
     n_val = max(1, round(len(pairs) * args.val_fraction)) if len(pairs) > 1 else 0

@@ -9,7 +9,7 @@ from conftest import run_mskai
 from mskai import MskaiError
 from mskai.io import write_volume
 from mskai.models.package import load_package
-from mskai.segment.dataset import _nnunet_remap, find_pairs, load_case
+from mskai.segment.dataset import nnunet_label_remap, find_pairs, load_case
 from mskai.segment.train import INTENSITY
 from mskai.synth.synthseg import LowerLimbPhantom, synthetic_case
 
@@ -64,7 +64,7 @@ def test_nnunet_layout_labels_are_remapped_by_name(tmp_path):
     _cases(tmp_path, 1, layout="nnunet")
     (image_path, label_path), = find_pairs(tmp_path)
     assert image_path.name == "knee_000_0000.nii.gz" and label_path.name == "knee_000.nii.gz"
-    remap = _nnunet_remap(tmp_path)
+    remap = nnunet_label_remap(tmp_path)
     assert remap[1] == 2 and remap[2] == 1 and remap[5] == 5
     _, raw = load_case(image_path, label_path, [2.0] * 3, INTENSITY)
     _, fixed = load_case(image_path, label_path, [2.0] * 3, INTENSITY, remap)

@@ -51,7 +51,7 @@ def find_pairs(folder) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _nnunet_remap(folder: Path):
+def nnunet_label_remap(folder: Path):
     """Value remapping from an nnU-Net dataset.json whose label names are bones of the table."""
     path = folder / "dataset.json"
     if not path.is_file():
