@@ -166,6 +166,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     image = resample(canonical, model_shape)
     del canonical
     timings["preprocess"] = time.perf_counter() - t
+    progress("preprocess", 1.0)
 
     t = time.perf_counter()
     net = package.build_network().to(device)
