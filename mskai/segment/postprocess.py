@@ -59,13 +59,21 @@ def _clean_one(region: np.ndarray, value: int, rule: Cleanup):
     mask = region == value
     components, n = ndimage.label(mask, structure=_FULL)
     if n > 1:
-        sizes = np.bincount(components.ravel())[1:]
-        keep = sizes >= rule.min_island_fraction * sizes.sum()
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        drop = sizes < rule.min_island_fraction * sizes.sum()
         if rule.max_components:
-            order = np.argsort(sizes)[::-1]
-            keep[order[rule.max_components:]] = False
-        region[mask & ~keep[np.maximum(components - 1, 0)]] = 0
-        mask = region == value
+            drop[np.argsort(sizes)[::-1][rule.max_components:]] = True
+        drop[0] = False
+        removed = drop[components]
+        region[removed] = 0
+        mask &= ~removed
     if rule.fill_holes:
-        filled = ndimage.binary_fill_holes(mask)
-        region[filled & (region == 0)] = value
+        # holes: background pieces (6-connected, the complement of 26-connected bone) not touching the box border
+        background, _ = ndimage.label(~mask)
+        outside = np.unique(np.concatenate([face.ravel() for axis in range(3)
+                                            for face in (np.take(background, 0, axis), np.take(background, -1, axis))]))
+        is_hole = np.ones(background.max() + 1, dtype=bool)
+        is_hole[outside] = False
+        is_hole[0] = False
+        region[is_hole[background] & (region == 0)] = value
