@@ -68,14 +68,17 @@ def canonical_grid(volume: Volume, spacing_mm) -> CanonicalGrid:
 
 def normalise(array, method: dict) -> np.ndarray:
     """Intensity normalisation named in a model package: ``{"method": "percentile", "lower": 0.5, "upper": 99.5}``."""
-    array = np.asarray(array, dtype=np.float32)
     if method["method"] != "percentile":
         raise MskaiError(f"Unknown intensity normalisation {method['method']!r}")
-    sample = array.ravel()[:: max(1, array.size // 2_000_000)]
+    step = max(1, int(np.ceil((np.size(array) / 2_000_000) ** (1 / 3))))
+    sample = np.asarray(array)[::step, ::step, ::step]  # a strided view: no full-size copy
     lo, hi = np.percentile(sample, [method.get("lower", 0.5), method.get("upper", 99.5)])
     if hi <= lo:
         raise MskaiError("Volume has (almost) constant intensity: nothing to segment")
-    return np.clip((array - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
+    out = np.array(array, dtype=np.float32)  # one copy; everything after works in place
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def resample(array: np.ndarray, shape, mode: str = "trilinear") -> torch.Tensor:
