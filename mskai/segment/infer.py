@@ -13,7 +13,8 @@ import torch
 from mskai import MskaiError
 from mskai.segment.labels import labels_from_table
 from mskai.segment.postprocess import PostprocessOptions, clean_labels
-from mskai.segment.preprocess import argmax_on_grid, canonical_grid, check_input, normalise, resample
+from mskai.segment.preprocess import (argmax_on_grid, canonical_grid, check_input, model_grid_shape, normalise,
+                                      resample)
 from mskai.volume import Volume
 
 
@@ -144,10 +145,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     crop_shape = tuple(s.stop - s.start for s in crop)
     batch = options.batch_size
 
-    def model_shape_for(sp):
-        return tuple(max(1, round(n * c / t_)) for n, c, t_ in zip(crop_shape, grid.canonical_spacing, sp))
-
-    model_shape = model_shape_for(spacing)
+    model_shape = model_grid_shape(crop_shape, grid.canonical_spacing, spacing)
     budget = 0.6 * _available_bytes()
     while estimate_memory_bytes(model_shape, n_classes, roi, batch) > budget:
         if batch > 1:
@@ -155,7 +153,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
             settings["fallbacks"].append("batch size 1 to fit memory")
         elif not fast and spec.get("fast_spacing_mm"):
             fast, spacing = True, spec["fast_spacing_mm"]
-            model_shape = model_shape_for(spacing)
+            model_shape = model_grid_shape(crop_shape, grid.canonical_spacing, spacing)
             settings["fallbacks"].append(f"fast mode ({spacing} mm) to fit memory")
         else:
             need = estimate_memory_bytes(model_shape, n_classes, roi, batch) / 2**30

@@ -55,13 +55,17 @@ def check_input(volume: Volume):
             raise MskaiError(f"Volume has {bad} NaN/infinite voxels; fix or mask them before segmenting")
 
 
+def model_grid_shape(shape, spacing, target_spacing) -> tuple:
+    """Voxels per axis when ``shape`` voxels of ``spacing`` mm are resampled to ``target_spacing`` mm."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing))
+
+
 def canonical_grid(volume: Volume, spacing_mm) -> CanonicalGrid:
     ornt = nib.orientations.io_orientation(volume.affine_ras)
     order = ornt[:, 0].astype(int)
     canonical_shape = tuple(int(volume.shape[i]) for i in np.argsort(order))
     canonical_spacing = volume.spacing[np.argsort(order)]
-    model_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in
-                        zip(canonical_shape, canonical_spacing, spacing_mm))
+    model_shape = model_grid_shape(canonical_shape, canonical_spacing, spacing_mm)
     affine = volume.affine_ras @ nib.orientations.inv_ornt_aff(ornt, volume.shape)
     return CanonicalGrid(ornt, tuple(volume.shape), canonical_shape, canonical_spacing, model_shape, affine)
 

@@ -50,16 +50,6 @@ def network_spec(config: TrainConfig, n_classes: int = len(BONES) + 1) -> dict:
                                       "num_res_units": 1, "norm": "INSTANCE"}}
 
 
-def dice_per_label(pred: np.ndarray, ref: np.ndarray, values) -> dict:
-    """Dice of each label value over whole arrays (NaN when absent from both)."""
-    out = {}
-    for v in values:
-        p, r = pred == v, ref == v
-        denom = int(p.sum()) + int(r.sum())
-        out[v] = 2.0 * int(np.logical_and(p, r).sum()) / denom if denom else float("nan")
-    return out
-
-
 def _plot(log: list, folder: Path):
     import matplotlib
 
