@@ -230,7 +230,9 @@ def cmd_segment(args):
     load_s = time.perf_counter() - t
     post = PostprocessOptions.from_settings(enabled=not args.no_postprocess, fill_holes=not args.no_fill_holes,
                                             min_island_fraction=args.min_island_fraction,
-                                            max_components=args.max_components)
+                                            max_components=args.max_components,
+                                            min_extra_fraction=args.min_extra_fraction,
+                                            min_volume_ml=args.min_volume_ml)
     options = SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
                              batch_size=args.batch_size, slab=_parse_slab(args.slab),
                              check_compatibility=not args.no_input_check, postprocess=post)
@@ -389,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
     p.add_argument("--min-island-fraction", type=float, help="drop pieces below this fraction of a bone (0.01)")
     p.add_argument("--max-components", type=int, help="keep this many largest pieces per bone (2; 0 = all)")
+    p.add_argument("--min-extra-fraction", type=float,
+                   help="keep a further piece only if at least this fraction of the bone's largest (0.25)")
+    p.add_argument("--min-volume-ml", type=float, help="drop pieces smaller than this many mL (1.0)")
     p.add_argument("--no-fill-holes", action="store_true")
     p.add_argument("--formats", default="nii.gz,nrrd,seg.nrrd,stl,ply,obj,report",
                    help="outputs: nii.gz, nrrd, seg.nrrd, stl, ply, obj, report")

@@ -8,7 +8,10 @@ from mskai import MskaiError
 from mskai.models.package import load_package
 from mskai.segment.infer import Cancelled, SegmentOptions, segment_volume
 from mskai.segment.postprocess import Cleanup, PostprocessOptions, clean_labels
-from mskai.segment.preprocess import canonical_grid
+import torch
+import torch.nn.functional as F
+
+from mskai.segment.preprocess import argmax_on_grid, canonical_grid, model_image, normalise
 from mskai.synth.phantom import phantom
 from mskai.volume import Volume
 
@@ -29,6 +32,23 @@ def test_canonical_round_trip(plane, tilt):
     # canonical axes point (approximately) to R, A, S
     directions = grid.canonical_affine_ras[:3, :3] / grid.canonical_spacing
     assert np.all(np.diag(directions) > 0.7)
+
+
+@pytest.mark.parametrize("shape", [(17, 23, 9), (50, 41, 70)])
+def test_slab_by_slab_resampling_equals_one_trilinear_interpolation(shape):
+    """The memory-bounded paths give the values of one whole-volume interpolation (down- and up-sampling)."""
+    rng = np.random.default_rng(0)
+    source = rng.integers(-100, 2000, (33, 29, 31)).astype(np.int16)
+    view = source[::-1, :, ::-1].transpose(1, 0, 2)  # a strided, flipped view, as canonical order gives
+    intensity = {"method": "percentile", "lower": 0.5, "upper": 99.5}
+    whole = F.interpolate(torch.from_numpy(normalise(view, intensity))[None, None], size=shape, mode="trilinear",
+                          align_corners=False)[0, 0]
+    np.testing.assert_allclose(model_image(view, shape, intensity, slab_voxels=600), whole, atol=1e-5)
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(4, 12, 10, 14)).astype(np.float32)), 0)
+    expected = F.interpolate(probabilities[None], size=shape, mode="trilinear", align_corners=False)[0].argmax(0)
+    out = np.full(shape[::-1], 9, np.uint8).T  # a non-contiguous (Fortran-order) target to fill
+    argmax_on_grid(probabilities, shape, slab_voxels=600, out=out)
+    assert (out == expected.numpy()).mean() > 0.999  # float ties aside
 
 
 def test_output_is_on_the_input_grid(femur_everywhere):
@@ -112,7 +132,7 @@ def test_postprocess_islands_components_and_3d_holes():
     labels[_ball(labels.shape, (20, 20, 20), 10)] = 1
     labels[_ball(labels.shape, (20, 20, 20), 4)] = 0  # a closed cavity: only 3D filling sees it is enclosed
     labels[_ball(labels.shape, (45, 45, 45), 9)] = 1  # second large piece (other leg)
-    labels[_ball(labels.shape, (45, 10, 10), 5)] = 1  # third piece, above 1 %: dropped by max_components=2
+    labels[_ball(labels.shape, (45, 10, 10), 8)] = 1  # third large piece: dropped by max_components=2
     labels[50, 50, 5] = 1  # island below 1 %
     labels[5:15, 40:50, 40:50] = 3
     labels[10, 45, 40:50] = 0  # a tunnel through the fibula box: open, so not a hole
@@ -123,3 +143,39 @@ def test_postprocess_islands_components_and_3d_holes():
     one = clean_labels(labels, [1], PostprocessOptions(per_label={1: Cleanup(max_components=1)}))
     assert one[45, 45, 45] == 0 and one[20, 20, 20] == 1
     assert np.array_equal(clean_labels(labels, [1], PostprocessOptions(enabled=False)), labels)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_postprocess_in_chunks_matches_whole_volume_labelling(chunk):
+    """Pieces found chunk by chunk (bounded memory) are the pieces of one 26-connected labelling."""
+    from scipy import ndimage
+
+    from mskai.segment import postprocess
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.gaussian_filter(rng.normal(size=(30, 28, 26)), 1.5) > 0.12  # many touching, branching pieces
+    mask[0, :, 4:9] = mask[-1, :, 4:9] = True  # pieces on opposite faces must stay apart
+    region = mask.astype(np.uint8)
+    piece, sizes, boxes, _ = postprocess._pieces(region, 1, chunk)
+    whole, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert len(sizes) == n and sorted(sizes) == sorted(np.bincount(whole.ravel())[1:])
+    expected = sorted((tuple(s.start for s in b), tuple(s.stop for s in b)) for b in ndimage.find_objects(whole))
+    assert sorted((tuple(lo), tuple(hi)) for lo, hi in boxes) == expected
+    rule = Cleanup(max_components=3, min_island_fraction=0.0, min_extra_fraction=0.0, fill_holes=False)
+    cleaned = region.copy()
+    postprocess._clean_one(cleaned, 1, rule, 0.0, chunk=chunk)
+    largest = np.argsort(np.bincount(whole.ravel())[1:])[::-1][:3] + 1
+    np.testing.assert_array_equal(cleaned == 1, np.isin(whole, largest))
+
+
+def test_postprocess_drops_stray_pieces_and_stray_bones():
+    labels = np.zeros((60, 60, 60), np.uint8)
+    labels[_ball(labels.shape, (20, 20, 20), 12)] = 2  # femur, 7.2 mL at 1 mm
+    labels[_ball(labels.shape, (45, 45, 45), 6)] = 2  # a blob an eighth of it: not the other leg's femur
+    labels[_ball(labels.shape, (45, 12, 12), 4)] = 4  # a lone 0.27 mL "pelvis" in a knee
+    out = clean_labels(labels, [2, 4], voxel_ml=0.001)
+    assert out[20, 20, 20] == 2 and out[45, 45, 45] == 0 and out[45, 12, 12] == 0
+    kept = clean_labels(labels, [2, 4], PostprocessOptions.from_settings(min_extra_fraction=0.1, min_volume_ml=0.1),
+                        voxel_ml=0.001)
+    assert kept[45, 45, 45] == 2 and kept[45, 12, 12] == 4
+    assert clean_labels(labels, [4])[45, 12, 12] == 4  # no voxel size given: no volume rule

@@ -13,8 +13,7 @@ import torch
 from mskai import MskaiError
 from mskai.segment.labels import labels_from_table
 from mskai.segment.postprocess import PostprocessOptions, clean_labels
-from mskai.segment.preprocess import (argmax_on_grid, canonical_grid, check_input, model_grid_shape, normalise,
-                                      resample)
+from mskai.segment.preprocess import argmax_on_grid, canonical_grid, check_input, model_grid_shape, model_image
 from mskai.volume import Volume
 
 
@@ -160,9 +159,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
             raise MskaiError(f"Not enough memory: about {need:.1f} GiB needed, {budget / 0.6 / 2**30:.1f} GiB "
                              "available; use a slab (--slab) or a machine with more memory")
     settings.update(spacing_mm=list(spacing), batch_size=batch, fast=fast, model_grid=list(model_shape))
-    canonical = normalise(grid.to_canonical(volume.array)[crop], spec["intensity"])
-    image = resample(canonical, model_shape)
-    del canonical
+    image = model_image(grid.to_canonical(volume.array)[crop], model_shape, spec["intensity"])[None]
     timings["preprocess"] = time.perf_counter() - t
     progress("preprocess", 1.0)
 
@@ -192,11 +189,11 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
 
     t = time.perf_counter()
     progress("postprocess", 0.0)
-    canonical_labels = np.zeros(grid.canonical_shape, dtype=np.uint8)
-    canonical_labels[crop] = argmax_on_grid(probabilities, crop_shape)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    argmax_on_grid(probabilities, crop_shape, out=grid.to_canonical(labels)[crop])  # a view: fills labels
     del probabilities
-    labels = np.ascontiguousarray(grid.from_canonical(canonical_labels))
-    labels = clean_labels(labels, [label.value for label in labels_table], options.postprocess)
+    clean_labels(labels, [label.value for label in labels_table], options.postprocess,
+                 voxel_ml=float(np.prod(volume.spacing)) / 1000, in_place=True)
     timings["postprocess"] = time.perf_counter() - t
     progress("postprocess", 1.0)
     meta = {k: v for k, v in volume.meta.items() if k in ("modality", "plane", "series_uid", "frame_files")}

@@ -70,8 +70,8 @@ def canonical_grid(volume: Volume, spacing_mm) -> CanonicalGrid:
     return CanonicalGrid(ornt, tuple(volume.shape), canonical_shape, canonical_spacing, model_shape, affine)
 
 
-def normalise(array, method: dict) -> np.ndarray:
-    """Intensity normalisation named in a model package: ``{"method": "percentile", "lower": 0.5, "upper": 99.5}``."""
+def intensity_window(array, method: dict) -> tuple:
+    """(low, high) intensities a model package's normalisation maps to 0 and 1 (from a strided sample)."""
     if method["method"] != "percentile":
         raise MskaiError(f"Unknown intensity normalisation {method['method']!r}")
     step = max(1, int(np.ceil((np.size(array) / 2_000_000) ** (1 / 3))))
@@ -79,10 +79,18 @@ def normalise(array, method: dict) -> np.ndarray:
     lo, hi = np.percentile(sample, [method.get("lower", 0.5), method.get("upper", 99.5)])
     if hi <= lo:
         raise MskaiError("Volume has (almost) constant intensity: nothing to segment")
+    return float(lo), float(hi)
+
+
+def _scale(t: torch.Tensor, window) -> torch.Tensor:
+    lo, hi = window
+    return t.sub_(lo).div_(hi - lo).clamp_(0.0, 1.0)
+
+
+def normalise(array, method: dict) -> np.ndarray:
+    """Intensity normalisation named in a model package: ``{"method": "percentile", "lower": 0.5, "upper": 99.5}``."""
     out = np.array(array, dtype=np.float32)  # one copy; everything after works in place
-    out -= np.float32(lo)
-    out /= np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
+    return _scale(torch.from_numpy(out), intensity_window(out, method)).numpy()
 
 
 def resample(array: np.ndarray, shape, mode: str = "trilinear") -> torch.Tensor:
@@ -99,8 +107,24 @@ def to_model_grid(volume: Volume, spacing_mm, intensity: dict):
     """(1 x D x H x W tensor on the model grid, CanonicalGrid)."""
     check_input(volume)
     grid = canonical_grid(volume, spacing_mm)
-    canonical = normalise(grid.to_canonical(volume.array), intensity)
-    return resample(canonical, grid.model_shape), grid
+    return model_image(grid.to_canonical(volume.array), grid.model_shape, intensity)[None], grid
+
+
+def model_image(canonical, shape, intensity: dict, slab_voxels: int = 8_000_000) -> torch.Tensor:
+    """The normalised image resampled (trilinear) to ``shape``, slab by slab: no full-size float copy.
+
+    canonical: the input in canonical axis order (any dtype; a strided view is fine).
+    """
+    window = intensity_window(canonical, intensity)
+    out = torch.empty(tuple(shape), dtype=torch.float32)
+
+    def planes(first, last):
+        block = np.array(canonical[:, :, first:last + 1], dtype=np.float32, order="C")
+        return _scale(torch.from_numpy(block), window)[None]
+
+    for start, stop, slab in _resampled_slabs(planes, canonical.shape, shape, slab_voxels):
+        out[:, :, start:stop] = slab[0]
+    return out
 
 
 def _linear_weights(n_in: int, n_out: int):
@@ -130,24 +154,31 @@ def _argmax_first_axis(t: torch.Tensor) -> np.ndarray:
     return index.numpy()
 
 
-def argmax_on_grid(probabilities: torch.Tensor, shape, slab_voxels: int = 8_000_000) -> np.ndarray:
-    """Label map on ``shape`` from class probabilities (C x d x h x w) on another grid of the same extent.
+def _resampled_slabs(planes, source_shape, shape, slab_voxels):
+    """Yield (start, stop, C x shape[0] x shape[1] x (stop - start) slab) of a trilinear resampling.
 
-    Probabilities are interpolated trilinearly (voxel centres aligned: linear along the last axis, then
-    in-plane) and the argmax taken slab by slab along the last axis, so memory stays bounded.
+    planes(first, last) gives the source's C x d x h x (last - first + 1) planes first..last as a float
+    tensor. Linear along the last axis, then in-plane (trilinear with the last axis already at its output
+    size, an exact identity there): the same values as one trilinear interpolation of the whole volume.
     """
-    c, *src = probabilities.shape
-    out = np.empty(shape, dtype=np.uint8)
-    lo, hi, w = _linear_weights(src[2], shape[2])
+    lo, hi, w = _linear_weights(source_shape[-1], shape[2])
     step = max(1, slab_voxels // (shape[0] * shape[1]))
     for start in range(0, shape[2], step):
         stop = min(shape[2], start + step)
-        # the source planes this slab needs, renumbered from 0
-        first, last = int(lo[start]), int(hi[stop - 1])
-        block = probabilities[:, :, :, first:last + 1].float().contiguous()
-        slab = _lerp(block, 3, (lo[start:stop] - first, hi[start:stop] - first, w[start:stop]))
-        # in-plane: trilinear with the last axis already at its output size (an exact identity there)
-        slab = F.interpolate(slab[None], size=(shape[0], shape[1], stop - start), mode="trilinear",
-                             align_corners=False)[0]
+        first, last = int(lo[start]), int(hi[stop - 1])  # the source planes this slab needs, renumbered from 0
+        slab = _lerp(planes(first, last), 3, (lo[start:stop] - first, hi[start:stop] - first, w[start:stop]))
+        yield start, stop, F.interpolate(slab[None], size=(shape[0], shape[1], stop - start), mode="trilinear",
+                                         align_corners=False)[0]
+
+
+def argmax_on_grid(probabilities: torch.Tensor, shape, slab_voxels: int = 8_000_000, out=None) -> np.ndarray:
+    """Label map on ``shape`` from class probabilities (C x d x h x w) on another grid of the same extent.
+
+    Probabilities are interpolated trilinearly and the argmax taken slab by slab, so memory stays bounded.
+    out: a uint8 array (or a view, e.g. the input-ordered label map seen in canonical order) to fill.
+    """
+    out = np.empty(shape, dtype=np.uint8) if out is None else out
+    planes = lambda first, last: probabilities[:, :, :, first:last + 1].float().contiguous()  # noqa: E731
+    for start, stop, slab in _resampled_slabs(planes, probabilities.shape, shape, slab_voxels):
         out[:, :, start:stop] = _argmax_first_axis(slab)
     return out

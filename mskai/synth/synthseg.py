@@ -143,7 +143,7 @@ class LowerLimbPhantom:
         self.head_r = r(21, 25)
         knee = np.array([m * r(5, 15), r(-5, 10), -femur_len])
         neck_end = np.array([-m * r(30, 40), 0.0, -r(25, 35)])  # greater trochanter side is lateral
-        shaft_top = neck_end + np.array([0.0, 0.0, -r(20, 40)])
+        shaft_top = neck_end + np.array([0.0, 0.0, -r(5, 15)])  # overlaps the trochanter: one femur
         self.femur = dict(head=(np.zeros(3), self.head_r), neck=(np.zeros(3), neck_end, r(14, 17)),
                           troch=(neck_end, r(16, 20)), shaft=(shaft_top, knee + [0, 0, 40], r(11, 14), r(12, 15)))
         cw = r(20, 25)
@@ -159,13 +159,19 @@ class LowerLimbPhantom:
         self.fibula = dict(head=(np.array([fx, r(12, 18), -r(50, 58)]), r(9, 12)),
                            shaft=(np.array([fx, r(12, 18), -r(60, 70)]), np.array([fx * 1.05, r(5, 12), -tib_len - r(5, 15)]),
                                   r(5.5, 7.5)))
-        cup = self.head_r + r(2, 4)
-        self.pelvis = dict(cup=(np.zeros(3), cup, r(5, 7)),
+        cup, wall = self.head_r + r(2, 4), r(5, 7)
+        pubis_r, ischium_r = r(9, 12), r(10, 13)
+
+        def on_cup(direction, radius):  # a ramus starts on the cup's outer wall: one connected hip bone
+            direction = np.asarray(direction) / np.linalg.norm(direction)
+            return direction * (cup + wall + 0.6 * radius)
+
+        self.pelvis = dict(cup=(np.zeros(3), cup, wall),
                            ilium=(np.array([-m * r(5, 20), r(-5, 10), r(70, 100)]), (r(55, 70), r(10, 14), r(65, 80))),
-                           pubis=(np.array([m * 20, -r(15, 25), -r(5, 15)]), np.array([m * r(70, 85), -r(30, 45), -r(10, 25)]),
-                                  r(9, 12)),
-                           ischium=(np.array([m * 5, r(15, 25), -r(25, 35)]), np.array([m * r(35, 45), r(25, 35), -r(60, 75)]),
-                                    r(10, 13)))
+                           pubis=(on_cup([m * 0.7, -0.7, -0.1], pubis_r), np.array([m * r(70, 85), -r(30, 45), -r(10, 25)]),
+                                  pubis_r),
+                           ischium=(on_cup([m * 0.2, 0.95, -0.1], ischium_r),
+                                    np.array([m * r(35, 45), r(25, 35), -r(60, 75)]), ischium_r))
         self.thigh = (np.array([-m * 10, 0, 30]), knee + [0, 0, -10], r(75, 95), r(48, 58))
         self.calf = (np.array([0, 0, -20.0]), np.array([0, 0, -tib_len]), r(50, 60), r(28, 34))  # shank frame
         self.fat = r(6, 15)
@@ -173,7 +179,7 @@ class LowerLimbPhantom:
 
     def random_centre(self, rng) -> np.ndarray:
         """A point along the skeleton, so patches mostly contain bone; hip and knee are drawn most often."""
-        region = rng.choice(["hip", "thigh", "knee", "shank"], p=[0.3, 0.15, 0.35, 0.2])
+        region = rng.choice(["hip", "thigh", "knee", "shank"], p=[0.4, 0.1, 0.3, 0.2])
         if region == "hip":
             return np.array([0.0, 0.0, 30.0]) + rng.normal(0, 25, 3)
         if region == "knee":
