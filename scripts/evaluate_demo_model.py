@@ -1,11 +1,12 @@
 """Held-out evaluation of a bone model on synthetic cases never used in training.
 
-    python scripts/evaluate_demo_model.py [--model mskai-bones-demo] [--cases 6] [--out heldout]
+    python scripts/evaluate_demo_model.py [--model mskai-bones-demo] [--cases 8] [--out heldout]
 
 Knee cases: the real knee label map under new random deformations, poses and acquisition grids.
 Lower-limb cases: procedural phantoms from seeds the training never drew (new shapes), imaged at the
-hip, knee and shank. Each case runs through the same `segment_volume` as `mskai segment`, and is
-scored with `mskai.segment.metrics.evaluate` against its own label map. Prints a table per bone.
+hip (every other case: the pelvis is the hardest bone), knee and shank. Each case runs through the same
+`segment_volume` as `mskai segment`, and is scored with `mskai.segment.metrics.evaluate` against its
+own label map. Prints a table per bone.
 """
 
 import argparse
@@ -29,7 +30,7 @@ HELDOUT_SEED = 900_000  # training draws its shapes and poses from seed 0, valid
 
 
 def cases(n, seed):
-    """(name, image, labels) of n knee cases and n lower-limb cases (3 regions each phantom, cycling)."""
+    """(name, image, labels) of n knee cases and n lower-limb cases (hip, knee, hip, shank, cycling)."""
     rng = np.random.default_rng(seed)
     knee = KneeLabelSource(KNEE)
     planes = ["sagittal", "coronal", "axial"]
@@ -42,7 +43,7 @@ def cases(n, seed):
     for i in range(n):
         phantom = LowerLimbPhantom(rng)
         region, centre = [("hip", np.array([0.0, 0.0, 20.0])), ("knee", phantom.knee + [0, 0, 10]),
-                          ("shank", phantom.knee + [0, 0, -150])][i % 3]
+                          ("hip", np.array([0.0, 0.0, 20.0])), ("shank", phantom.knee + [0, 0, -150])][i % 4]
         spacing = (rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0), rng.uniform(1.0, 2.0))
         image, labels = synthetic_case(phantom, rng, spacing, extent_mm=(170, 170, 170), plane=planes[(i + 1) % 3],
                                        centre=centre)
@@ -73,7 +74,7 @@ def overlay_png(image, labels, prediction, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mskai-bones-demo")
-    parser.add_argument("--cases", type=int, default=6, help="knee cases and lower-limb cases, each")
+    parser.add_argument("--cases", type=int, default=8, help="knee cases and lower-limb cases, each")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--out", default="heldout", help="folder for the JSON results and overlay PNGs")
     args = parser.parse_args()

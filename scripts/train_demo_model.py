@@ -33,9 +33,14 @@ def validation_patches(n, seed, patch, spacing):
     rng = np.random.default_rng(seed)
     knee = KneeLabelSource(KNEE)
     out = []
+    regions = ["hip", "knee", "shank", "edge", "hip", "thigh"]  # every region, the pelvis most often
     for i in range(n):
-        source = knee if i % 2 == 0 else LowerLimbPhantom(rng)
-        out.append(make_sample(source, rng, (patch,) * 3, (spacing,) * 3, directions=CANONICAL_RAS))
+        if i % 2 == 0:
+            source, centre = knee, None
+        else:
+            source = LowerLimbPhantom(rng)
+            centre = source.random_centre(rng, regions[(i // 2) % len(regions)])
+        out.append(make_sample(source, rng, (patch,) * 3, (spacing,) * 3, directions=CANONICAL_RAS, centre=centre))
     return out
 
 

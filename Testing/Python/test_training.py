@@ -79,3 +79,19 @@ def test_side_by_side_layout_and_missing_pairs(tmp_path):
     (tmp_path / "c0_label.nii.gz").unlink()
     with pytest.raises(MskaiError, match="No image \\+ label pairs"):
         find_pairs(tmp_path)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_phantom_bones_are_each_one_piece(seed):
+    """Each procedural bone is one connected piece, as in anatomy (so "keep the largest pieces" is right)."""
+    import torch
+    from scipy import ndimage
+
+    from mskai.synth.synthseg import bone_labels_of
+
+    phantom = LowerLimbPhantom(np.random.default_rng(seed))
+    axes = [torch.arange(-120, 120, 2.0), torch.arange(-100, 100, 2.0), torch.arange(-phantom.length - 40, 200, 2.0)]
+    tissue, owner = phantom.sample(torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1))
+    labels = bone_labels_of(tissue, owner).numpy()
+    pieces = {value: ndimage.label(labels == value, structure=np.ones((3, 3, 3)))[1] for value in range(1, 6)}
+    assert pieces == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}

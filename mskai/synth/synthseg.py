@@ -148,6 +148,7 @@ class LowerLimbPhantom:
                           troch=(neck_end, r(16, 20)), shaft=(shaft_top, knee + [0, 0, 40], r(11, 14), r(12, 15)))
         cw = r(20, 25)
         self.condyles = [(knee + [sgn * cw, r(5, 10), 0], (r(18, 22), r(25, 30), r(22, 26))) for sgn in (-1, 1)]
+        self.metaphysis = (knee + np.array([0.0, 5.0, 15.0]) * s, (cw + 5 * s, 20 * s, 25 * s))  # joins condyles and shaft
         flex = rng.uniform(0, 35)  # knee flexion, tibia rotates about the knee's L axis
         self.knee, self.flex = knee, _rot_x(flex)
         tib_len = r(340, 400)
@@ -177,9 +178,19 @@ class LowerLimbPhantom:
         self.fat = r(6, 15)
         self.length = femur_len + tib_len
 
-    def random_centre(self, rng) -> np.ndarray:
-        """A point along the skeleton, so patches mostly contain bone; hip and knee are drawn most often."""
-        region = rng.choice(["hip", "thigh", "knee", "shank"], p=[0.4, 0.1, 0.3, 0.2])
+    REGIONS = {"hip": 0.35, "thigh": 0.1, "knee": 0.25, "shank": 0.15, "edge": 0.15}
+
+    def random_centre(self, rng, region=None) -> np.ndarray:
+        """A point along the skeleton, so patches mostly contain bone; hip and knee are drawn most often.
+
+        "edge" points lie 50-110 mm beside the skeleton, so patches also show the skin and the air around
+        the body, as whole scans do.
+        """
+        region = region or rng.choice(list(self.REGIONS), p=list(self.REGIONS.values()))
+        if region == "edge":
+            axis = rng.normal(0, 1, 3) * [1, 1, 0]
+            offset = axis / (np.linalg.norm(axis) + 1e-9) * rng.uniform(50, 110)
+            return self.random_centre(rng, rng.choice(["hip", "thigh", "knee", "shank"])) + offset
         if region == "hip":
             return np.array([0.0, 0.0, 30.0]) + rng.normal(0, 25, 3)
         if region == "knee":
@@ -198,7 +209,7 @@ class LowerLimbPhantom:
         femur = torch.minimum(_sphere(p, *f["head"]), _capsule(p, *f["neck"]))
         femur = torch.minimum(femur, _sphere(p, *f["troch"]))
         femur = torch.minimum(femur, _tapered(p, *f["shaft"]))
-        for c, radii in self.condyles:
+        for c, radii in [*self.condyles, self.metaphysis]:
             femur = torch.minimum(femur, _ellipsoid(p, c, radii))
         q = self._shank(p)
         t = self.tibia
