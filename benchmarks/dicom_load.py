@@ -21,8 +21,9 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 # Each snippet prints {"seconds": load time, "peak_mb": peak RSS, "base_mb": RSS after imports, "sum": checksum}.
 _MEASURE = """
-import json, resource, sys, time
-def rss_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import json, sys, time
+sys.path.insert(0, {bench_dir!r})
+from peak_rss import peak_mb as rss_mb
 {imports}
 base = rss_mb()
 t = time.perf_counter()
@@ -66,7 +67,7 @@ def make_series(slices: int) -> Path:
 
 
 def measure(name: str, folder: Path) -> dict:
-    code = _MEASURE.format(**READERS[name])
+    code = _MEASURE.format(bench_dir=str(Path(__file__).resolve().parent), **READERS[name])
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

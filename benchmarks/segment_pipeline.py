@@ -30,8 +30,9 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 from mskai.synth.synthseg import BUNDLED_KNEE_LABELS  # noqa: E402
 KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
 
-_RUN = ("import json, resource, sys; from mskai.cli import main; rc = main(sys.argv[1:]); "
-        "print(json.dumps({'rc': rc, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+_RUN = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+        "from peak_rss import peak_mb; from mskai.cli import main; rc = main(sys.argv[1:]); "
+        "print(json.dumps({'rc': rc, 'peak_mb': peak_mb()}))")
 
 
 def knee_volume() -> tuple[Path, Path]:

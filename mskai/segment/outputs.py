@@ -90,7 +90,8 @@ def write_dicom_seg(labels: Volume, path, model_id: str, model_version: str, tab
 def bone_statistics(labels: Volume, table=BONES, surfaces=None) -> list[dict]:
     """Per bone: voxels, volume (mL, from the real voxel size), surface area, bounding box in LPS mm."""
     voxel_ml = float(abs(np.linalg.det(labels.affine_lps[:3, :3]))) / 1000.0
-    counts = np.bincount(np.asarray(labels.array).ravel(), minlength=256)
+    flat = np.asarray(labels.array).reshape(-1)  # counted in blocks: bincount widens to int64 (8x the labels)
+    counts = sum(np.bincount(flat[i:i + 2**24], minlength=256) for i in range(0, flat.size, 2**24))
     boxes = ndimage.find_objects(labels.array)
     rows = []
     for label in table:

@@ -162,7 +162,9 @@ def _resampled_slabs(planes, source_shape, shape, slab_voxels):
     size, an exact identity there): the same values as one trilinear interpolation of the whole volume.
     """
     lo, hi, w = _linear_weights(source_shape[-1], shape[2])
-    step = max(1, slab_voxels // (shape[0] * shape[1]))
+    # a slab's cost is its output planes or the source planes they read, whichever is larger
+    source_per_output_plane = int(np.prod(source_shape[:-1])) * source_shape[-1] / shape[2]
+    step = max(1, int(slab_voxels // max(shape[0] * shape[1], source_per_output_plane)))
     for start in range(0, shape[2], step):
         stop = min(shape[2], start + step)
         first, last = int(lo[start]), int(hi[stop - 1])  # the source planes this slab needs, renumbered from 0
