@@ -148,7 +148,8 @@ class LowerLimbPhantom:
                           troch=(neck_end, r(16, 20)), shaft=(shaft_top, knee + [0, 0, 40], r(11, 14), r(12, 15)))
         cw = r(20, 25)
         self.condyles = [(knee + [sgn * cw, r(5, 10), 0], (r(18, 22), r(25, 30), r(22, 26))) for sgn in (-1, 1)]
-        self.metaphysis = (knee + np.array([0.0, 5.0, 15.0]) * s, (cw + 5 * s, 20 * s, 25 * s))  # joins condyles and shaft
+        # the metaphysis joins the condyles and the shaft: one femur
+        self.metaphysis = (knee + np.array([0.0, 5.0, 15.0]) * s, (cw + 5 * s, 20 * s, 25 * s))
         flex = rng.uniform(0, 35)  # knee flexion, tibia rotates about the knee's L axis
         self.knee, self.flex = knee, _rot_x(flex)
         tib_len = r(340, 400)
@@ -169,8 +170,8 @@ class LowerLimbPhantom:
 
         self.pelvis = dict(cup=(np.zeros(3), cup, wall),
                            ilium=(np.array([-m * r(5, 20), r(-5, 10), r(70, 100)]), (r(55, 70), r(10, 14), r(65, 80))),
-                           pubis=(on_cup([m * 0.7, -0.7, -0.1], pubis_r), np.array([m * r(70, 85), -r(30, 45), -r(10, 25)]),
-                                  pubis_r),
+                           pubis=(on_cup([m * 0.7, -0.7, -0.1], pubis_r),
+                                  np.array([m * r(70, 85), -r(30, 45), -r(10, 25)]), pubis_r),
                            ischium=(on_cup([m * 0.2, 0.95, -0.1], ischium_r),
                                     np.array([m * r(35, 45), r(25, 35), -r(60, 75)]), ischium_r))
         self.thigh = (np.array([-m * 10, 0, 30]), knee + [0, 0, -10], r(75, 95), r(48, 58))
