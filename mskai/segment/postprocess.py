@@ -72,6 +72,11 @@ def _shifted(d: int, n: int) -> slice:
     return slice(max(0, d), n + min(0, d))
 
 
+def _chunk_pieces(block: np.ndarray, value: int):
+    """(local piece numbers, count) of one chunk; both passes over a chunk must number pieces alike."""
+    return ndimage.label(block == value, structure=_FULL)
+
+
 def _pieces(region: np.ndarray, value: int, chunk: int):
     """The 26-connected pieces of ``region == value``, found chunk by chunk along the last axis.
 
@@ -81,7 +86,7 @@ def _pieces(region: np.ndarray, value: int, chunk: int):
     """
     sizes, lower, upper, links, last_plane, counts = [], [], [], [], None, []
     for start in range(0, region.shape[2], chunk):
-        local, n = ndimage.label(region[:, :, start:start + chunk] == value, structure=_FULL)
+        local, n = _chunk_pieces(region[:, :, start:start + chunk], value)
         offset = len(sizes)
         counts.append(n)
         sizes.extend(np.bincount(local.ravel(), minlength=n + 1)[1:])
@@ -122,7 +127,7 @@ def _clean_one(region: np.ndarray, value: int, rule: Cleanup, voxel_ml: float, c
         lookup = np.concatenate([[False], drop[piece[offset:offset + n]]])
         if lookup.any():  # label this chunk again (the same local numbering) to remove what is dropped
             block = region[:, :, start:start + chunk]
-            block[lookup[ndimage.label(block == value, structure=_FULL)[0]]] = 0
+            block[lookup[_chunk_pieces(block, value)[0]]] = 0
     if rule.fill_holes:  # each kept piece in its own box: small arrays even when pieces lie far apart
         for (lo, hi), dropped in zip(boxes, drop):
             if not dropped:
