@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mskai import MskaiError
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -24,11 +26,20 @@ class Volume:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        """Refuse what no reader should hand on: other than 3D, complex or object voxels, a degenerate affine."""
         if self.array.ndim != 3:
-            raise ValueError(f"a Volume needs a 3D array, got shape {self.array.shape}")
-        self.affine_lps = np.asarray(self.affine_lps, dtype=np.float64)
-        if self.affine_lps.shape != (4, 4):
-            raise ValueError("affine_lps must be 4x4")
+            raise MskaiError(f"a volume needs 3 dimensions, this one has shape {self.array.shape}")
+        if self.array.dtype.kind not in "biuf":
+            raise MskaiError(f"voxels of type {self.array.dtype} are not supported (complex or non-numeric; real numbers only)")
+        try:
+            self.affine_lps = np.asarray(self.affine_lps, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise MskaiError("the volume's affine is not numeric") from None
+        if self.affine_lps.shape != (4, 4) or not np.all(np.isfinite(self.affine_lps)):
+            raise MskaiError("the volume's affine is not a finite 4x4 matrix")
+        if np.any(self.spacing == 0) or abs(np.linalg.det(self.directions_lps)) < 1e-3:
+            raise MskaiError(f"the volume's axes are degenerate (voxel size {np.round(self.spacing, 4).tolist()} mm, "
+                             "zero or parallel directions)")
 
     @classmethod
     def from_ras(cls, array, affine_ras, **kwargs) -> "Volume":

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mskai import MskaiError
 from mskai.dicom.plane import detect_plane
 from mskai.synth.phantom import ORIENTATIONS, grid_affine, rotation
 from mskai.volume import Volume
@@ -41,5 +42,13 @@ def test_volume_lps_ras_and_spacing():
     np.testing.assert_allclose(Volume.from_ras(v.array, v.affine_ras).affine_lps, affine)
     np.testing.assert_allclose(v.ijk_to_lps([1, 0, 0])[0], [10.0, -19.5, 30.0])
     np.testing.assert_allclose(v.directions_lps, ORIENTATIONS["sagittal"])
-    with pytest.raises(ValueError):
+    with pytest.raises(MskaiError, match="3 dimensions"):
         Volume(np.zeros((4, 5)), affine)
+    with pytest.raises(MskaiError, match="complex"):
+        Volume(np.zeros((4, 5, 6), np.complex64), affine)
+    flat = affine.copy()
+    flat[:3, 2] = 0
+    with pytest.raises(MskaiError, match="degenerate"):
+        Volume(np.zeros((4, 5, 6)), flat)
+    with pytest.raises(MskaiError, match="finite"):
+        Volume(np.zeros((4, 5, 6)), np.full((4, 4), np.nan))

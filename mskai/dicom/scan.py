@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from mskai import MskaiError
 
@@ -18,6 +19,10 @@ PIXEL_TAGS = (PIXEL_DATA, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Dat
 
 # Header-only read: values larger than this are left in the file and not read.
 _DEFER_BYTES = 4096
+# Header values beyond these are damage, not anatomy.
+MAX_SPACING_MM = 1000.0  # a pixel or a slice gap of 1 m
+MAX_COORDINATE_MM = 1e5  # a position 100 m from the origin
+MAX_FRAMES = 100_000
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Frame:
     instance_number: int | None = None
     slice_thickness: float | None = None
     spacing_between_slices: float | None = None
+    stored_dtype: str = "u2"  # numpy dtype of the stored values (Bits Allocated, Pixel Representation)
 
 
 @dataclass
@@ -57,11 +63,17 @@ class Series:
     patient_id: str = ""
     frames: list[Frame] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    identities: set = field(default_factory=set)  # identity() of its files: more than one is a mixed series
 
     @property
     def is_image(self) -> bool:
         """False for series of non-image objects only (SR, PR, RTSTRUCT, ...)."""
         return bool(self.frames)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the files of this Series Instance UID must not be used together, or None."""
+        return mixed_identity(self.identities)
 
 
 @dataclass
@@ -96,28 +108,84 @@ class ScanReport:
         raise MskaiError(f"No series {key!r} here; give a Series Instance UID or a number 1-{len(self.series)}")
 
 
-def _float(value, default=None):
+# The fields that must agree across the files of one series: which patient, study, space and modality.
+IDENTITY_FIELDS = (("patient", ("PatientID", "PatientName")), ("study", ("StudyInstanceUID",)),
+                   ("frame of reference", ("FrameOfReferenceUID",)), ("modality", ("Modality",)))
+
+
+def identity(ds) -> tuple:
+    """Who and where a file belongs to: one tuple of values per IDENTITY_FIELDS entry."""
+    return tuple(tuple(str(ds.get(k, "")) for k in keywords) for _, keywords in IDENTITY_FIELDS)
+
+
+def mixed_identity(identities) -> str | None:
+    """Why files that share a UID must not be combined (several patients, studies, ...), or None."""
+    counts = [(len({i[n] for i in identities}), name) for n, (name, _) in enumerate(IDENTITY_FIELDS)]
+    mixed = [f"{count} {'frames of reference' if name == 'frame of reference' else name + 's'}"
+             for count, name in counts if count > 1]
+    if not mixed:
+        return None
+    return f"its files come from {', '.join(mixed)}; refusing to combine them (separate the files first)"
+
+
+def _value(item, keyword):
+    """A header value; None when absent or empty; MskaiError when its stored text cannot be parsed."""
     try:
-        return float(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
+        value = item.get(keyword)
+    except Exception as exc:  # pydicom converts values on access
+        raise MskaiError(f"{keyword} cannot be read ({exc.__class__.__name__})") from None
+    return None if value is None or value == "" else value
+
+
+def _numbers(item, keyword, n, low=-np.inf, high=np.inf) -> np.ndarray | None:
+    """``n`` finite numbers, each in (low, high), or None when absent; MskaiError otherwise."""
+    value = _value(item, keyword)
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        v = np.array([float(x) for x in values], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        v = np.full(1, np.nan)
+    if v.shape != (n,) or not np.all(np.isfinite(v) & (v > low) & (v < high)):
+        shown = "\\".join(map(str, values))[:60]
+        raise MskaiError(f"{keyword} {shown!r} is not {n} finite number(s) between {low:g} and {high:g}")
+    return v
+
+
+def _number(item, keyword, default=None, **limits):
+    v = _numbers(item, keyword, 1, **limits)
+    return default if v is None else float(v[0])
+
+
+def _integer(item, keyword, low, high, default=None) -> int | None:
+    """An integer attribute in [low, high], ``default`` when absent; MskaiError otherwise."""
+    value = _value(item, keyword)
+    if value is None:
         return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise MskaiError(f"{keyword} {str(value)[:30]!r} is not an integer from {low} to {high}")
+    return number
 
 
 def _int(value):
+    """A descriptive integer (series number, acquisition number): None when unusable."""
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
 
 
-def _vector(value, n):
-    if value is None:
-        return None
+def _informative(item, keyword):
+    """A value used only as a hint (slice thickness): None when absent or unusable."""
     try:
-        v = np.array([float(x) for x in value], dtype=np.float64)
-    except (TypeError, ValueError):
+        return _number(item, keyword, low=0, high=MAX_SPACING_MM)
+    except MskaiError:
         return None
-    return v if v.shape == (n,) and np.all(np.isfinite(v)) else None
 
 
 def _first(seq_owner, keyword):
@@ -131,60 +199,57 @@ def _functional_group(shared, per_frame, sequence_keyword):
     return _first(per_frame, sequence_keyword) or _first(shared, sequence_keyword)
 
 
-def _enhanced_frames(ds, path) -> list[Frame]:
+def _frame(path, index, rows, columns, pos, ori, meas, vt, **extra) -> Frame:
+    """A frame from its geometry, pixel-measure and value-transformation items, every field checked."""
+    spacing = _numbers(meas, "PixelSpacing", 2, low=0, high=MAX_SPACING_MM) if meas is not None else None
+    slope = _number(vt, "RescaleSlope", 1.0) if vt is not None else 1.0
+    if slope == 0:
+        raise MskaiError("Rescale Slope is 0")
+    return Frame(
+        path=path, frame_index=index, rows=rows, columns=columns,
+        position=_numbers(pos, "ImagePositionPatient", 3, -MAX_COORDINATE_MM, MAX_COORDINATE_MM)
+        if pos is not None else None,
+        orientation=_numbers(ori, "ImageOrientationPatient", 6, -1.001, 1.001) if ori is not None else None,
+        pixel_spacing=tuple(spacing) if spacing is not None else None,
+        slope=slope,
+        intercept=_number(vt, "RescaleIntercept", 0.0) if vt is not None else 0.0,
+        slice_thickness=_informative(meas, "SliceThickness") if meas is not None else None,
+        spacing_between_slices=_informative(meas, "SpacingBetweenSlices") if meas is not None else None,
+        **extra,
+    )
+
+
+def _enhanced_frames(ds, path, rows, columns, n) -> list[Frame]:
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    n = _int(ds.get("NumberOfFrames")) or 1
+    if per_frame and len(per_frame) != n:
+        raise MskaiError(f"Per-frame Functional Groups Sequence has {len(per_frame)} items for {n} frames")
     frames = []
     for i in range(n):
-        pf = per_frame[i] if i < len(per_frame) else None
-        pos = _functional_group(shared, pf, "PlanePositionSequence")
-        ori = _functional_group(shared, pf, "PlaneOrientationSequence")
-        meas = _functional_group(shared, pf, "PixelMeasuresSequence")
-        vt = _functional_group(shared, pf, "PixelValueTransformationSequence")
+        pf = per_frame[i] if per_frame else None
         echo = _functional_group(shared, pf, "MREchoSequence")
         content = _first(pf, "FrameContentSequence")
-        spacing = _vector(meas.get("PixelSpacing"), 2) if meas else None
-        frames.append(
-            Frame(
-                path=path,
-                frame_index=i,
-                position=_vector(pos.get("ImagePositionPatient"), 3) if pos else None,
-                orientation=_vector(ori.get("ImageOrientationPatient"), 6) if ori else None,
-                pixel_spacing=tuple(spacing) if spacing is not None else None,
-                rows=int(ds.Rows),
-                columns=int(ds.Columns),
-                slope=_float(vt.get("RescaleSlope"), 1.0) if vt else 1.0,
-                intercept=_float(vt.get("RescaleIntercept"), 0.0) if vt else 0.0,
-                echo_time=_float(echo.get("EffectiveEchoTime")) if echo else None,
-                temporal_position=str(content.get("TemporalPositionIndex", "")) if content else None,
-                instance_number=i + 1,
-                slice_thickness=_float(meas.get("SliceThickness")) if meas else None,
-                spacing_between_slices=_float(meas.get("SpacingBetweenSlices")) if meas else None,
-            )
-        )
+        frames.append(_frame(
+            path, i, rows, columns,
+            _functional_group(shared, pf, "PlanePositionSequence"),
+            _functional_group(shared, pf, "PlaneOrientationSequence"),
+            _functional_group(shared, pf, "PixelMeasuresSequence"),
+            _functional_group(shared, pf, "PixelValueTransformationSequence"),
+            echo_time=_informative(echo, "EffectiveEchoTime") if echo else None,
+            temporal_position=str(content.get("TemporalPositionIndex", "")) if content else None,
+            instance_number=i + 1,
+        ))
     return frames
 
 
-def _classic_frame(ds, path) -> Frame:
-    spacing = _vector(ds.get("PixelSpacing"), 2)
+def _classic_frame(ds, path, rows, columns) -> Frame:
     temporal = ds.get("TemporalPositionIdentifier", ds.get("TriggerTime", ""))
-    return Frame(
-        path=path,
-        frame_index=None,
-        position=_vector(ds.get("ImagePositionPatient"), 3),
-        orientation=_vector(ds.get("ImageOrientationPatient"), 6),
-        pixel_spacing=tuple(spacing) if spacing is not None else None,
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
-        slope=_float(ds.get("RescaleSlope"), 1.0),
-        intercept=_float(ds.get("RescaleIntercept"), 0.0),
-        echo_time=_float(ds.get("EchoTime")),
+    return _frame(
+        path, None, rows, columns, ds, ds, ds, ds,
+        echo_time=_informative(ds, "EchoTime"),
         acquisition_number=_int(ds.get("AcquisitionNumber")),
         temporal_position=str(temporal) if temporal not in (None, "") else None,
         instance_number=_int(ds.get("InstanceNumber")),
-        slice_thickness=_float(ds.get("SliceThickness")),
-        spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
     )
 
 
@@ -211,25 +276,68 @@ def pixel_element(ds):
     return None
 
 
-def _check_pixel_length(ds, path):
+def transfer_syntax(ds):
+    meta = getattr(ds, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
+def check_pixel_element(ds, path, rows, columns, frames):
+    """The pixel data element must lie inside the file and, uncompressed, hold exactly the declared frames."""
     elem = pixel_element(ds)
-    if elem is None:
-        return False
-    length = getattr(elem, "length", None)
-    tell = getattr(elem, "value_tell", None)
-    if length not in (None, 0xFFFFFFFF) and tell is not None and tell + length > os.path.getsize(path):
+    length, tell = getattr(elem, "length", None), getattr(elem, "value_tell", None)
+    tsyntax = transfer_syntax(ds)
+    if tsyntax == pydicom.uid.DeflatedExplicitVRLittleEndian or length is None or tell is None:
+        return  # positions refer to the inflated stream: the decoder checks lengths
+    if length != 0xFFFFFFFF and tell + length > os.path.getsize(path):
         raise MskaiError(f"truncated file: pixel data needs {tell + length} bytes, file has {os.path.getsize(path)}")
-    return True
+    if elem.tag != PIXEL_DATA or tsyntax is None or tsyntax.is_compressed:
+        return
+    needed = rows * columns * frames * int(ds.BitsAllocated) // 8  # Python ints: no overflow
+    if length == 0xFFFFFFFF or length not in (needed, needed + 1):  # one padding byte keeps lengths even
+        shown = "undefined" if length == 0xFFFFFFFF else f"{length} bytes"
+        raise MskaiError(f"pixel data is {shown}; {rows}x{columns}x{frames} pixels of "
+                         f"{ds.BitsAllocated} bits need {needed}")
 
 
-def _frames_of(ds, path) -> list[Frame]:
-    if "Rows" not in ds or "Columns" not in ds:
+def _image_frames(ds, path) -> list[Frame]:
+    """The frames of an image file after checking every pixel-format field; [] for non-image objects."""
+    if pixel_element(ds) is None:
+        return []
+    rows = _integer(ds, "Rows", 1, 65535)
+    columns = _integer(ds, "Columns", 1, 65535)
+    if rows is None or columns is None:
         raise MskaiError("image without Rows/Columns")
+    samples = _integer(ds, "SamplesPerPixel", 1, 4, default=1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise MskaiError(f"colour images are not supported ({photometric}, {samples} samples per pixel)")
+    if pixel_element(ds).tag == PIXEL_DATA:
+        bits = _integer(ds, "BitsAllocated", 1, 64)
+        if bits not in (8, 16, 32):
+            raise MskaiError(f"unsupported Bits Allocated {bits}")
+        _integer(ds, "BitsStored", 1, bits, default=bits)
+        _integer(ds, "PixelRepresentation", 0, 1, default=0)
+    n = _integer(ds, "NumberOfFrames", 1, MAX_FRAMES, default=1)
+    check_pixel_element(ds, path, rows, columns, n)
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-        return _enhanced_frames(ds, path)
-    if (_int(ds.get("NumberOfFrames")) or 1) > 1:
+        frames = _enhanced_frames(ds, path, rows, columns, n)
+    elif n > 1:
         raise MskaiError("multi-frame file without functional groups: per-frame geometry is unknown")
-    return [_classic_frame(ds, path)]
+    else:
+        frames = [_classic_frame(ds, path, rows, columns)]
+    dtype = stored_dtype(ds)
+    for f in frames:
+        f.stored_dtype = dtype
+    return frames
+
+
+def stored_dtype(ds) -> str:
+    """The numpy dtype of a file's stored pixel values."""
+    elem = pixel_element(ds)
+    if elem.tag != PIXEL_DATA:
+        return "f4" if elem.tag == 0x7FE00008 else "f8"
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    return f"{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}"
 
 
 def _new_series(ds) -> Series:
@@ -260,8 +368,7 @@ def scan_files(paths, report: ScanReport | None = None) -> ScanReport:
         path = str(path)
         try:
             ds = read_header(path)
-            has_pixels = _check_pixel_length(ds, path)
-            frames = _frames_of(ds, path) if has_pixels else []
+            frames = _image_frames(ds, path)
         except MskaiError as exc:
             report.problems.append(FileProblem(path, str(exc)))
             continue
@@ -275,6 +382,7 @@ def scan_files(paths, report: ScanReport | None = None) -> ScanReport:
             report.series.append(series)
         series.files.append(path)
         series.frames.extend(frames)
+        series.identities.add(identity(ds))
     report.series.sort(key=lambda s: (s.patient_id, s.study_date, s.study_uid, s.number or 0, s.uid))
     return report
 

@@ -11,7 +11,9 @@ import pydicom
 
 from mskai import MskaiError
 from mskai.dicom.plane import Plane, detect_plane, slice_normal
-from mskai.dicom.scan import Frame, Series, group_by, pixel_element, read_header
+from mskai.dicom.scan import (MAX_SPACING_MM, Frame, Series, check_pixel_element, group_by, pixel_element,
+                              read_header, stored_dtype)
+from mskai.io import check_memory
 from mskai.volume import Volume
 
 # Positions closer than this along the normal are "the same slice" (mm).
@@ -106,6 +108,8 @@ def _split_repeats(frames, label_parts):
 
 def plan_volumes(series: Series) -> list[VolumePlan]:
     """Split a series into volumes (echoes, acquisitions, orientations, sizes) and check each one's geometry."""
+    if series.problem:
+        raise MskaiError(f"Series {series.number or ''} cannot be used: {series.problem}")
     if not series.is_image:
         raise MskaiError(
             f"Series {series.number or ''} {series.description!r} is a {series.sop_class_name or 'non-image object'}, not images"
@@ -157,6 +161,9 @@ def _plan(series: Series, frames: list[Frame], label: str) -> VolumePlan:
         return plan
     if len(frames) > 1:
         step = float(np.median(gaps))
+        if step >= MAX_SPACING_MM:
+            plan.problem = f"slices are {step:.0f} mm apart: damaged positions, not an image stack"
+            return plan
         if np.abs(gaps - step).max() > max(GAP_TOLERANCE_MM, GAP_TOLERANCE_RELATIVE * step):
             plan.uneven_gaps = (
                 f"slices are not equally spaced: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
@@ -179,14 +186,6 @@ def _plan(series: Series, frames: list[Frame], label: str) -> VolumePlan:
 # --- pixels -----------------------------------------------------------------------------------------
 
 
-def _stored_dtype(ds) -> np.dtype:
-    bits = int(ds.BitsAllocated)
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if bits not in (8, 16, 32):
-        raise MskaiError(f"unsupported Bits Allocated {bits}")
-    return np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
-
-
 def _invert_monochrome1(raw: np.ndarray, ds) -> np.ndarray:
     """MONOCHROME1 shows low values bright; flip within the stored range (same dtype) so bright is high."""
     if raw.dtype.kind == "i":
@@ -196,9 +195,9 @@ def _invert_monochrome1(raw: np.ndarray, ds) -> np.ndarray:
 
 
 def _read_native(path, ds, frames_wanted, rows, cols) -> dict:
-    """Uncompressed pixels straight from the file at the pixel element's offset."""
+    """Uncompressed pixels straight from the file at the pixel element's offset (its length was checked)."""
     elem = pixel_element(ds)
-    dtype = _stored_dtype(ds).newbyteorder("<" if ds.original_encoding[1] else ">")
+    dtype = np.dtype(stored_dtype(ds)).newbyteorder("<" if ds.original_encoding[1] else ">")
     n = rows * cols
     out = {}
     with open(path, "rb") as fh:
@@ -237,9 +236,18 @@ def _can_read_native(ds) -> bool:
     )
 
 
-def _read_frames(path, frames_wanted, rows, cols):
-    """Stored values of the wanted frames of one file and its header."""
+def _read_frames(path, frames_wanted, rows, cols, dtype):
+    """Stored values of the wanted frames of one file and its header.
+
+    The header is read again and must still match what the scan saw (the file may have changed since).
+    """
     ds = read_header(path)
+    if pixel_element(ds) is None or (ds.get("Rows"), ds.get("Columns")) != (rows, cols) or stored_dtype(ds) != dtype:
+        raise MskaiError(f"{path}: the file changed since it was scanned")
+    try:
+        check_pixel_element(ds, path, rows, cols, int(ds.get("NumberOfFrames") or 1))
+    except MskaiError as exc:
+        raise MskaiError(f"{path}: {exc}") from None
     if _can_read_native(ds):
         pixels = _read_native(path, ds, frames_wanted, rows, cols)
     else:
@@ -265,12 +273,15 @@ def read_volume(plan: VolumePlan, resample: bool = False) -> Volume:
     rescaled = any(f.slope != 1.0 or f.intercept != 0.0 for f in frames)
     where = {}
     for k, f in enumerate(frames):
-        where.setdefault(f.path, []).append((k, f.frame_index))
-    dtype = np.float32 if rescaled else _stored_dtype(read_header(frames[0].path)).newbyteorder("=")
+        where.setdefault((f.path, f.stored_dtype), []).append((k, f.frame_index))
+    # One dtype that holds every file's values: uint16 and int16 files together give int32, never a wrap.
+    dtype = np.float32 if rescaled else np.result_type(*{f.stored_dtype for f in frames})
+    check_memory(len(frames) * rows * cols * np.dtype(dtype).itemsize, f"Volume {plan.label!r}")
     buf = np.empty((len(frames), rows, cols), dtype=dtype)
 
-    def fill(path, items):
-        pixels, ds = _read_frames(path, [idx for _, idx in items], rows, cols)
+    def fill(key, items):
+        path, stored = key
+        pixels, ds = _read_frames(path, [idx for _, idx in items], rows, cols, stored)
         monochrome1 = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
         for k, idx in items:
             raw = pixels[idx]
@@ -283,7 +294,7 @@ def read_volume(plan: VolumePlan, resample: bool = False) -> Volume:
 
     # File reads release the GIL: a few threads overlap I/O, decoding and copying.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for future in [pool.submit(fill, path, items) for path, items in where.items()]:
+        for future in [pool.submit(fill, key, items) for key, items in where.items()]:
             future.result()
     array = buf.transpose(2, 1, 0)  # (k, j, i) -> (i, j, k), no copy
     affine = plan.affine_lps

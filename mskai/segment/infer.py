@@ -97,8 +97,8 @@ def _n_windows(shape, roi, overlap) -> int:
 
 def estimate_memory_bytes(model_shape, n_classes, roi, batch_size, widest_channels=128) -> int:
     """Rough peak for sliding-window inference: output and count maps plus one batch of activations."""
-    voxels = int(np.prod(model_shape))
-    return voxels * (n_classes * 4 * 2 + 8) + batch_size * int(np.prod(roi)) * widest_channels * 4 * 6
+    voxels = math.prod(int(n) for n in model_shape)  # Python ints: absurd shapes cannot overflow to small numbers
+    return voxels * (n_classes * 4 * 2 + 8) + batch_size * math.prod(int(n) for n in roi) * widest_channels * 4 * 6
 
 
 def _available_bytes() -> int:

@@ -7,6 +7,7 @@ intensities: clipped to percentiles and scaled to [0, 1].
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -46,9 +47,11 @@ def check_input(volume: Volume):
     """Refuse volumes a model cannot use, with the reason."""
     if volume.array.ndim != 3 or min(volume.shape) < MIN_VOXELS_PER_AXIS:
         raise MskaiError(f"Volume {volume.shape} is too small: each axis needs at least {MIN_VOXELS_PER_AXIS} voxels")
-    if int(np.prod(volume.shape)) > MAX_VOXELS:
-        raise MskaiError(f"Volume {volume.shape} is too large ({np.prod(volume.shape) / 1e6:.0f} M voxels; "
+    if math.prod(volume.shape) > MAX_VOXELS:
+        raise MskaiError(f"Volume {volume.shape} is too large ({math.prod(volume.shape) / 1e6:.0f} M voxels; "
                          f"limit {MAX_VOXELS / 1e6:.0f} M): crop it or use a slab")
+    if not np.all((volume.spacing > 1e-3) & (volume.spacing < 1000)):
+        raise MskaiError(f"Voxel size {np.round(volume.spacing, 4).tolist()} mm is outside 0.001-1000 mm")
     if volume.array.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(volume.array)))
         if bad:
