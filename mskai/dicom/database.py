@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.dicom.scan import FileProblem, ScanReport, iter_files, read_header, scan_files
+from mskai.dicom.scan import (FileProblem, ScanReport, group_by, identity, iter_files, mixed_identity, read_header,
+                              scan_files)
 
 DATABASE_FILENAME = "ctkDICOM.sql"
 SCHEMA_VERSION = "0.8.1"
@@ -149,15 +152,19 @@ class DicomDatabase:
     def scan(self, series_uids=None) -> ScanReport:
         """Read the headers of the files of the given series (all series by default).
 
-        Files listed in the database but missing on disk are reported as problems.
+        Files listed in the database but missing on disk, and series rows without images, are reported as
+        problems; the other series are still read.
         """
         uids = series_uids or [s["SeriesInstanceUID"] for s in self.all_series()]
         report = ScanReport()
-        for uid in uids:
+        for n, uid in enumerate(uids, 1):
             paths = self.files(uid)
-            if not paths:
-                raise MskaiError(f"Series {uid} is not in the database {self.file}")
-            scan_files(paths, report)
+            if paths:
+                scan_files(paths, report)
+            elif series_uids:
+                raise MskaiError(f"Series {uid} has no images in the database {self.file}")
+            else:
+                report.problems.append(FileProblem(f"{self.file} (series row {n})", "lists no images; skipped"))
         return report
 
 
@@ -166,21 +173,35 @@ def _now() -> str:
 
 
 def create_database(path) -> Path:
-    """Create an empty CTK DICOM database; an existing file is left untouched and must match the schema."""
+    """Create an empty CTK DICOM database; an existing file is left untouched and must match the schema.
+
+    Safe when several processes create the same database at once: each builds its own temporary file and
+    links it into place only if no database is there yet (a hard link never replaces a file).
+    """
     file = database_file(path)
-    if file.exists():
-        DicomDatabase(file).close()  # raises on foreign schema
-        return file
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".part")
-    con = sqlite3.connect(tmp)
-    try:
-        con.executescript(_SCHEMA)
-        con.execute("INSERT INTO SchemaInfo VALUES (?)", (SCHEMA_VERSION,))
-        con.commit()
-    finally:
-        con.close()
-    os.replace(tmp, file)
+    if not file.exists():
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".part", dir=file.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise MskaiError(f"Cannot create the DICOM database {file}: {exc.strerror}") from None
+        try:
+            con = sqlite3.connect(tmp)
+            try:
+                con.executescript(_SCHEMA)
+                con.execute("INSERT INTO SchemaInfo VALUES (?)", (SCHEMA_VERSION,))
+                con.commit()
+            finally:
+                con.close()
+            os.link(tmp, file)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        except (OSError, sqlite3.Error) as exc:
+            raise MskaiError(f"Cannot create the DICOM database {file}: {exc}") from None
+        finally:
+            os.remove(tmp)
+    DicomDatabase(file).close()  # raises on a foreign schema
     return file
 
 
@@ -189,11 +210,46 @@ def _text(ds, keyword):
     return None if value in (None, "") else str(value)
 
 
-def index_folder(folder, database, timeout_s: float = 2.0) -> ScanReport:
+def _refuse_mixed(rows, con, report: ScanReport) -> list:
+    """The rows that can be indexed without attaching files to another patient's series or study.
+
+    Left out (and reported), all files of: a series whose files disagree on patient, study, frame of
+    reference or modality; a series already in the database under another patient or study; a series whose
+    study holds other patients' files, here or in the database.
+    """
+    in_db = {uid: ((pid or "", name or ""), study) for uid, pid, name, study in con.execute(
+        "SELECT SeriesInstanceUID, PatientID, PatientsName, StudyInstanceUID FROM Series "
+        "JOIN Studies USING (StudyInstanceUID) JOIN Patients ON Patients.UID = Studies.PatientsUID")}
+    study_patients = defaultdict(set)
+    for study, pid, name in con.execute(
+            "SELECT StudyInstanceUID, PatientID, PatientsName FROM Studies JOIN Patients ON Patients.UID = PatientsUID"):
+        study_patients[study].add((pid or "", name or ""))
+    for _, ds in rows:
+        patient, (study,), *_ = identity(ds)
+        study_patients[study].add(patient)
+    kept = []
+    for uid, items in group_by(rows, lambda r: str(r[1].SeriesInstanceUID)).items():
+        identities = {identity(ds) for _, ds in items}
+        patient, (study,), *_ = next(iter(identities))
+        problem = mixed_identity(identities)
+        if not problem and uid in in_db and in_db[uid] != (patient, study):
+            problem = "its UID is already in the database for another patient or study"
+        if not problem and len(study_patients[study]) > 1:
+            problem = "its Study Instance UID is shared by several patients"
+        if problem:
+            report.problems.extend(FileProblem(path, f"not indexed: series {problem}") for path, _ in items)
+        else:
+            kept.extend(items)
+    return kept
+
+
+def index_folder(folder, database, timeout_s: float = 30.0) -> ScanReport:
     """Add the DICOM files of a folder tree to a Slicer DICOM database (created if missing), in place.
 
     Like Slicer's "Import" without copying: files stay where they are and are referenced by path
-    (relative when inside the database folder). Returns a report naming the files that were skipped.
+    (relative when inside the database folder). Returns a report naming the files that were skipped,
+    among them every file of a series that mixes patients, studies, frames of reference or modalities.
+    timeout_s: how long to wait for another writer (Slicer, a second index run) to finish.
     """
     file = create_database(database)
     report = ScanReport()
@@ -212,7 +268,7 @@ def index_folder(folder, database, timeout_s: float = 2.0) -> ScanReport:
         con = sqlite3.connect(file, timeout=timeout_s)
         with con:
             con.execute("BEGIN IMMEDIATE")
-            for path, ds in rows:
+            for path, ds in _refuse_mixed(rows, con, report):
                 _insert(con, file.parent, path, ds)
         con.close()
     except sqlite3.Error as exc:

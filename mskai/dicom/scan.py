@@ -109,8 +109,8 @@ class ScanReport:
 
 
 # The fields that must agree across the files of one series: which patient, study, space and modality.
-IDENTITY_FIELDS = (("patient", ("PatientID", "PatientName")), ("study", ("StudyInstanceUID",)),
-                   ("frame of reference", ("FrameOfReferenceUID",)), ("modality", ("Modality",)))
+IDENTITY_FIELDS = (("patients", ("PatientID", "PatientName")), ("studies", ("StudyInstanceUID",)),
+                   ("frames of reference", ("FrameOfReferenceUID",)), ("modalities", ("Modality",)))
 
 
 def identity(ds) -> tuple:
@@ -121,8 +121,7 @@ def identity(ds) -> tuple:
 def mixed_identity(identities) -> str | None:
     """Why files that share a UID must not be combined (several patients, studies, ...), or None."""
     counts = [(len({i[n] for i in identities}), name) for n, (name, _) in enumerate(IDENTITY_FIELDS)]
-    mixed = [f"{count} {'frames of reference' if name == 'frame of reference' else name + 's'}"
-             for count, name in counts if count > 1]
+    mixed = [f"{count} {name}" for count, name in counts if count > 1]
     if not mixed:
         return None
     return f"its files come from {', '.join(mixed)}; refusing to combine them (separate the files first)"
