@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from mskai import MskaiError, __version__
+from mskai import MskaiError, __version__, check_range
 
 
-def _series_summary(index, series, patient_number, show_identifiers) -> dict:
+def _series_summary(index, series, patient_number, study_number, show_identifiers) -> dict:
     from mskai.dicom.series import plan_volumes
 
     entry = {
         "index": index,
         "patient": patient_number,  # numbered in listing order: groups series without naming anyone
-        "study": series.study_description,
+        "study": study_number,
         "number": series.number,
         "modality": series.modality,
-        "description": series.description,
         "files": len(series.files),
         "kind": "image" if series.is_image else series.sop_class_name or "non-image",
     }
-    if show_identifiers:
+    if show_identifiers:  # descriptions are free text that may name the patient (PS3.15 removes them too)
         entry.update(patient_name=series.patient_name, patient_id=series.patient_id, study_date=series.study_date,
-                     study_uid=series.study_uid, series_uid=series.uid)
+                     study_uid=series.study_uid, series_uid=series.uid, study_description=series.study_description,
+                     description=series.description)
     if series.is_image:
         try:
             plans = plan_volumes(series)
@@ -48,12 +49,13 @@ def _print_listing(entries):
             name = f"  {e['patient_name']} ({e['patient_id']})" if "patient_name" in e else ""
             print(f"Patient {e['patient']}{name}")
             last_patient, last_study = e["patient"], None
-        study = (e.get("study_uid"), e["study"])
-        if study != last_study:
+        if e["study"] != last_study:
             date = f" {e['study_date']}" if e.get("study_date") else ""
-            print(f"  Study{date} {e['study']!r}")
-            last_study = study
-        head = f"    [{e['index']}] #{e['number'] if e['number'] is not None else '-'} {e['modality']:<3} {e['description']!r}"
+            text = f" {e['study_description']!r}" if "study_description" in e else ""
+            print(f"  Study {e['study']}{date}{text}")
+            last_study = e["study"]
+        text = f" {e['description']!r}" if "description" in e else ""
+        head = f"    [{e['index']}] #{e['number'] if e['number'] is not None else '-'} {e['modality']:<3}{text}"
         if e["kind"] != "image":
             print(f"{head}  {e['kind']}, {e['files']} files (not an image series)")
             continue
@@ -82,9 +84,9 @@ def cmd_ls(args):
     from mskai.dicom import scan_source
 
     report = scan_source(args.source)
-    numbers = {}
-    entries = [_series_summary(i, s, numbers.setdefault((s.patient_id, s.patient_name), len(numbers) + 1),
-                               args.show_identifiers)
+    patients, studies = {}, {}
+    entries = [_series_summary(i, s, patients.setdefault((s.patient_id, s.patient_name), len(patients) + 1),
+                               studies.setdefault(s.study_uid, len(studies) + 1), args.show_identifiers)
                for i, s in enumerate(report.require_series(args.source), 1)]
     if args.json:
         print(json.dumps({"series": entries, "problems": [vars(p) for p in report.problems]}, indent=2))
@@ -120,7 +122,7 @@ def _select_plans(args):
     report = scan_source(args.source)
     series = _select_series(report, args.source, args.series)
     plans = plan_volumes(series)
-    if args.volume:
+    if args.volume is not None:
         if not 1 <= args.volume <= len(plans):
             raise MskaiError(f"--volume must be 1-{len(plans)} for this series")
         plans = [plans[args.volume - 1]]
@@ -140,16 +142,25 @@ def _input_volume(args):
 
 
 def cmd_convert(args):
+    """All volumes of the series, or none: every plan is checked first, the files appear together."""
     from mskai.dicom import read_volume
-    from mskai.io import write_volume
+    from mskai.io import atomic_outputs, check_volume_path, write_volume
 
+    check_volume_path(args.output)
     plans, report = _select_plans(args)
-    for plan, out in zip(plans, _output_paths(Path(args.output), len(plans))):
-        volume = read_volume(plan, resample=args.resample)
-        write_volume(volume, out)
-        note = f" (resampled: {volume.meta['resampled']})" if volume.meta.get("resampled") else ""
-        print(f"{out}: {plan.label}, {'x'.join(map(str, volume.shape))}, "
-              f"spacing {' x '.join(f'{s:.3g}' for s in volume.spacing)} mm{note}")
+    for plan in plans:
+        plan.check(resample=args.resample)
+    outputs = _output_paths(Path(args.output), len(plans))
+    lines = []
+    with atomic_outputs(outputs) as temps:
+        for plan, out, tmp in zip(plans, outputs, temps):
+            volume = read_volume(plan, resample=args.resample)
+            write_volume(volume, tmp)
+            note = f" (resampled: {volume.meta['resampled']})" if volume.meta.get("resampled") else ""
+            lines.append(f"{out}: {plan.label}, {'x'.join(map(str, volume.shape))}, "
+                         f"spacing {' x '.join(f'{s:.3g}' for s in volume.spacing)} mm{note}")
+            del volume
+    print("\n".join(lines))
     _print_problems(report.problems)
     return 0
 
@@ -206,7 +217,8 @@ def _progress_printer(mode):
     bars = {}
 
     def show(stage, fraction):
-        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=100, desc=stage, unit="%", leave=False))
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=100, desc=stage, unit="%", leave=False,
+                                                             file=getattr(sys.stderr, "raw", sys.stderr)))
         bar.update(round(fraction * 100) - bar.n)
         if fraction >= 1:
             bar.close()
@@ -215,19 +227,17 @@ def _progress_printer(mode):
 
 
 def cmd_segment(args):
+    """Options, the output folder and the model are checked before the series is read and segmented."""
     import time
 
-    from mskai.io import staged_folder
+    from mskai.io import output_folder
     from mskai.models.registry import find_model
     from mskai.segment.infer import SegmentOptions, segment_volume
     from mskai.segment.labels import labels_from_table
-    from mskai.segment.outputs import write_outputs
+    from mskai.segment.outputs import parse_formats, write_outputs
     from mskai.segment.postprocess import PostprocessOptions
 
-    t = time.perf_counter()
-    package = find_model(args.model, task="segmentation")
-    volume = _input_volume(args)
-    load_s = time.perf_counter() - t
+    formats = parse_formats(args.formats)
     post = PostprocessOptions.from_settings(enabled=not args.no_postprocess, fill_holes=not args.no_fill_holes,
                                             min_island_fraction=args.min_island_fraction,
                                             max_components=args.max_components,
@@ -236,12 +246,17 @@ def cmd_segment(args):
     options = SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
                              batch_size=args.batch_size, slab=_parse_slab(args.slab),
                              check_compatibility=not args.no_input_check, postprocess=post)
-    result = segment_volume(volume, package, options, progress=_progress_printer(args.progress))
-    timings = {"load": load_s, **result.timings}
-    formats = tuple(f.strip() for f in args.formats.split(","))
-    with staged_folder(args.output) as staging:
+    with output_folder(args.output, "segmentation") as staging:
+        t = time.perf_counter()
+        package = find_model(args.model, task="segmentation")
+        volume = _input_volume(args)
+        load_s = time.perf_counter() - t
+        result = segment_volume(volume, package, options, progress=_progress_printer(args.progress))
+        del volume
+        timings = {"load": load_s, **result.timings}
         out = write_outputs(result.labels, staging, model=package, timings=timings, settings=result.settings,
-                            formats=formats, dicom_seg=args.dicom_seg, table=labels_from_table(package.metadata["labels"]))
+                            formats=formats, dicom_seg=args.dicom_seg,
+                            table=labels_from_table(package.metadata["labels"]))
     report = out["report"]
     if package.metadata["demo"]:
         print("NOTE: demo model trained on synthetic data - not for clinical use.", file=sys.stderr)
@@ -255,19 +270,20 @@ def cmd_segment(args):
 
 
 def cmd_evaluate(args):
+    import contextlib
+
+    from mskai.io import atomic_output
     from mskai.segment.metrics import evaluate
     from mskai.segment.outputs import read_segmentation
 
-    rows = evaluate(read_segmentation(args.segmentation), read_segmentation(args.reference))
-    print(f"{'bone':<8} {'Dice':>6} {'vol mL':>8} {'ref mL':>8} {'err mL':>8} {'HD95 mm':>8} {'ASD mm':>7}")
-    for r in rows:
-        print(f"{r['name']:<8} {r['dice']:>6.3f} {r['volume_ml']:>8.1f} {r['reference_volume_ml']:>8.1f} "
-              f"{r['volume_error_ml']:>8.1f} {r['hd95_mm']:>8.2f} {r['asd_mm']:>7.2f}")
-    if args.json:
-        from mskai.io import atomic_output
-
-        with atomic_output(args.json) as tmp:
-            tmp.write_text(json.dumps(rows, indent=2))
+    with atomic_output(args.json) if args.json else contextlib.nullcontext() as json_tmp:
+        rows = evaluate(read_segmentation(args.segmentation), read_segmentation(args.reference))
+        print(f"{'bone':<8} {'Dice':>6} {'vol mL':>8} {'ref mL':>8} {'err mL':>8} {'HD95 mm':>8} {'ASD mm':>7}")
+        for r in rows:
+            print(f"{r['name']:<8} {r['dice']:>6.3f} {r['volume_ml']:>8.1f} {r['reference_volume_ml']:>8.1f} "
+                  f"{r['volume_error_ml']:>8.1f} {r['hd95_mm']:>8.2f} {r['asd_mm']:>7.2f}")
+        if json_tmp:
+            json_tmp.write_text(json.dumps(rows, indent=2))
     return 0
 
 
@@ -278,9 +294,14 @@ def cmd_train_seg(args):
     from mskai.segment.dataset import FolderPatches, nnunet_label_remap, find_pairs, load_case
     from mskai.segment.train import INTENSITY, TrainConfig, train
 
+    check_range("validation fraction", args.val_fraction, 0, 0.9)
     init = find_model(args.init, task="segmentation") if args.init else None
     spacing = init.input["spacing_mm"] if init else [args.spacing] * 3
     intensity = init.input["intensity"] if init else INTENSITY
+    config = TrainConfig(spacing_mm=float(spacing[0]), patch=args.patch, batch_size=args.batch_size,
+                         iterations=args.iterations, eval_every=args.eval_every, lr=args.lr, patience=args.patience,
+                         seed=args.seed, threads=args.threads, model_id=args.id or (init.id if init else "mskai-bones"),
+                         version=args.version, training_data=args.training_data)
     pairs = find_pairs(args.data)
     remap = nnunet_label_remap(Path(args.data))
     rng = np.random.default_rng(args.seed)
@@ -290,10 +311,6 @@ def cmd_train_seg(args):
     print(f"{len(train_idx)} training and {len(val_idx)} validation cases from {args.data}")
     cases = [load_case(*pairs[i], spacing, intensity, remap) for i in train_idx]
     val = [load_case(*pairs[i], spacing, intensity, remap) for i in val_idx] or cases[:1]
-    config = TrainConfig(spacing_mm=float(spacing[0]), patch=args.patch, batch_size=args.batch_size,
-                         iterations=args.iterations, eval_every=args.eval_every, lr=args.lr, patience=args.patience,
-                         seed=args.seed, threads=args.threads, model_id=args.id or (init.id if init else "mskai-bones"),
-                         version=args.version, training_data=args.training_data)
     train(FolderPatches(cases, args.patch, args.seed), val, config, args.output, init_package=init)
     print(f"Model package written to {args.output}")
     return 0
@@ -347,7 +364,7 @@ def _add_series_arguments(p, volume_help):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mskai", description="SlicerAutoSegMSK engine: MSK MRI tools.")
+    parser = _Parser(prog="mskai", description="SlicerAutoSegMSK engine: MSK MRI tools.")
     parser.add_argument("--version", action="version", version=f"mskai {__version__}")
     top = parser.add_subparsers(dest="command", required=True)
 
@@ -458,13 +475,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+class _Parser(argparse.ArgumentParser):
+    """argparse with mskai's one-line error format."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"mskai: error: {message}\n")
+
+
+# Control characters (C0 but newline and tab, DEL, C1) and bidirectional overrides: printed as escapes, so
+# names and paths from DICOM files cannot move the cursor, recolour or rewrite the user's terminal.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c not in (0x0A, 0x09)}
+_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
+
+
+class _EscapingWriter:
+    """A text stream wrapper that escapes control characters; ``raw`` is the wrapped stream."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def write(self, text):
+        return self.raw.write(text.translate(_CONTROLS))
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except MskaiError as exc:
-        print(f"mskai: error: {exc}", file=sys.stderr)
-        return 1
+        message = str(exc)
+    except KeyboardInterrupt:
+        print("mskai: error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        message = "out of memory; try --fast, a slab (--slab) or a machine with more memory"
+    except RecursionError:
+        message = "input nested too deeply to process"
+    except OSError as exc:  # disk full, permissions, vanished files
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+    except Exception as exc:  # a bug: still one line; MSKAI_DEBUG=1 shows the traceback
+        if os.environ.get("MSKAI_DEBUG"):
+            raise
+        message = f"unexpected {exc.__class__.__name__}: {exc} (please report it; MSKAI_DEBUG=1 shows details)"
+    print(f"mskai: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv=None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _EscapingWriter(sys.stdout), _EscapingWriter(sys.stderr)
+    try:
+        return _run(build_parser().parse_args(argv))
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

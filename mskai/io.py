@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,49 +30,142 @@ def suffix_of(path) -> str:
     return Path(name).suffix
 
 
+def _writable_error(path, exc: OSError) -> MskaiError:
+    return MskaiError(f"Cannot write {path}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths):
+    """Yield temporary paths beside ``paths``; they take their final names together, only if the block succeeds.
+
+    The temporary files are created on entry, so an unwritable target fails before any work. If a rename fails
+    half-way, the files already renamed are rolled back (earlier files at those names are restored).
+    """
+    paths = [Path(p) for p in paths]
+    temps = []
+    try:
+        for path in paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix_of(path), dir=path.parent)
+            except OSError as exc:
+                raise _writable_error(path, exc) from None
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield list(temps)
+        _rename_all(temps, paths)
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+
+def _rename_all(temps, paths):
+    """Rename every temp to its path, or none: earlier files are kept as hard links until all succeeded."""
+    backups, done = {}, []
+    try:
+        for tmp, path in zip(temps, paths):
+            if path.is_file():
+                backups[path] = tmp.with_name(tmp.name + ".old")
+                os.link(path, backups[path])
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+            done.append(path)
+    except OSError as exc:
+        for path in done:
+            if path in backups:
+                os.replace(backups.pop(path), path)
+            else:
+                os.remove(path)
+        raise _writable_error(paths[len(done)], exc) from None
+    finally:
+        for backup in backups.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(backup)
+
+
 @contextlib.contextmanager
 def atomic_output(path):
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix_of(path), dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_outputs([path]) as (tmp,):
+        yield tmp
+
+
+OUTPUT_MARKER = ".mskai-output.json"
 
 
 @contextlib.contextmanager
-def staged_folder(folder):
-    """Yield a hidden staging folder inside ``folder``; on success its files move into ``folder``, else vanish.
+def output_folder(folder, kind: str):
+    """Yield an empty staging folder that replaces ``folder`` as a whole when the block succeeds.
 
-    Every file appears under its final name only once all outputs have been written.
+    ``folder`` must be new, empty, or an earlier mskai output (it holds OUTPUT_MARKER): an earlier run's
+    files never mix with this run's, and a folder of the user's own files is refused. Checked, and the
+    staging folder created beside it, on entry: before any expensive work. Staging folders of runs that
+    were killed are removed. A failure leaves ``folder`` as it was.
     """
-    import shutil
+    import json
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".mskai-staging-", dir=folder))
+    from mskai import __version__
+
+    folder = Path(folder).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise MskaiError(f"Output folder {folder} is a file")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / OUTPUT_MARKER).is_file():
+        raise MskaiError(f"Output folder {folder} holds files that are not an earlier mskai output; "
+                         "choose a new or empty folder")
+    prefix = f".{folder.name}.mskai-"
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(folder.parent, prefix)
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}staging-{os.getpid()}-", dir=folder.parent))
+    except OSError as exc:
+        raise _writable_error(folder, exc) from None
+    try:
+        os.chmod(staging, 0o777 & ~_UMASK)
         yield staging
-        for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-            dst = folder / src.relative_to(staging)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
+        (staging / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "mskai": __version__}))
+        _swap_in(staging, folder, staging.with_name(staging.name.replace("staging-", "old-", 1)))
+    except OSError as exc:
+        raise _writable_error(folder, exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, folder: Path, old: Path):
+    """Rename ``staging`` to ``folder``; an existing ``folder`` is moved aside first and restored on failure."""
+    if folder.exists():
+        os.rename(folder, old)
+    try:
+        os.rename(staging, folder)
+    except OSError:
+        if old.exists():
+            os.rename(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(parent: Path, prefix: str):
+    """Remove staging and set-aside folders left by mskai runs that no longer exist (killed, crashed)."""
+    import psutil
+
+    for entry in parent.glob(f"{glob.escape(prefix)}*"):
+        pid = entry.name[len(prefix):].partition("-")[2].partition("-")[0]
+        if entry.is_dir() and not entry.is_symlink() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def check_volume_path(path) -> str:
+    """The volume file kind of an output path (.nrrd, .nii, .nii.gz); MskaiError for any other name."""
+    kind = suffix_of(path)
+    if kind not in (".nrrd", ".nii", ".nii.gz"):
+        raise MskaiError(f"Cannot write {Path(path).name}: use .nrrd, .nii or .nii.gz")
+    return kind
 
 
 def write_volume(volume: Volume, path) -> Path:
     """Write a volume as NRRD (LPS) or NIfTI (RAS). Only geometry and voxels go in the file, no DICOM fields."""
     path = Path(path)
-    kind = suffix_of(path)
-    if kind not in (".nrrd", ".nii", ".nii.gz"):
-        raise MskaiError(f"Cannot write {path.name}: use .nrrd, .nii or .nii.gz")
+    kind = check_volume_path(path)
     with atomic_output(path) as tmp:
         if kind == ".nrrd":
             header = {

@@ -38,12 +38,15 @@ def test_ls_and_convert_the_shared_knee_series(knee_dicom, tmp_path, sitk_series
 
 
 def test_ls_on_a_database_hides_identifiers_unless_asked(tmp_path):
-    write_series(phantom(), tmp_path / "in", patient=("DOE^JANE", "MRN-777"), description="SAG PD")
+    write_series(phantom(), tmp_path / "in", patient=("DOE^JANE", "MRN-777"), description="SAG PD for DOE")
     index_folder(tmp_path / "in", tmp_path / "db")
     plain = run_mskai("dicom", "ls", tmp_path / "db").stdout
-    assert "SAG PD" in plain and "DOE" not in plain and "MRN-777" not in plain and "Patient 1" in plain
+    assert "DOE" not in plain and "MRN-777" not in plain and "SAG PD" not in plain and "SYNTHETIC study" not in plain
+    assert "Patient 1" in plain and "Study 1" in plain and "sagittal" in plain
+    listed = run_mskai("dicom", "ls", tmp_path / "db", "--json").stdout
+    assert "DOE" not in listed and "SAG PD" not in listed and "SYNTHETIC study" not in listed
     shown = run_mskai("dicom", "ls", tmp_path / "db", "--show-identifiers").stdout
-    assert "DOE^JANE" in shown and "MRN-777" in shown
+    assert "DOE^JANE" in shown and "MRN-777" in shown and "SAG PD for DOE" in shown and "SYNTHETIC study" in shown
 
 
 def test_convert_from_database_by_uid(tmp_path):

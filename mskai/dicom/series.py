@@ -45,6 +45,16 @@ class VolumePlan:
         f = self.frames[0]
         return (f.columns, f.rows, len(self.frames))
 
+    def check(self, resample: bool = False):
+        """Raise MskaiError when this volume cannot be built (with ``resample``, uneven gaps are allowed)."""
+        if self.problem:
+            raise MskaiError(f"Cannot build volume {self.label!r}: {self.problem}")
+        if self.uneven_gaps and not resample:
+            raise MskaiError(
+                f"Cannot build volume {self.label!r}: {self.uneven_gaps}. Stacking them would distort the anatomy; "
+                "load with resampling (--resample) to interpolate onto an even grid."
+            )
+
 
 def _key_orientation(f: Frame):
     return None if f.orientation is None else tuple(np.round(f.orientation, 3))
@@ -261,13 +271,7 @@ def read_volume(plan: VolumePlan, resample: bool = False) -> Volume:
     resample: when slices are unequally spaced, resample them linearly onto the median spacing
         instead of refusing (the volume's meta records that it was resampled).
     """
-    if plan.problem:
-        raise MskaiError(f"Cannot build volume {plan.label!r}: {plan.problem}")
-    if plan.uneven_gaps and not resample:
-        raise MskaiError(
-            f"Cannot build volume {plan.label!r}: {plan.uneven_gaps}. Stacking them would distort the anatomy; "
-            "load with resampling (--resample) to interpolate onto an even grid."
-        )
+    plan.check(resample)
     frames = plan.frames
     rows, cols = frames[0].rows, frames[0].columns
     rescaled = any(f.slope != 1.0 or f.intercept != 0.0 for f in frames)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mskai import MskaiError
+from mskai import MskaiError, check_range
 from mskai.segment.labels import labels_from_table
 from mskai.segment.postprocess import PostprocessOptions, clean_labels
 from mskai.segment.preprocess import argmax_on_grid, canonical_grid, check_input, model_grid_shape, model_image
@@ -31,6 +31,14 @@ class SegmentOptions:
     slab: tuple | None = None  # (low, high, "mm" | "slices"): superior-inferior range to segment
     check_compatibility: bool = True  # refuse a modality or plane the model was not made for
     postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MskaiError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.threads is not None:
+            check_range("threads", self.threads, 1, 1024, integer=True)
+        check_range("overlap", self.overlap, 0, 0.9)
+        check_range("batch size", self.batch_size, 1, 256, integer=True)
 
 
 @dataclass

@@ -208,6 +208,19 @@ def _read_dicom_seg(path, table) -> Volume:
     return _from_segment_masks(masks, volume.affine, table)
 
 
+FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "stl", "ply", "obj", "report")
+
+
+def parse_formats(text: str) -> tuple:
+    """A comma-separated list of output formats, each one of FORMATS."""
+    formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise MskaiError(f"Unknown output format(s) {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(FORMATS)}")
+    return formats
+
+
 def write_outputs(labels: Volume, folder, *, model, timings: dict, settings: dict, formats=("nii.gz", "nrrd",
                   "seg.nrrd", "stl", "report"), dicom_seg: bool = False, table=BONES) -> dict:
     """Write every requested output into ``folder``; returns {kind: path(s)} and the report dict."""

@@ -9,6 +9,8 @@ from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from mskai import check_range
+
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 
 
@@ -29,6 +31,12 @@ class Cleanup:
     min_extra_fraction: float = 0.25
     min_volume_ml: float = 1.0
     fill_holes: bool = True
+
+    def __post_init__(self):
+        check_range("min island fraction", self.min_island_fraction, 0, 1)
+        check_range("max components", self.max_components, 0, 1000, integer=True)
+        check_range("min extra fraction", self.min_extra_fraction, 0, 1)
+        check_range("min volume (mL)", self.min_volume_ml, 0, 1e6)
 
 
 @dataclass

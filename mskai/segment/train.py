@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mskai import MskaiError
+from mskai import MskaiError, check_range
 from mskai.io import atomic_output
 from mskai.segment.labels import BONES, label_table
 
@@ -42,6 +42,19 @@ class TrainConfig:
     training_data: str = ""
     licence: str = "Apache-2.0"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_range("spacing (mm)", self.spacing_mm, 0.1, 20)
+        check_range("patch", self.patch, 16, 512, integer=True)
+        if self.patch % 2 ** (len(self.channels) - 1):
+            raise MskaiError(f"patch must be a multiple of {2 ** (len(self.channels) - 1)}, not {self.patch}")
+        check_range("batch size", self.batch_size, 1, 256, integer=True)
+        check_range("iterations", self.iterations, 1, 10**7, integer=True)
+        check_range("eval every", self.eval_every, 1, 10**7, integer=True)
+        check_range("learning rate", self.lr, 1e-8, 1.0)
+        check_range("patience", self.patience, 1, 10**6, integer=True)
+        if self.threads is not None:
+            check_range("threads", self.threads, 1, 1024, integer=True)
 
 
 def network_spec(config: TrainConfig, n_classes: int = len(BONES) + 1) -> dict:
