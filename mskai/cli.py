@@ -282,6 +282,11 @@ def cmd_evaluate(args):
         for r in rows:
             print(f"{r['name']:<8} {r['dice']:>6.3f} {r['volume_ml']:>8.1f} {r['reference_volume_ml']:>8.1f} "
                   f"{r['volume_error_ml']:>8.1f} {r['hd95_mm']:>8.2f} {r['asd_mm']:>7.2f}")
+        for r in rows:
+            for side, key in (("reference", "reference_inside"), ("segmentation", "prediction_inside")):
+                if r[key] is not None and r[key] < 0.999:
+                    print(f"warning: {100 * (1 - r[key]):.1f} % of the {side}'s {r['name']} lies outside the other's "
+                          "field of view: Dice covers the overlap only", file=sys.stderr)
         if json_tmp:
             json_tmp.write_text(json.dumps(rows, indent=2))
     return 0

@@ -6,6 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from mskai import MskaiError
 from mskai.dicom import load_series, scan_folder
 from mskai.segment.labels import BONES
 from mskai.segment.metrics import evaluate
@@ -148,6 +149,36 @@ def test_evaluate_numbers_on_known_shapes():
     assert np.isnan(rows["femur"]["dice"])
     rows = {r["name"]: r for r in evaluate(Volume(np.zeros(shape, np.uint8), affine), Volume(ref, affine))}
     assert rows["tibia"]["dice"] == 0.0 and rows["tibia"]["hd95_mm"] == float("inf")
+
+
+def test_evaluate_measures_each_side_on_its_own_grid_and_flags_or_refuses_other_fields_of_view():
+    shape = (40, 40, 40)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    ref = np.zeros(shape, np.uint8)
+    ref[_ball(shape, (20, 20, 20), 8)] = 2
+    truth_ml = (ref == 2).sum() / 1000.0
+    # the same ball on a grid rotated 90 degrees about S and with 2 mm voxels: same anatomy, other grid
+    rotated = np.eye(4)
+    rotated[:3, :3] = np.array([[0, -2.0, 0], [2.0, 0, 0], [0, 0, 2.0]])
+    rotated[:3, 3] = [59, -20, -20]
+    coarse = np.zeros((30, 30, 30), np.uint8)
+    ijk = np.stack(np.meshgrid(*[np.arange(30)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    lps = ijk @ rotated[:3, :3].T + rotated[:3, 3]
+    coarse.reshape(-1)[np.linalg.norm(lps - 20, axis=1) <= 8] = 2
+    row = {r["name"]: r for r in evaluate(Volume(ref, affine), Volume(coarse, rotated))}["femur"]
+    assert row["dice"] > 0.85 and row["reference_inside"] == 1.0 and row["prediction_inside"] == 1.0
+    assert row["reference_volume_ml"] == pytest.approx((coarse == 2).sum() * 8 / 1000.0)  # its own voxels
+    assert row["volume_ml"] == pytest.approx(truth_ml)
+    # half of the reference lies beyond the segmentation's field of view: flagged, volume still whole
+    shifted = affine.copy()
+    shifted[0, 3] = 20
+    row = {r["name"]: r for r in evaluate(Volume(ref, affine), Volume(ref, shifted))}["femur"]
+    assert 0.4 < row["reference_inside"] < 0.6 and row["reference_volume_ml"] == pytest.approx(truth_ml)
+    # no overlap at all: refused, not "Dice 0"
+    far = affine.copy()
+    far[:3, 3] = [500, 0, 0]
+    with pytest.raises(MskaiError, match="do not overlap"):
+        evaluate(Volume(ref, affine), Volume(ref, far))
 
 
 def test_merge_binary_masks_overlaps_become_background():
