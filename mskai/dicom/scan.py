@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,17 @@ def _value(item, keyword):
     return None if value is None or value == "" else value
 
 
+# A Decimal String as DICOM defines it (PS3.5 6.2): Python's float() also takes "1_0", "nan", "infinity".
+_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _decimal(x) -> float:
+    text = getattr(x, "original_string", None) or (x if isinstance(x, str) else None)
+    if text is not None and not _DECIMAL.fullmatch(text):
+        raise ValueError(text)
+    return float(x)
+
+
 def _numbers(item, keyword, n, low=-np.inf, high=np.inf) -> np.ndarray | None:
     """``n`` finite numbers, each in (low, high), or None when absent; MskaiError otherwise."""
     value = _value(item, keyword)
@@ -143,7 +155,7 @@ def _numbers(item, keyword, n, low=-np.inf, high=np.inf) -> np.ndarray | None:
         return None
     values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     try:
-        v = np.array([float(x) for x in values], dtype=np.float64)
+        v = np.array([_decimal(x) for x in values], dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
         v = np.full(1, np.nan)
     if v.shape != (n,) or not np.all(np.isfinite(v) & (v > low) & (v < high)):
@@ -157,15 +169,15 @@ def _number(item, keyword, default=None, **limits):
     return default if v is None else float(v[0])
 
 
-def _integer(item, keyword, low, high, default=None) -> int | None:
-    """An integer attribute in [low, high], ``default`` when absent; MskaiError otherwise."""
+def _integer(item, keyword, low, high, default=None) -> int:
+    """An integer attribute in [low, high]; ``default`` when absent (MskaiError when there is none)."""
     value = _value(item, keyword)
     if value is None:
+        if default is None:
+            raise MskaiError(f"{keyword} is missing")
         return default
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = None
+    text = str(value)
+    number = int(text) if re.fullmatch(r"\s*[+-]?\d{1,12}\s*", text) else None  # int() also takes "1_0"
     if number is None or not low <= number <= high:
         raise MskaiError(f"{keyword} {str(value)[:30]!r} is not an integer from {low} to {high}")
     return number
@@ -201,7 +213,8 @@ def _functional_group(shared, per_frame, sequence_keyword):
 def _frame(path, index, rows, columns, pos, ori, meas, vt, **extra) -> Frame:
     """A frame from its geometry, pixel-measure and value-transformation items, every field checked."""
     spacing = _numbers(meas, "PixelSpacing", 2, low=0, high=MAX_SPACING_MM) if meas is not None else None
-    slope = _number(vt, "RescaleSlope", 1.0) if vt is not None else 1.0
+    # Rescaled values must stay finite in float32: stored values times 1e9 plus 1e9 do.
+    slope = _number(vt, "RescaleSlope", 1.0, low=-1e9, high=1e9) if vt is not None else 1.0
     if slope == 0:
         raise MskaiError("Rescale Slope is 0")
     return Frame(
@@ -211,7 +224,7 @@ def _frame(path, index, rows, columns, pos, ori, meas, vt, **extra) -> Frame:
         orientation=_numbers(ori, "ImageOrientationPatient", 6, -1.001, 1.001) if ori is not None else None,
         pixel_spacing=tuple(spacing) if spacing is not None else None,
         slope=slope,
-        intercept=_number(vt, "RescaleIntercept", 0.0) if vt is not None else 0.0,
+        intercept=_number(vt, "RescaleIntercept", 0.0, low=-1e9, high=1e9) if vt is not None else 0.0,
         slice_thickness=_informative(meas, "SliceThickness") if meas is not None else None,
         spacing_between_slices=_informative(meas, "SpacingBetweenSlices") if meas is not None else None,
         **extra,
@@ -304,18 +317,17 @@ def _image_frames(ds, path) -> list[Frame]:
         return []
     rows = _integer(ds, "Rows", 1, 65535)
     columns = _integer(ds, "Columns", 1, 65535)
-    if rows is None or columns is None:
-        raise MskaiError("image without Rows/Columns")
-    samples = _integer(ds, "SamplesPerPixel", 1, 4, default=1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    samples = _integer(ds, "SamplesPerPixel", 1, 4)
+    photometric = str(_value(ds, "PhotometricInterpretation") or "(missing)").strip()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise MskaiError(f"colour images are not supported ({photometric}, {samples} samples per pixel)")
-    if pixel_element(ds).tag == PIXEL_DATA:
+        raise MskaiError(f"only grayscale images are supported (Photometric Interpretation {photometric}, "
+                         f"{samples} samples per pixel)")
+    if pixel_element(ds).tag == PIXEL_DATA:  # the Image Pixel module's type 1 fields: none may be guessed
         bits = _integer(ds, "BitsAllocated", 1, 64)
         if bits not in (8, 16, 32):
             raise MskaiError(f"unsupported Bits Allocated {bits}")
-        _integer(ds, "BitsStored", 1, bits, default=bits)
-        _integer(ds, "PixelRepresentation", 0, 1, default=0)
+        _integer(ds, "HighBit", _integer(ds, "BitsStored", 1, bits) - 1, bits - 1)
+        _integer(ds, "PixelRepresentation", 0, 1)
     n = _integer(ds, "NumberOfFrames", 1, MAX_FRAMES, default=1)
     check_pixel_element(ds, path, rows, columns, n)
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
@@ -365,23 +377,23 @@ def scan_files(paths, report: ScanReport | None = None) -> ScanReport:
     by_uid: dict[str, Series] = {s.uid: s for s in report.series}
     for path in paths:
         path = str(path)
-        try:
+        try:  # every value used below is read here: a damaged one makes this file a problem, not a crash
             ds = read_header(path)
             frames = _image_frames(ds, path)
+            uid, file_identity = str(ds.SeriesInstanceUID), identity(ds)
+            series = by_uid.get(uid) or _new_series(ds)
         except MskaiError as exc:
             report.problems.append(FileProblem(path, str(exc)))
             continue
         except Exception as exc:  # a damaged value deep inside a header
             report.problems.append(FileProblem(path, f"unreadable header ({exc.__class__.__name__}: {exc})"))
             continue
-        uid = str(ds.SeriesInstanceUID)
-        series = by_uid.get(uid)
-        if series is None:
-            series = by_uid[uid] = _new_series(ds)
+        if uid not in by_uid:
+            by_uid[uid] = series
             report.series.append(series)
         series.files.append(path)
         series.frames.extend(frames)
-        series.identities.add(identity(ds))
+        series.identities.add(file_identity)
     report.series.sort(key=lambda s: (s.patient_id, s.study_date, s.study_uid, s.number or 0, s.uid))
     return report
 
