@@ -54,14 +54,82 @@ def test_tampered_weights_are_refused(tmp_path):
     (lambda m: m["input"].update(spacing_mm=[1, 1]), "input/spacing_mm"),
     (lambda m: m["weights"].update(file="../../etc/passwd.safetensors"), "weights/file"),
     (lambda m: m["network"].update({"class": "os.system"}), "Unknown network class"),
+    (lambda m: m.update(id="../evil"), "at id"),
+    (lambda m: m.update(version="x/../../victim"), "at version"),
+    (lambda m: m.update(version="1..0"), "at version"),
+    (lambda m: m.update(version="1.0\n"), "at version"),
+    (lambda m: m["labels"][0].update(value="1"), "labels/0/value"),
+    (lambda m: m["labels"][0].update(value=1.5), "labels/0/value"),
+    (lambda m: m["labels"][1].update(value=1), "each label needs its own value"),
+    (lambda m: m["labels"][0].update(name="../tibia"), "labels/0/name"),
+    (lambda m: m["labels"][0].pop("color"), "'color' is a required property"),
+    (lambda m: m["network"].update(args=[1, 2]), "network/args"),
+    (lambda m: m["input"].update(intensity="percentile"), "input/intensity"),
+    (lambda m: m["input"].update(intensity={"method": "zscore"}), "input/intensity/method"),
+    (lambda m: m["input"].update(patch_size=[100000, 32, 32]), "input/patch_size/0"),
+    (lambda m: m["input"].update(patch_size=[4, 32, 32]), "input/patch_size/0"),
+    (lambda m: m["input"].update(spacing_mm=[0.001, 1, 1]), "input/spacing_mm/0"),
+    (lambda m: m["input"].update(fast_spacing_mm=[1, 1, 500]), "input/fast_spacing_mm/2"),
+    (lambda m: m.update(labels={"value": 1}), "at labels"),
+    (lambda m: m["network"]["args"].update(channels=[4]), "cannot build UNet.*ValueError"),
+    (lambda m: m["network"]["args"].update(spatial_dims=7), "cannot build UNet"),
+    (lambda m: m["network"]["args"].update(norm="bogus"), "cannot build UNet"),
+    (lambda m: m["network"]["args"].update(bogus_argument=1), "cannot build UNet.*TypeError"),
+    (lambda m: m["network"]["args"].update(channels=[8, 16]), "weights do not fit the UNet network"),
+    (lambda m: m["network"]["args"].update(channels=[100000, 200000]), "weights do not fit the UNet network"),
 ])
 def test_bad_metadata_is_refused_with_the_reason(tmp_path, change, message):
     folder = make_package(tmp_path / "pkg")
     meta = json.loads((folder / "metadata.json").read_text())
     change(meta)
     (folder / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(MskaiError, match=message):
+    with pytest.raises(MskaiError, match=message) as caught:
         load_package(folder).build_network()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"id": NaN}', "not valid JSON.*NaN"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    ("[]", "at \\(top level\\)"),
+    ('{"pad": "' + "x" * (1 << 20) + '"}', "larger than 1048576 bytes"),
+], ids=["deep", "nan", "not-utf8", "not-object", "too-large"])
+def test_malformed_metadata_json_is_refused(tmp_path, text, message):
+    folder = make_package(tmp_path / "pkg")
+    path = folder / "metadata.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(MskaiError, match=message):
+        load_package(folder)
+
+
+def _replace_weights(folder, name, data):
+    """Point the package's metadata at a new weights file holding ``data`` (with its true checksum)."""
+    (folder / name).write_bytes(data)
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["weights"] = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return load_package(folder)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("model.safetensors", b"\xff" * 64, "not a valid safetensors file"),
+    ("model.safetensors", b"", "not a valid safetensors file"),
+    ("model.pt", b"not a torch file at all", "not a valid weights_only torch file"),
+    ("model.pth", b"PK\x03\x04 truncated zip", "not a valid weights_only torch file"),
+], ids=["safetensors-garbage", "safetensors-empty", "pt-garbage", "pth-truncated-zip"])
+def test_weights_that_do_not_decode_are_refused(tmp_path, name, data, message):
+    package = _replace_weights(make_package(tmp_path / "pkg"), name, data)
+    with pytest.raises(MskaiError, match=message):
+        package.build_network()
+
+
+def test_weights_that_are_not_a_flat_tensor_mapping_are_refused(tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"weight": torch.zeros(1)}}, buffer)
+    package = _replace_weights(make_package(tmp_path / "pkg"), "model.pt", buffer.getvalue())
+    with pytest.raises(MskaiError, match="not a flat mapping of names to tensors"):
+        package.state_dict()
 
 
 def test_pickled_objects_are_never_unpickled(tmp_path):
@@ -69,13 +137,9 @@ def test_pickled_objects_are_never_unpickled(tmp_path):
     folder = make_package(tmp_path / "pkg")
     buffer = io.BytesIO()
     torch.save({"weight": torch.zeros(1), "evil": shutil.rmtree}, buffer)
-    data = buffer.getvalue()
-    (folder / "model.pt").write_bytes(data)
-    meta = json.loads((folder / "metadata.json").read_text())
-    meta["weights"] = {"file": "model.pt", "sha256": hashlib.sha256(data).hexdigest()}
-    (folder / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(Exception, match="(?i)weights only|unsupported|not allowed|global"):
-        load_package(folder).state_dict()
+    package = _replace_weights(folder, "model.pt", buffer.getvalue())
+    with pytest.raises(MskaiError, match="not a valid weights_only torch file"):
+        package.state_dict()
 
 
 def test_not_a_package(tmp_path):

@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 from mskai import MskaiError
+from mskai.models.package import one_line
 
 ALLOWED = ("UNet", "BasicUNet", "SegResNet", "DynUNet", "DenseNet121", "ResNet")
 
 
-def build_network(spec: dict):
-    """A MONAI network from ``{"class": name, "args": {...}}``; only the classes in ALLOWED."""
-    import monai.networks.nets as nets
+def build_network(spec: dict, state_dict: dict | None = None, where="the model package"):
+    """A MONAI network from ``{"class": name, "args": {...}}``; only the classes in ALLOWED.
 
-    name = spec.get("class")
+    With ``state_dict``, the weights' names and shapes are first compared with a copy of the network built on
+    the meta device (no memory spent on absurd arguments), then loaded. Every failure is an MskaiError.
+    """
+    import monai.networks.nets as nets
+    import torch
+
+    name, args = spec.get("class"), spec.get("args", {})
     if name not in ALLOWED:
         raise MskaiError(f"Unknown network class {name!r}; model packages may use {', '.join(ALLOWED)}")
+    if not isinstance(args, dict):
+        raise MskaiError(f"{where}: the network's args must be an object")
     try:
-        return getattr(nets, name)(**spec.get("args", {}))
-    except TypeError as exc:
-        raise MskaiError(f"Cannot build {name} from the package's arguments: {exc}") from None
+        if state_dict is not None:
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in getattr(nets, name)(**args).state_dict().items()}
+            given = {k: tuple(v.shape) for k, v in state_dict.items()}
+            if expected != given:
+                first = sorted(expected.items() ^ given.items())[0][0]
+                raise MskaiError(f"{where}: the weights do not fit the {name} network (first difference: {first})")
+        net = getattr(nets, name)(**args)
+        if state_dict is not None:
+            net.load_state_dict(state_dict)
+    except MskaiError:
+        raise
+    except Exception as exc:  # MONAI reports bad arguments as TypeError, ValueError, AssertionError, IndexError...
+        raise MskaiError(f"{where}: cannot build {name} from the package's arguments and weights "
+                         f"({type(exc).__name__}: {one_line(exc)})") from None
+    return net

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
+import re
 import shutil
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.models.package import ModelPackage, load_package, sha256_bytes
+from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, inside, load_package, one_line, sha256_bytes
 
 _HERE = Path(__file__).resolve()
+URL_SCHEMES = ("http", "https", "file")
+CHUNK = 1 << 20
 
 
 def bundled_dir() -> Path:
@@ -45,13 +51,24 @@ def list_models(task: str | None = None) -> list[ModelPackage]:
 
 
 def _version_key(version: str):
-    return tuple(int(p) if p.isdigit() else p for p in version.replace("-", ".").split("."))
+    """Numeric parts compare as numbers, and after text parts (so versions mixing both still sort)."""
+    return tuple((1, int(p), "") if p.isdigit() else (0, 0, p) for p in re.split(r"[.+-]", version))
+
+
+def is_path(name: str) -> bool:
+    """Whether a model name is explicitly a path: a separator, a leading ``.`` or ``~``, or a ``.zip`` ending."""
+    return "/" in name or "\\" in name or name.startswith((".", "~")) or name.lower().endswith(".zip")
 
 
 def find_model(name: str, task: str | None = None) -> ModelPackage:
-    """A package by path, by ``id``, or by ``id@version``; the newest version wins when none is given."""
-    if Path(name).exists():
-        return load_package(name)
+    """A package by ``id`` or ``id@version`` from the registry (the newest version wins when none is given), or
+    by path when ``name`` is explicitly one (``is_path``); a folder in the current directory never shadows a model.
+    """
+    if is_path(name):
+        package = load_package(Path(name).expanduser())
+        if task and package.metadata["task"] != task:
+            raise MskaiError(f"Model {name} is a {package.metadata['task']} model, not a {task} model")
+        return package
     model_id, _, version = name.partition("@")
     matches = [p for p in list_models(task) if p.id == model_id and (not version or p.version == version)]
     if not matches:
@@ -60,51 +77,114 @@ def find_model(name: str, task: str | None = None) -> ModelPackage:
     return max(matches, key=lambda p: _version_key(p.version))
 
 
-def _download(url: str, sha256: str, timeout_s: float) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix="mskai-download-"))
-    target = tmp / (Path(urllib.parse.urlparse(url).path).name or "model.zip")
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http and https URLs only."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlparse(newurl).scheme.lower() not in ("http", "https"):
+            raise MskaiError(f"Refusing the redirect of {req.full_url} to {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _download(url: str, folder: Path, sha256: str, timeout_s: float, deadline_s: float, max_bytes: int) -> Path:
+    """Stream ``url`` into ``folder`` in chunks, hashing as it goes: at most ``max_bytes``, all within ``deadline_s``
+    seconds (``timeout_s`` per network wait), as many bytes as announced, and the expected sha256."""
+    deadline = time.monotonic() + deadline_s
+    target, digest, size = folder / "package.zip", hashlib.sha256(), 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            data = response.read()
-    except Exception as exc:
-        shutil.rmtree(tmp)
-        raise MskaiError(f"Cannot download {url}: {exc}") from None
-    if sha256_bytes(data) != sha256.lower():
-        shutil.rmtree(tmp)
+        opener = urllib.request.build_opener(_HttpRedirectsOnly)
+        with opener.open(url, timeout=min(timeout_s, deadline_s)) as response, target.open("wb") as out:
+            announced = int(response.headers.get("Content-Length") or -1)
+            if announced > max_bytes:
+                raise MskaiError(f"{url} is {announced} bytes, more than the limit of {max_bytes}")
+            while True:
+                chunk = response.read1(CHUNK)  # returns what has arrived, so the deadline is checked as data drips
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise MskaiError(f"{url} is more than the limit of {max_bytes} bytes; download stopped")
+                if time.monotonic() > deadline:
+                    raise MskaiError(f"Downloading {url} took more than {deadline_s:g} s; download stopped")
+                digest.update(chunk)
+                out.write(chunk)
+    except MskaiError:
+        raise
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
+        raise MskaiError(f"Cannot download {url}: {one_line(exc)}") from None
+    if size < announced:
+        raise MskaiError(f"Download of {url} ended after {size} of {announced} bytes; not installed")
+    if digest.hexdigest() != sha256:
         raise MskaiError(f"Download {url} does not match the expected sha256; not installed")
-    target.write_bytes(data)
     return target
 
 
-def install_model(source: str, sha256: str | None = None, timeout_s: float = 60.0) -> ModelPackage:
-    """Install a package (folder, .zip, or http(s)/file URL of a .zip) into the user models folder.
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    sha256: required for URLs: the checksum of the downloaded file. The package is validated
-    (schema and weights checksum) before it is copied in; an existing same id@version is replaced.
+
+def _swap_in(staging: Path, target: Path):
+    """Rename ``staging`` to ``target``; an earlier ``target`` is moved aside first and put back if that fails."""
+    aside = Path(tempfile.mkdtemp(prefix=".mskai-replaced-", dir=target.parent)) / "old"
+    try:
+        if os.path.lexists(target):
+            os.replace(target, aside)
+        os.replace(staging, target)
+    finally:
+        if os.path.lexists(aside) and not os.path.lexists(target):
+            os.replace(aside, target)
+        shutil.rmtree(aside.parent, ignore_errors=True)
+
+
+def _install(path: Path, sha256: str | None) -> ModelPackage:
+    """Install the package at ``path`` (see install_model) from exactly the bytes that were checked."""
+    if sha256 and path.is_file() and _file_sha256(path) != sha256:
+        raise MskaiError(f"{path} does not match the expected sha256; not installed")
+    package = load_package(path)
+    files = package.files()
+    if sha256 and path.is_dir() and sha256_bytes(files[package.metadata["weights"]["file"]]) != sha256:
+        raise MskaiError(f"The weights file of {path} does not match the expected sha256; not installed")
+    root = user_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        target = inside(root, f"{package.id}-{package.version}")
+        staging = Path(tempfile.mkdtemp(prefix=".mskai-install-", dir=root))
+        try:
+            for name, data in files.items():
+                inside(staging, name).write_bytes(data)
+            load_package(staging).build_network()  # what will be installed loads and runs its weights
+            _swap_in(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise MskaiError(f"Cannot install into {root}: {one_line(exc)}") from None
+    return load_package(target)
+
+
+def install_model(source: str, sha256: str | None = None, timeout_s: float = 60.0, deadline_s: float = 3600.0,
+                  max_bytes: int = MAX_PACKAGE_BYTES) -> ModelPackage:
+    """Install a package (folder, .zip, or http/https/file URL of a .zip) as ``user_dir()/<id>-<version>``.
+
+    sha256: 64 hex digits (a malformed value is refused before anything else). For a URL (required there) or a
+    .zip it is the file's sha256; for a folder it is the sha256 of the package's weights file.
+    Downloads are streamed to a temporary folder (removed whatever happens): at most ``max_bytes``, within
+    ``deadline_s`` seconds overall and ``timeout_s`` per network wait. The package's metadata.json, weights and
+    documentation files are read once, checked, written to a staging folder, loaded from there and swapped in
+    whole; a failed install leaves an earlier install of the same id@version as it was.
     """
-    downloaded = None
-    if urllib.parse.urlparse(source).scheme in ("http", "https", "file"):
+    if sha256 is not None and not re.fullmatch(r"[0-9A-Fa-f]{64}", sha256):
+        raise MskaiError(f"The sha256 must be 64 hexadecimal digits, not {sha256[:80]!r}")
+    sha256 = sha256 and sha256.lower()
+    scheme = urllib.parse.urlparse(source).scheme.lower()
+    if scheme in URL_SCHEMES or "://" in source:
+        if scheme not in URL_SCHEMES:
+            raise MskaiError(f"Cannot install from {source}: only http, https and file URLs are supported")
         if not sha256:
             raise MskaiError("Installing from a URL needs the file's sha256 (--sha256)")
-        downloaded = _download(source, sha256, timeout_s)
-        source = str(downloaded)
-    try:
-        package = load_package(source)
-        package.state_dict()  # checks the weights' checksum
-        target = user_dir() / f"{package.id}-{package.version}"
-        staging = user_dir() / f".{target.name}.part"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        if package.source.is_dir():
-            shutil.copytree(package.source, staging)
-        else:
-            import zipfile
-
-            with zipfile.ZipFile(package.source) as zf:
-                zf.extractall(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-        return load_package(target)
-    finally:
-        if downloaded:
-            shutil.rmtree(downloaded.parent, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="mskai-download-") as tmp:
+            return _install(_download(source, Path(tmp), sha256, timeout_s, deadline_s, max_bytes), None)
+    return _install(Path(source).expanduser(), sha256)
