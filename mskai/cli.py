@@ -177,8 +177,15 @@ def cmd_index(args):
 def cmd_anonymise(args):
     from mskai.dicom.anonymise import anonymise_folder
 
-    report = anonymise_folder(args.source, args.output, seed=args.seed)
+    report = anonymise_folder(args.source, args.output, seed=args.seed, retain_descriptors=args.retain_descriptors,
+                              retain_safe_private=args.retain_safe_private)
     print(f"Wrote {len(report.written)} de-identified file(s) to {args.output}")
+    if report.warnings:
+        print(f"Warning for {len(report.warnings)} written file(s):", file=sys.stderr)
+        for w in report.warnings[:5]:
+            print(f"  {w}", file=sys.stderr)
+        if len(report.warnings) > 5:
+            print(f"  ... and {len(report.warnings) - 5} more", file=sys.stderr)
     _print_problems(report.problems)
     return 0 if report.written or not report.problems else 1
 
@@ -397,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("output")
     p.add_argument("--seed", help="secret that makes fake values and UID mapping repeatable")
+    p.add_argument("--retain-descriptors", action="store_true",
+                   help="keep study/series descriptions and protocol names, patient names masked (Clean Descriptors)")
+    p.add_argument("--retain-safe-private", action="store_true",
+                   help="keep private attributes the files themselves declare safe (Retain Safe Private)")
     p.set_defaults(func=cmd_anonymise)
 
     p = top.add_parser("segment", help="segment the lower-limb bones of a DICOM series or a volume file")
@@ -456,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models_list)
     p = models.add_parser("install", help="install a package folder, .zip, or http(s) URL into the user models folder")
     p.add_argument("source")
-    p.add_argument("--sha256", help="checksum of the downloaded file (required for URLs)")
+    p.add_argument("--sha256", help="expected sha256: of the file for a URL (required) or a .zip, of the weights "
+                                    "file for a package folder")
     p.set_defaults(func=cmd_models_install)
 
     synth = top.add_parser("synth", help="synthetic sample data").add_subparsers(dest="synth_command", required=True)

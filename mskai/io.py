@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -124,21 +125,23 @@ def output_folder(folder, kind: str):
         os.chmod(staging, 0o777 & ~_UMASK)
         yield staging
         (staging / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "mskai": __version__}))
-        _swap_in(staging, folder, staging.with_name(staging.name.replace("staging-", "old-", 1)))
+        swap_in(staging, folder)
     except OSError as exc:
         raise _writable_error(folder, exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _swap_in(staging: Path, folder: Path, old: Path):
-    """Rename ``staging`` to ``folder``; an existing ``folder`` is moved aside first and restored on failure."""
-    if folder.exists():
+def swap_in(staging: Path, folder: Path):
+    """Rename ``staging`` to ``folder``; an existing ``folder`` is moved aside first, put back if the rename fails
+    (or is interrupted), and removed once the new one is in place."""
+    old = folder.with_name(f".{folder.name}.mskai-old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    if os.path.lexists(folder):
         os.rename(folder, old)
     try:
         os.rename(staging, folder)
-    except OSError:
-        if old.exists():
+    except BaseException:
+        if os.path.lexists(old) and not os.path.lexists(folder):
             os.rename(old, folder)
         raise
     shutil.rmtree(old, ignore_errors=True)

@@ -87,6 +87,14 @@ def make_package(folder, constant_class=None, channels=(4, 8), seed=0, **metadat
 
 
 @pytest.fixture
+def model_dirs(tmp_path, monkeypatch):
+    """Empty user and bundled model folders under tmp_path."""
+    monkeypatch.setenv("MSKAI_MODELS_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("MSKAI_BUNDLED_MODELS", str(tmp_path / "bundled"))
+    return tmp_path
+
+
+@pytest.fixture
 def tiny_package(tmp_path):
     from mskai.models.package import load_package
 

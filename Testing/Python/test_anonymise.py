@@ -301,3 +301,14 @@ def test_refuses_to_write_onto_its_source(tmp_path):
     _identifying_series(tmp_path / "in", echoes=1)
     with pytest.raises(Exception, match="onto itself"):
         anonymise_folder(tmp_path / "in", tmp_path / "in")
+
+
+def test_cli_anonymises_the_real_knee_series_and_summarises_warnings(knee_dicom, tmp_path):
+    from conftest import run_mskai
+
+    result = run_mskai("dicom", "anonymise", knee_dicom, tmp_path / "out", "--seed", "s")
+    assert "Wrote 192 de-identified file(s)" in result.stdout
+    assert "Warning for 192 written file(s)" in result.stderr and "... and 187 more" in result.stderr
+    assert "Burned In Annotation" in result.stderr and "Traceback" not in result.stderr
+    (series,) = scan_folder(tmp_path / "out").series
+    assert len(load_series(series)) == 8

@@ -90,7 +90,7 @@ def _short_pixel_data_followed_by_an_element(path):
     (lambda p: _edit(p, BitsAllocated=12), "Bits Allocated"),
     (lambda p: _edit(p, BitsStored=17), "BitsStored"),
     (lambda p: _edit(p, PixelRepresentation=2), "PixelRepresentation"),
-    (lambda p: _edit(p, SamplesPerPixel=3), "colour"),
+    (lambda p: _edit(p, SamplesPerPixel=3), "grayscale"),
     (lambda p: _edit(p, RescaleSlope="nan"), "RescaleSlope"),
     (lambda p: _edit(p, RescaleSlope=0), "Rescale Slope is 0"),
     (lambda p: _edit(p, NumberOfFrames=1000000), "NumberOfFrames"),

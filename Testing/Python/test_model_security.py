@@ -19,7 +19,7 @@ from mskai import MskaiError
 from mskai.models import package as package_module
 from mskai.models import registry
 from mskai.models.registry import find_model, install_model
-from test_models import _zip_package, model_dirs  # noqa: F401 (fixture)
+from test_models import _zip_package
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def _leftovers(model_dirs) -> list:
 
 
 @pytest.fixture
-def dirs(model_dirs, monkeypatch):  # noqa: F811
+def dirs(model_dirs, monkeypatch):
     """model_dirs, with the temporary folder pointed at model_dirs/tmp so leftovers can be seen."""
     (model_dirs / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(model_dirs / "tmp"))
@@ -170,14 +170,14 @@ def test_a_failed_install_leaves_the_earlier_install_intact(dirs, monkeypatch):
         install_model(str(misfit))
     assert _contents(first.source) == before and not _leftovers(dirs)
 
-    real_replace = os.replace
+    real_rename = os.rename
 
-    def failing_replace(src, dst):  # the rename of the staging folder into place fails
+    def failing_rename(src, dst):  # the rename of the staging folder into place fails
         if Path(src).name.startswith(".mskai-install-"):
             raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
+        return real_rename(src, dst)
 
-    monkeypatch.setattr(registry.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "rename", failing_rename)
     with pytest.raises(MskaiError, match="Cannot install into .*No space left"):
         install_model(str(make_package(dirs / "c", seed=2)))
     assert _contents(first.source) == before and not _leftovers(dirs)

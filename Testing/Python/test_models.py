@@ -18,13 +18,6 @@ from mskai.models.registry import find_model, install_model, list_models
 from mskai.segment.labels import BONES
 
 
-@pytest.fixture
-def model_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("MSKAI_MODELS_DIR", str(tmp_path / "user"))
-    monkeypatch.setenv("MSKAI_BUNDLED_MODELS", str(tmp_path / "bundled"))
-    return tmp_path
-
-
 def test_package_round_trip_folder_and_zip(tmp_path):
     folder = make_package(tmp_path / "pkg")
     package = load_package(folder)

@@ -15,7 +15,6 @@ from mskai import MskaiError
 from mskai.io import OUTPUT_MARKER, atomic_outputs, output_folder, write_volume
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
-from mskai.volume import Volume
 
 
 @pytest.fixture(scope="module")

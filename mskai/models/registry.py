@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from mskai import MskaiError
+from mskai.io import swap_in
 from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, inside, load_package, one_line, sha256_bytes
 
 _HERE = Path(__file__).resolve()
@@ -127,19 +128,6 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _swap_in(staging: Path, target: Path):
-    """Rename ``staging`` to ``target``; an earlier ``target`` is moved aside first and put back if that fails."""
-    aside = Path(tempfile.mkdtemp(prefix=".mskai-replaced-", dir=target.parent)) / "old"
-    try:
-        if os.path.lexists(target):
-            os.replace(target, aside)
-        os.replace(staging, target)
-    finally:
-        if os.path.lexists(aside) and not os.path.lexists(target):
-            os.replace(aside, target)
-        shutil.rmtree(aside.parent, ignore_errors=True)
-
-
 def _install(path: Path, sha256: str | None) -> ModelPackage:
     """Install the package at ``path`` (see install_model) from exactly the bytes that were checked."""
     if sha256 and path.is_file() and _file_sha256(path) != sha256:
@@ -157,7 +145,7 @@ def _install(path: Path, sha256: str | None) -> ModelPackage:
             for name, data in files.items():
                 inside(staging, name).write_bytes(data)
             load_package(staging).build_network()  # what will be installed loads and runs its weights
-            _swap_in(staging, target)
+            swap_in(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
