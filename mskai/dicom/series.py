@@ -12,7 +12,7 @@ import pydicom
 from mskai import MskaiError
 from mskai.dicom.plane import Plane, detect_plane, slice_normal
 from mskai.dicom.scan import (MAX_SPACING_MM, Frame, Series, check_pixel_element, group_by, pixel_element,
-                              read_header, stored_dtype)
+                              read_header, stored_dtype, transfer_syntax)
 from mskai.io import check_memory
 from mskai.volume import Volume
 
@@ -234,7 +234,7 @@ def _read_decoded(path, frames_wanted) -> dict:
 
 
 def _can_read_native(ds) -> bool:
-    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    tsyntax = transfer_syntax(ds)
     return (
         tsyntax is not None
         and not tsyntax.is_compressed
