@@ -167,3 +167,17 @@ def test_concurrent_index_runs_into_one_new_database_lose_nothing(tmp_path):
     with DicomDatabase(tmp_path / "db") as db:
         assert len(db.patients()) == 4 and len(db.all_series()) == 4
     assert not [p for p in (tmp_path / "db").iterdir() if p.name != "ctkDICOM.sql"]
+
+
+def test_a_damaged_header_value_is_that_files_problem_in_scan_and_index(tmp_path):
+    truth = phantom(plane="axial", shape=(16, 16, 5))
+    paths = write_series(truth, tmp_path / "in")
+    data = paths[0].read_bytes()
+    assert b"\x10\x00\x10\x00PN" in data  # Patient Name, explicit VR little endian
+    paths[0].write_bytes(data.replace(b"\x10\x00\x10\x00PN", b"\x10\x00\x10\x00BN"))  # an unknown VR
+    report = scan_folder(tmp_path / "in")
+    assert [os.path.basename(p.path) for p in report.problems] == [paths[0].name]
+    report = index_folder(tmp_path / "in", tmp_path / "db")
+    assert [os.path.basename(p.path) for p in report.problems] == [paths[0].name]
+    with DicomDatabase(tmp_path / "db") as db:
+        assert len(db.files(db.all_series()[0]["SeriesInstanceUID"])) == len(paths) - 1

@@ -205,9 +205,23 @@ def create_database(path) -> Path:
     return file
 
 
-def _text(ds, keyword):
-    value = ds.get(keyword)
-    return None if value in (None, "") else str(value)
+# The header values an index row is made of: all read while the file is checked, so a damaged value
+# makes that file a reported problem instead of stopping the run half-way.
+_INDEXED = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientName", "PatientID",
+            "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge", "PatientComments", "StudyID",
+            "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber", "Modality", "InstitutionName",
+            "ReferringPhysicianName", "PerformingPhysicianName", "SeriesNumber", "SeriesDate", "SeriesTime",
+            "SeriesDescription", "BodyPartExamined", "FrameOfReferenceUID", "AcquisitionNumber",
+            "ContrastBolusAgent", "ScanningSequence", "EchoNumbers", "TemporalPositionIdentifier")
+
+
+def _texts(ds) -> dict:
+    """The _INDEXED values of a header as text (None when absent or empty)."""
+    texts = {}
+    for keyword in _INDEXED:
+        value = ds.get(keyword)
+        texts[keyword] = None if value in (None, "") else str(value)
+    return texts
 
 
 def _refuse_mixed(rows, con, report: ScanReport) -> list:
@@ -224,12 +238,11 @@ def _refuse_mixed(rows, con, report: ScanReport) -> list:
     for study, pid, name in con.execute(
             "SELECT StudyInstanceUID, PatientID, PatientsName FROM Studies JOIN Patients ON Patients.UID = PatientsUID"):
         study_patients[study].add((pid or "", name or ""))
-    for _, ds in rows:
-        patient, (study,), *_ = identity(ds)
+    for _, _, (patient, (study,), *_) in rows:
         study_patients[study].add(patient)
     kept = []
-    for uid, items in group_by(rows, lambda r: str(r[1].SeriesInstanceUID)).items():
-        identities = {identity(ds) for _, ds in items}
+    for uid, items in group_by(rows, lambda r: r[1]["SeriesInstanceUID"]).items():
+        identities = {file_identity for _, _, file_identity in items}
         patient, (study,), *_ = next(iter(identities))
         problem = mixed_identity(identities)
         if not problem and uid in in_db and in_db[uid] != (patient, study):
@@ -237,7 +250,7 @@ def _refuse_mixed(rows, con, report: ScanReport) -> list:
         if not problem and len(study_patients[study]) > 1:
             problem = "its Study Instance UID is shared by several patients"
         if problem:
-            report.problems.extend(FileProblem(path, f"not indexed: series {problem}") for path, _ in items)
+            report.problems.extend(FileProblem(path, f"not indexed: series {problem}") for path, *_ in items)
         else:
             kept.extend(items)
     return kept
@@ -257,28 +270,32 @@ def index_folder(folder, database, timeout_s: float = 30.0) -> ScanReport:
     for path in iter_files(folder):
         try:
             ds = read_header(path)
-            missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID") if k not in ds]
+            texts, file_identity = _texts(ds), identity(ds)
+            missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID") if not texts[k]]
             if missing:
                 raise MskaiError(f"no {' or '.join(missing)}")
         except MskaiError as exc:
             report.problems.append(FileProblem(path, str(exc)))
             continue
-        rows.append((path, ds))
+        except Exception as exc:  # a damaged value in the header
+            report.problems.append(FileProblem(path, f"unreadable header ({exc.__class__.__name__})"))
+            continue
+        rows.append((path, texts, file_identity))
     try:
         con = sqlite3.connect(file, timeout=timeout_s)
         with con:
             con.execute("BEGIN IMMEDIATE")
-            for path, ds in _refuse_mixed(rows, con, report):
-                _insert(con, file.parent, path, ds)
+            for path, texts, _ in _refuse_mixed(rows, con, report):
+                _insert(con, file.parent, path, texts)
         con.close()
     except sqlite3.Error as exc:
         raise _sqlite_error(file, exc) from None
     return report
 
 
-def _insert(con, db_folder: Path, path: str, ds):
+def _insert(con, db_folder: Path, path: str, v: dict):
     now = _now()
-    name, pid = _text(ds, "PatientName") or "", _text(ds, "PatientID") or ""
+    name, pid = v["PatientName"] or "", v["PatientID"] or ""
     row = con.execute("SELECT UID FROM Patients WHERE PatientsName = ? AND PatientID = ?", (name, pid)).fetchone()
     if row:
         patient_uid = row[0]
@@ -286,25 +303,25 @@ def _insert(con, db_folder: Path, path: str, ds):
         patient_uid = con.execute(
             "INSERT INTO Patients (PatientsName, PatientID, PatientsBirthDate, PatientsBirthTime, PatientsSex, "
             "PatientsAge, PatientsComments, InsertTimestamp) VALUES (?,?,?,?,?,?,?,?)",
-            (name, pid, _text(ds, "PatientBirthDate"), _text(ds, "PatientBirthTime"), _text(ds, "PatientSex"),
-             _text(ds, "PatientAge"), _text(ds, "PatientComments"), now),
+            (name, pid, v["PatientBirthDate"], v["PatientBirthTime"], v["PatientSex"],
+             v["PatientAge"], v["PatientComments"], now),
         ).lastrowid
     con.execute(
         "INSERT OR IGNORE INTO Studies (StudyInstanceUID, PatientsUID, StudyID, StudyDate, StudyTime, StudyDescription, "
         "AccessionNumber, ModalitiesInStudy, InstitutionName, ReferringPhysician, PerformingPhysiciansName, "
         "InsertTimestamp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (str(ds.StudyInstanceUID), patient_uid, _text(ds, "StudyID"), _text(ds, "StudyDate"), _text(ds, "StudyTime"),
-         _text(ds, "StudyDescription"), _text(ds, "AccessionNumber"), _text(ds, "Modality"),
-         _text(ds, "InstitutionName"), _text(ds, "ReferringPhysicianName"), _text(ds, "PerformingPhysicianName"), now),
+        (v["StudyInstanceUID"], patient_uid, v["StudyID"], v["StudyDate"], v["StudyTime"],
+         v["StudyDescription"], v["AccessionNumber"], v["Modality"],
+         v["InstitutionName"], v["ReferringPhysicianName"], v["PerformingPhysicianName"], now),
     )
     con.execute(
         "INSERT OR IGNORE INTO Series (SeriesInstanceUID, StudyInstanceUID, SeriesNumber, SeriesDate, SeriesTime, "
         "SeriesDescription, Modality, BodyPartExamined, FrameOfReferenceUID, AcquisitionNumber, ContrastAgent, "
         "ScanningSequence, EchoNumber, TemporalPosition, InsertTimestamp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID), _text(ds, "SeriesNumber"), _text(ds, "SeriesDate"),
-         _text(ds, "SeriesTime"), _text(ds, "SeriesDescription"), _text(ds, "Modality"), _text(ds, "BodyPartExamined"),
-         _text(ds, "FrameOfReferenceUID"), _text(ds, "AcquisitionNumber"), _text(ds, "ContrastBolusAgent"),
-         _text(ds, "ScanningSequence"), _text(ds, "EchoNumbers"), _text(ds, "TemporalPositionIdentifier"), now),
+        (v["SeriesInstanceUID"], v["StudyInstanceUID"], v["SeriesNumber"], v["SeriesDate"],
+         v["SeriesTime"], v["SeriesDescription"], v["Modality"], v["BodyPartExamined"],
+         v["FrameOfReferenceUID"], v["AcquisitionNumber"], v["ContrastBolusAgent"],
+         v["ScanningSequence"], v["EchoNumbers"], v["TemporalPositionIdentifier"], now),
     )
     abs_path = Path(path).resolve()
     try:
@@ -313,6 +330,6 @@ def _insert(con, db_folder: Path, path: str, ds):
         stored = str(abs_path)
     con.execute(
         "INSERT OR REPLACE INTO Images (SOPInstanceUID, Filename, SeriesInstanceUID, InsertTimestamp) VALUES (?,?,?,?)",
-        (str(ds.SOPInstanceUID), stored, str(ds.SeriesInstanceUID), now),
+        (v["SOPInstanceUID"], stored, v["SeriesInstanceUID"], now),
     )
     con.execute("INSERT OR IGNORE INTO Directories (Dirname) VALUES (?)", (str(abs_path.parent),))
