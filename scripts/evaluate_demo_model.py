@@ -23,6 +23,7 @@ from mskai.models.registry import find_model  # noqa: E402
 from mskai.segment.infer import SegmentOptions, segment_volume  # noqa: E402
 from mskai.segment.labels import BONES  # noqa: E402
 from mskai.segment.metrics import evaluate  # noqa: E402
+from mskai.segment.plausibility import plausibility  # noqa: E402
 from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, KneeLabelSource, LowerLimbPhantom, synthetic_case  # noqa: E402
 
 KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
@@ -85,8 +86,13 @@ def main():
     for name, image, labels in cases(args.cases, args.seed):
         prediction = segment_volume(image, package, SegmentOptions()).labels
         rows = [r for r in evaluate(prediction, labels) if r["reference_volume_ml"] > 0]
-        results.append({"case": name, "spacing_mm": [round(float(s), 2) for s in image.spacing], "bones": rows})
-        print(name, " ".join(f"{r['name']} {r['dice']:.3f}" for r in rows), flush=True)
+        failed = [c["check"] for c in plausibility(prediction) if c["passed"] is False]
+        truth_failed = [c["check"] for c in plausibility(labels) if c["passed"] is False]  # the checks' own errors
+        results.append({"case": name, "spacing_mm": [round(float(s), 2) for s in image.spacing], "bones": rows,
+                        "implausible": failed, "truth_implausible": truth_failed})
+        print(name, " ".join(f"{r['name']} {r['dice']:.3f}" for r in rows),
+              f"checks: {'pass' if not failed else 'FAIL ' + '; '.join(failed)}",
+              f"(truth: {'pass' if not truth_failed else 'FAIL ' + '; '.join(truth_failed)})", flush=True)
         overlay_png(image, labels, prediction, out / f"{name}.png")
     summary = {}
     for bone in BONES:
@@ -96,6 +102,8 @@ def main():
             summary[bone.name] = {"cases": len(dice), "mean_dice": round(float(np.mean(dice)), 3),
                                   "min_dice": round(float(np.min(dice)), 3),
                                   "median_hd95_mm": round(float(np.median(hd95)), 2)}
+    print(f"plausibility: {sum(not r['implausible'] for r in results)} of {len(results)} predictions pass every check; "
+          f"{sum(not r['truth_implausible'] for r in results)} of {len(results)} truths do")
     print(f"\n{'bone':<8} {'cases':>5} {'mean Dice':>10} {'min Dice':>9} {'median HD95 mm':>15}")
     for name, s in summary.items():
         print(f"{name:<8} {s['cases']:>5} {s['mean_dice']:>10.3f} {s['min_dice']:>9.3f} {s['median_hd95_mm']:>15.2f}")
