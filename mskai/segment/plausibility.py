@@ -41,6 +41,15 @@ def _legs(femur: np.ndarray, tibia: np.ndarray) -> float | None:
     return None
 
 
+def _pieces(mask: np.ndarray) -> int:
+    """26-connected pieces of a mask; the pieces touching the field of view's border count as one, since the
+    border may cut one bone into several (the two condyles below the notch's roof)."""
+    components, n = ndimage.label(mask, structure=_FULL)
+    faces = np.concatenate([np.take(components, [0, -1], axis=a).ravel() for a in range(3)])
+    on_border = len(np.unique(faces[faces > 0]))
+    return n - on_border + (1 if on_border else 0)
+
+
 def plausibility(labels: Volume) -> list[dict]:
     """Run every check on a bone label map (values of the project's label table)."""
     voxel_ml = float(abs(np.linalg.det(labels.affine_lps[:3, :3]))) / 1000.0
@@ -73,10 +82,7 @@ def plausibility(labels: Volume) -> list[dict]:
                        "detail": f"{100 * max(fractions, default=0):.1f} % of the voxels"})
 
     n_legs = len(legs)
-    pieces = {}
-    for name, value in VALUE.items():
-        if len(points[name]):
-            pieces[name] = ndimage.label(np.asarray(labels.array) == value, structure=_FULL)[1]
+    pieces = {name: _pieces(np.asarray(labels.array) == value) for name, value in VALUE.items() if len(points[name])}
     too_many = {name: n for name, n in pieces.items() if n > (2 if name == "pelvis" else n_legs)}
     checks.append({"check": "each bone one piece per leg", "passed": not too_many if pieces else None,
                    "detail": ", ".join(f"{name} {n}" for name, n in pieces.items()) + f" pieces; {n_legs} leg(s)"})
