@@ -1,0 +1,241 @@
+"""Real bone shapes for synthetic training: the OAI femur + tibia masks (../shared/data/oai_knee_bone_masks).
+
+Each mask holds femur and tibia as one label; ``split_femur_tibia`` separates them (erosion until the
+mask falls apart, then nearest piece). ``RealKneeSource`` turns such a bone label map into a tissue map
+(cortex, marrow, joint cartilage, a muscle and fat envelope, air) that renders through
+``synthseg.make_sample`` / ``synthetic_case`` like ``KneeLabelSource``.
+Data: Apache-2.0 (wilsonkchung/knee-osteoarthritis-classification-using-bone-distance), OAI images (NIH);
+keep ../shared/data/NOTICE.md with anything derived from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from mskai.synth.synthseg import AIR, CARTILAGE, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, OTHER
+
+TIBIA, FEMUR = 1, 2
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def load_oai_mask(path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 mask, 4x4 voxel->RAS affine) of one OAI knee; axes are LR, AP, IS."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    return (np.asarray(image.dataobj) > 0).astype(np.uint8), np.asarray(image.affine, dtype=float)
+
+
+def spacing_of(affine) -> np.ndarray:
+    return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    comps, n = ndimage.label(mask)
+    if n <= 1:
+        return mask.astype(bool)
+    return comps == 1 + int(np.argmax(ndimage.sum_labels(mask, comps, range(1, n + 1))))
+
+
+def _seeds(bone: np.ndarray, depth: np.ndarray, min_fraction: float = 0.1):
+    """The two largest pieces left when the mask is eroded just enough to fall apart (depth > t mm)."""
+    total = bone.sum()
+    for t in np.arange(0.0, depth.max(), 0.5):
+        comps, n = ndimage.label(depth > t)
+        if n < 2:
+            continue
+        sizes = ndimage.sum_labels(np.ones_like(bone), comps, range(1, n + 1))
+        first, second = 1 + np.argsort(sizes)[::-1][:2]
+        if sizes[second - 1] >= min_fraction * total:
+            return comps == first, comps == second
+    raise ValueError("the femur + tibia mask does not fall apart into two bones")
+
+
+def split_femur_tibia(mask: np.ndarray, spacing_mm) -> np.ndarray:
+    """Femur (2) and tibia (1) from a joint femur + tibia mask with axes (LR, AP, IS, superior last).
+
+    The mask first gets a 3-slice majority vote across the sagittal slices (the network's slice-to-slice
+    jitter) and loses debris (pieces under 1 % of it or under 20 mm wide, like the streaks at its left and
+    right ends). It is then eroded (a threshold on its distance transform) just until it falls apart into
+    two large pieces, the upper one the femur; every voxel goes to its nearest piece, which cuts the
+    bridges where the bones touch. Each bone keeps its largest connected piece, enclosed holes filled.
+    """
+    spacing_mm = np.asarray(spacing_mm, dtype=float)
+    mask = ndimage.median_filter((mask > 0).astype(np.uint8), size=(3, 1, 1))  # 3-slice majority: slice jitter
+    comps, n = ndimage.label(mask)
+    sizes = ndimage.sum_labels(mask, comps, range(1, n + 1))
+    width = np.array([(b[0].stop - b[0].start) * spacing_mm[0] for b in ndimage.find_objects(comps)])
+    bone = np.isin(comps, 1 + np.nonzero((sizes >= 0.01 * sizes.sum()) & (width >= 20))[0])  # drop debris
+    depth = ndimage.distance_transform_edt(bone, sampling=spacing_mm)
+    a, b = _seeds(bone, depth)
+    if np.nonzero(a)[2].mean() < np.nonzero(b)[2].mean():
+        a, b = b, a
+    seeds = np.where(a, FEMUR, np.where(b, TIBIA, 0)).astype(np.uint8)
+    nearest = ndimage.distance_transform_edt(seeds == 0, sampling=spacing_mm, return_distances=False,
+                                             return_indices=True)
+    flooded = np.where(bone, seeds[tuple(nearest)], 0)
+    labels = np.zeros(bone.shape, dtype=np.uint8)
+    for value in (TIBIA, FEMUR):
+        labels[_largest(bone & (flooded == value))] = value
+    for value in (TIBIA, FEMUR):  # cavities the network left inside a bone
+        labels[ndimage.binary_fill_holes(labels == value) & (labels == 0)] = value
+    return labels
+
+
+def split_quality(labels: np.ndarray) -> dict:
+    """Plausibility numbers of a split: voxel fractions, superior centroids, main-component fractions."""
+    total = max(int((labels > 0).sum()), 1)
+    out = {}
+    for name, value in (("tibia", TIBIA), ("femur", FEMUR)):
+        mask = labels == value
+        count = int(mask.sum())
+        out[f"{name}_fraction"] = count / total
+        out[f"{name}_z"] = float(np.nonzero(mask)[2].mean()) if count else float("nan")
+        out[f"{name}_main"] = float(_largest(mask).sum()) / count if count else 0.0
+    out["ok"] = bool(out["femur_z"] > out["tibia_z"] and all(0.25 <= out[f"{b}_fraction"] <= 0.75
+                                                             and out[f"{b}_main"] >= 0.95 for b in ("tibia", "femur")))
+    return out
+
+
+# --- subjects ------------------------------------------------------------------------------------------
+
+
+def oai_subjects(folder) -> list[str]:
+    """Sorted subject ids (file names without .nii.gz) of an OAI mask folder."""
+    return sorted(p.name[: -len(".nii.gz")] for p in Path(folder).glob("*.nii.gz"))
+
+
+def split_subjects(ids, n_test: int = 30, n_val: int = 10, seed: int = 0) -> dict:
+    """Deterministic disjoint train/val/test lists; an id's set depends only on the ids and the seed."""
+    ids = sorted(set(ids))
+    if n_test + n_val > len(ids):
+        raise ValueError(f"{len(ids)} subjects cannot give {n_test} test and {n_val} validation cases")
+    order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    return {"train": sorted(order[n_test + n_val:]), "val": sorted(order[n_test:n_test + n_val]),
+            "test": sorted(order[:n_test])}
+
+
+# --- shape source --------------------------------------------------------------------------------------
+
+
+def _ball(radius_mm: float, spacing) -> np.ndarray:
+    """Ellipsoidal footprint of voxel offsets within ``radius_mm``."""
+    r = [int(radius_mm // s) for s in spacing]
+    grid = np.meshgrid(*[np.arange(-n, n + 1) * s for n, s in zip(r, spacing)], indexing="ij")
+    return sum(g**2 for g in grid) <= radius_mm**2
+
+
+def _grow(box, by, shape):
+    return tuple(slice(max(0, b.start - by), min(n, b.stop + by)) for b, n in zip(box, shape))
+
+
+class RealKneeSource:
+    """A real bone label map (e.g. split OAI femur + tibia; axes LR, AP, IS) as a synthseg shape source.
+
+    Bones get a cortex rim and their marrow class; the joint space between them gets cartilage and fluid;
+    a random envelope of muscle (thicker behind the knee) and subcutaneous fat surrounds them, with air
+    beyond. Along the superior axis the map is cut ``trim_mm`` inside the bones' ragged ends and its end
+    slices continue beyond it (the shafts go on). ``labelled`` holds the bone labels present: other bones
+    (patella, fibula) are not annotated here and belong out of the loss, not taught as absent.
+    """
+
+    def __init__(self, labels: np.ndarray, spacing_mm, affine_ras=None, rng=None, trim_mm: float = 4.0):
+        rng = np.random.default_rng(0) if rng is None else rng
+        spacing = np.asarray(spacing_mm, dtype=float)
+        affine = np.diag([*spacing, 1.0]) if affine_ras is None else np.asarray(affine_ras, dtype=float)
+        if not np.array_equal(np.abs(affine[:3, :3]).argmax(0), [0, 1, 2]):
+            raise ValueError("the label map's axes must run left-right, anterior-posterior, inferior-superior")
+        labels = np.asarray(labels, dtype=np.uint8)
+        self.labelled = {int(v) for v in np.unique(labels) if v}
+        if not self.labelled <= set(MARROW):
+            raise ValueError(f"unknown bone labels {sorted(self.labelled - set(MARROW))}")
+        back, muscle, fat = rng.uniform(15, 35), rng.uniform(8, 20), rng.uniform(4, 15)
+        box = list(ndimage.find_objects((labels > 0).astype(np.uint8))[0])
+        cut = int(round(trim_mm / spacing[2]))
+        box[2] = slice(box[2].start + cut, box[2].stop - cut)
+        pad = [int(np.ceil((back + muscle + fat + 5) / s)) for s in spacing[:2]]
+        labels = np.pad(labels[tuple(box)], [(pad[0], pad[0]), (pad[1], pad[1]), (0, 0)])
+        n = int(CORTEX_MM // spacing[2]) + 1  # clean end slabs of n + 1 equal slices: they repeat beyond the map
+        labels[:, :, :n + 1] = self._clean_slice(labels[:, :, n])[:, :, None]
+        labels[:, :, -n - 1:] = self._clean_slice(labels[:, :, -n - 1])[:, :, None]
+        shift = np.eye(4)
+        shift[:3, 3] = [box[0].start - pad[0], box[1].start - pad[1], box[2].start]
+        self.affine = RAS_TO_LPS @ affine @ shift
+        self.shape = labels.shape
+        tissue = self._soft_tissue(labels > 0, spacing, rng.uniform(1.5, 3.0), back, muscle, fat)
+        ball = _ball(CORTEX_MM, spacing)
+        for bone, found in enumerate(ndimage.find_objects(labels), start=1):
+            if found is None:
+                continue
+            found = _grow(found, max(ball.shape), labels.shape)
+            mask = labels[found] == bone
+            rim = mask & ~ndimage.binary_erosion(mask, ball, border_value=1)
+            tissue[found][mask] = np.where(rim[mask], CORTEX, MARROW[bone])
+        self.tissue = torch.from_numpy(tissue)
+        self.owner = torch.from_numpy(labels)
+        bones = np.argwhere(labels > 0)
+        self.bone_box_mm = (self._mm(bones.min(0)), self._mm(bones.max(0)))
+        self.centre_mm = self._mm((np.array(self.shape) - 1) / 2)
+
+    @staticmethod
+    def _clean_slice(section: np.ndarray) -> np.ndarray:
+        """Each bone's largest 2D piece, holes filled and spurs opened."""
+        out = np.zeros_like(section)
+        for bone in np.unique(section[section > 0]):
+            mask = ndimage.binary_opening(ndimage.binary_fill_holes(section == bone), iterations=2)
+            if mask.any():
+                out[_largest(mask)] = bone
+        return out
+
+    @staticmethod
+    def _soft_tissue(bone: np.ndarray, spacing, cartilage_mm, back_mm, muscle_mm, fat_mm) -> np.ndarray:
+        """Tissue classes around the bones: joint cartilage and fluid, muscle, fat, air."""
+        along_s = lambda n_mm: max(1, int(round(n_mm / spacing[2])))  # noqa: E731
+        tissue = np.full(bone.shape, AIR, dtype=np.uint8)
+        # limb cross-section: bone shadow over 40 mm of height, swept posteriorly (popliteal fossa, calf);
+        # its in-plane distance (huge superior spacing) on a grid halved in-plane, smoothed (no steps)
+        shadow = ndimage.maximum_filter1d(bone, along_s(40), axis=2)
+        back = int(round(back_mm / spacing[1]))
+        shadow = ndimage.maximum_filter1d(shadow, back + 1, axis=1, origin=back // 2)
+        coarse = ndimage.distance_transform_edt(~shadow[::2, ::2], sampling=(spacing[0] * 2, spacing[1] * 2, 1e3))
+        coarse = ndimage.gaussian_filter(coarse, (1.0, 1.0, 6.0 / spacing[2]))
+        dist = coarse[np.ix_(np.arange(bone.shape[0]) // 2, np.arange(bone.shape[1]) // 2, np.arange(bone.shape[2]))]
+        tissue[dist <= muscle_mm + fat_mm] = FAT
+        tissue[dist <= muscle_mm] = MUSCLE
+        # the joint space: gaps between bone above and below within 12 mm; cartilage next to the bone
+        joint = ndimage.binary_closing(bone, np.ones((1, 1, along_s(12)), dtype=bool)) & ~bone
+        found = ndimage.find_objects(joint.astype(np.uint8))
+        if found:
+            ball = _ball(cartilage_mm, spacing)
+            box = _grow(found[0], max(ball.shape), bone.shape)
+            tissue[box][joint[box]] = OTHER
+            near = joint[box] & ndimage.binary_dilation(bone[box], ball)
+            tissue[box][near] = CARTILAGE
+        return tissue
+
+    def _mm(self, ijk):
+        return self.affine[:3, :3] @ np.asarray(ijk, dtype=float) + self.affine[:3, 3]
+
+    def random_centre(self, rng) -> np.ndarray:
+        lo, hi = self.bone_box_mm
+        return rng.uniform(np.minimum(lo, hi), np.maximum(lo, hi))
+
+    def sample(self, points_mm: torch.Tensor):
+        """Tissue and bone owner at LPS points (..., 3); beyond the map the edge voxel continues."""
+        inv = torch.as_tensor(np.linalg.inv(self.affine), dtype=torch.float32)
+        idx = torch.round(points_mm.float() @ inv[:3, :3].T + inv[:3, 3]).long()
+        i, j, k = (idx[..., a].clamp(0, n - 1) for a, n in enumerate(self.shape))
+        return self.tissue[i, j, k], self.owner[i, j, k]
+
+    @classmethod
+    def from_oai(cls, path, rng=None, mirror: bool = False) -> "RealKneeSource":
+        """Load, split and wrap one OAI mask file; ``mirror`` flips left-right (the side is unknown anyway)."""
+        mask, affine = load_oai_mask(path)
+        spacing = spacing_of(affine)
+        labels = split_femur_tibia(mask, spacing)
+        return cls(labels[::-1] if mirror else labels, spacing, affine, rng=rng)
