@@ -12,8 +12,10 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from mskai import MskaiError
 from mskai.dicom import load_series, scan_folder
 from mskai.dicom.anonymise import MAX_SEQUENCE_DEPTH, PROFILE, _output_path, anonymise_folder
+from mskai.io import OUTPUT_MARKER
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
 
@@ -279,7 +281,7 @@ def test_file_without_uids_or_damaged_is_its_own_problem(tmp_path, monkeypatch):
     assert "SeriesInstanceUID" in report.problems[0].message and "SOPInstanceUID" in report.problems[1].message
     assert "BytesLengthException" in report.problems[2].message and "OverflowError" in report.problems[3].message
     assert len(report.written) == len(paths) - 4
-    left = {p for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    left = {p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != OUTPUT_MARKER}
     assert left == set(report.written)  # nothing partial left behind
 
 
@@ -301,6 +303,20 @@ def test_refuses_to_write_onto_its_source(tmp_path):
     _identifying_series(tmp_path / "in", echoes=1)
     with pytest.raises(Exception, match="onto itself"):
         anonymise_folder(tmp_path / "in", tmp_path / "in")
+
+
+def test_a_second_run_replaces_the_first_as_a_whole_and_other_folders_are_refused(tmp_path):
+    _identifying_series(tmp_path / "in", echoes=2)
+    first = anonymise_folder(tmp_path / "in", tmp_path / "out", seed="a")
+    _identifying_series(tmp_path / "in2", echoes=1)
+    second = anonymise_folder(tmp_path / "in2", tmp_path / "out", seed="b")
+    left = {p for p in (tmp_path / "out").rglob("*.dcm")}
+    assert left == set(second.written) and not left & set(first.written)  # no other patient's files beside them
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(MskaiError, match="not an earlier mskai output"):
+        anonymise_folder(tmp_path / "in", tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_cli_anonymises_the_real_knee_series_and_summarises_warnings(knee_dicom, tmp_path):

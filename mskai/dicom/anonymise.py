@@ -30,7 +30,7 @@ from pydicom.tag import Tag
 
 from mskai import MskaiError
 from mskai.dicom.scan import PIXEL_TAGS, FileProblem, iter_files
-from mskai.io import atomic_output
+from mskai.io import atomic_output, output_folder
 
 PROFILE_EDITION = "dicomfields_2026c"  # DICOM 2026c Table E.1-1
 _CODES = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
@@ -222,43 +222,45 @@ def anonymise_folder(source, destination, seed: str | None = None, *, retain_des
 
     seed: a secret that makes the pseudonyms and UID mapping repeatable across runs (random if None).
     retain_descriptors, retain_safe_private: profile options, see anonymise_dataset.
-    Files are written as <destination>/<new series UID>/<new SOP instance UID>.dcm. A file that cannot be
-    de-identified is reported in ``problems`` and leaves nothing behind; images whose Burned In Annotation
-    is not NO are written and reported in ``warnings``.
+    Files are written as <destination>/<new series UID>/<new SOP instance UID>.dcm, into a staging folder that
+    replaces ``destination`` as a whole at the end (see mskai.io.output_folder: it must be new, empty, or an
+    earlier mskai output). A file that cannot be de-identified is reported in ``problems`` and leaves nothing
+    behind; images whose Burned In Annotation is not NO are written and reported in ``warnings``.
     """
-    destination = Path(destination)
-    if Path(source).resolve() == destination.resolve():
+    destination = Path(destination).resolve()
+    if Path(source).resolve() == destination:
         raise MskaiError("Refusing to anonymise a folder onto itself: give another output folder")
     anonymizer = new_anonymizer(seed)
     report, seen = AnonymiseReport(), set()
-    for path in iter_files(source):
-        try:
-            ds = pydicom.dcmread(path)
-        except RecursionError:
-            report.problems.append(FileProblem(path, "sequences nested too deeply; not de-identified"))
-            continue
-        except Exception as exc:
-            report.problems.append(FileProblem(path, f"not a readable DICOM file ({exc.__class__.__name__})"))
-            continue
-        out = None
-        try:
-            warning = burned_in_warning(ds)
-            anonymise_dataset(ds, anonymizer, retain_descriptors=retain_descriptors,
-                              retain_safe_private=retain_safe_private)
-            out = _output_path(destination, ds)
-            if out in seen:
-                raise MskaiError("another file has the same SOP Instance UID; not written")
-            with atomic_output(out) as tmp:
-                ds.save_as(tmp, enforce_file_format=True)
-        except Exception as exc:  # one damaged file is that file's problem, never the run's
-            message = str(exc) if isinstance(exc, MskaiError) else f"not de-identified ({exc.__class__.__name__})"
-            report.problems.append(FileProblem(path, message))
-            if out is not None:
-                with contextlib.suppress(OSError):
-                    out.parent.rmdir()  # only if it is empty
-            continue
-        report.written.append(out)
-        seen.add(out)
-        if warning:
-            report.warnings.append(FileProblem(path, warning))
+    with output_folder(destination, "anonymise") as staging:  # the run's files replace the folder as one unit
+        for path in iter_files(source):
+            try:
+                ds = pydicom.dcmread(path)
+            except RecursionError:
+                report.problems.append(FileProblem(path, "sequences nested too deeply; not de-identified"))
+                continue
+            except Exception as exc:
+                report.problems.append(FileProblem(path, f"not a readable DICOM file ({exc.__class__.__name__})"))
+                continue
+            out = None
+            try:
+                warning = burned_in_warning(ds)
+                anonymise_dataset(ds, anonymizer, retain_descriptors=retain_descriptors,
+                                  retain_safe_private=retain_safe_private)
+                out = _output_path(staging, ds)
+                if out in seen:
+                    raise MskaiError("another file has the same SOP Instance UID; not written")
+                with atomic_output(out) as tmp:
+                    ds.save_as(tmp, enforce_file_format=True)
+            except Exception as exc:  # one damaged file is that file's problem, never the run's
+                message = str(exc) if isinstance(exc, MskaiError) else f"not de-identified ({exc.__class__.__name__})"
+                report.problems.append(FileProblem(path, message))
+                if out is not None:
+                    with contextlib.suppress(OSError):
+                        out.parent.rmdir()  # only if it is empty
+                continue
+            report.written.append(destination / out.relative_to(staging))
+            seen.add(out)
+            if warning:
+                report.warnings.append(FileProblem(path, warning))
     return report
