@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from mskai.synth.synthseg import AIR, CARTILAGE, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, OTHER
+from mskai.synth.synthseg import AIR, CARTILAGE, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, OTHER, TissueMapSource
 
 TIBIA, FEMUR = 1, 2
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -134,7 +134,7 @@ def _grow(box, by, shape):
     return tuple(slice(max(0, b.start - by), min(n, b.stop + by)) for b, n in zip(box, shape))
 
 
-class RealKneeSource:
+class RealKneeSource(TissueMapSource):
     """A real bone label map (e.g. split OAI femur + tibia; axes LR, AP, IS) as a synthseg shape source.
 
     Bones get a cortex rim and their marrow class; the joint space between them gets cartilage and fluid;
@@ -166,7 +166,6 @@ class RealKneeSource:
         shift = np.eye(4)
         shift[:3, 3] = [box[0].start - pad[0], box[1].start - pad[1], box[2].start]
         self.affine = RAS_TO_LPS @ affine @ shift
-        self.shape = labels.shape
         tissue = self._soft_tissue(labels > 0, spacing, rng.uniform(1.5, 3.0), back, muscle, fat)
         ball = _ball(CORTEX_MM, spacing)
         for bone, found in enumerate(ndimage.find_objects(labels), start=1):
@@ -178,9 +177,7 @@ class RealKneeSource:
             tissue[found][mask] = np.where(rim[mask], CORTEX, MARROW[bone])
         self.tissue = torch.from_numpy(tissue)
         self.owner = torch.from_numpy(labels)
-        bones = np.argwhere(labels > 0)
-        self.bone_box_mm = (self._mm(bones.min(0)), self._mm(bones.max(0)))
-        self.centre_mm = self._mm((np.array(self.shape) - 1) / 2)
+        self._finish()
 
     @staticmethod
     def _clean_slice(section: np.ndarray) -> np.ndarray:
@@ -217,20 +214,6 @@ class RealKneeSource:
             near = joint[box] & ndimage.binary_dilation(bone[box], ball)
             tissue[box][near] = CARTILAGE
         return tissue
-
-    def _mm(self, ijk):
-        return self.affine[:3, :3] @ np.asarray(ijk, dtype=float) + self.affine[:3, 3]
-
-    def random_centre(self, rng) -> np.ndarray:
-        lo, hi = self.bone_box_mm
-        return rng.uniform(np.minimum(lo, hi), np.maximum(lo, hi))
-
-    def sample(self, points_mm: torch.Tensor):
-        """Tissue and bone owner at LPS points (..., 3); beyond the map the edge voxel continues."""
-        inv = torch.as_tensor(np.linalg.inv(self.affine), dtype=torch.float32)
-        idx = torch.round(points_mm.float() @ inv[:3, :3].T + inv[:3, 3]).long()
-        i, j, k = (idx[..., a].clamp(0, n - 1) for a, n in enumerate(self.shape))
-        return self.tissue[i, j, k], self.owner[i, j, k]
 
     @classmethod
     def from_oai(cls, path, rng=None, mirror: bool = False) -> "RealKneeSource":

@@ -44,8 +44,49 @@ def bone_labels_of(tissue: torch.Tensor, cortex_owner: torch.Tensor) -> torch.Te
     return labels
 
 
-class KneeLabelSource:
-    """The real knee label map as tissues; sampled by nearest neighbour in millimetres (LPS)."""
+class TissueMapSource:
+    """A tissue map and its bone owners on a voxel grid (``affine``: IJK -> LPS mm), sampled by nearest neighbour.
+
+    Subclasses set ``affine``, ``tissue``, ``owner`` (torch uint8) in their ``__init__`` and call ``_finish()``;
+    ``outside`` is the tissue beyond the map (None: the edge voxel continues, bones included).
+    """
+
+    outside: int | None = None
+
+    def _finish(self):
+        self.shape = tuple(self.tissue.shape)
+        bones = np.argwhere(self.owner.numpy() > 0)
+        self.bone_box_mm = (self._mm(bones.min(0)), self._mm(bones.max(0)))
+        self.centre_mm = self._mm((np.array(self.shape) - 1) / 2)
+
+    def _mm(self, ijk):
+        return self.affine[:3, :3] @ np.asarray(ijk, dtype=float) + self.affine[:3, 3]
+
+    def random_centre(self, rng) -> np.ndarray:
+        lo, hi = self.bone_box_mm
+        return rng.uniform(np.minimum(lo, hi), np.maximum(lo, hi))
+
+    def sample(self, points_mm: torch.Tensor):
+        """Tissue and bone owner at LPS points (..., 3)."""
+        inv = torch.as_tensor(np.linalg.inv(self.affine), dtype=torch.float32)
+        idx = torch.round(points_mm.float() @ inv[:3, :3].T + inv[:3, 3]).long()
+        inside = torch.ones(idx.shape[:-1], dtype=torch.bool)
+        for axis, n in enumerate(self.shape):
+            inside &= (idx[..., axis] >= 0) & (idx[..., axis] < n)
+            idx[..., axis] = idx[..., axis].clamp(0, n - 1)
+        tissue = self.tissue[idx[..., 0], idx[..., 1], idx[..., 2]]
+        owner = self.owner[idx[..., 0], idx[..., 1], idx[..., 2]]
+        if self.outside is None:
+            return tissue, owner
+        tissue = torch.where(inside, tissue, torch.tensor(self.outside, dtype=torch.uint8))
+        owner = torch.where(inside, owner, torch.tensor(0, dtype=torch.uint8))
+        return tissue, owner
+
+
+class KneeLabelSource(TissueMapSource):
+    """The real knee label map as tissues; sampled by nearest neighbour in millimetres (LPS); outside is muscle."""
+
+    outside = MUSCLE
 
     def __init__(self, path):
         import nrrd
@@ -69,32 +110,7 @@ class KneeLabelSource:
         tissue[np.isin(data, KNEE_MENISCI)] = MENISCUS
         self.tissue = torch.from_numpy(tissue)
         self.owner = torch.from_numpy(owner)
-        self.shape = data.shape
-        bones = np.argwhere(owner > 0)
-        self.bone_box_mm = (self._mm(bones.min(0)), self._mm(bones.max(0)))
-        self.centre_mm = self._mm((np.array(data.shape) - 1) / 2)
-
-    def _mm(self, ijk):
-        return self.affine[:3, :3] @ np.asarray(ijk, dtype=float) + self.affine[:3, 3]
-
-    def random_centre(self, rng) -> np.ndarray:
-        lo, hi = self.bone_box_mm
-        return rng.uniform(np.minimum(lo, hi), np.maximum(lo, hi))
-
-    def sample(self, points_mm: torch.Tensor):
-        """Tissue and bone owner at LPS points (..., 3); outside the map is muscle."""
-        inv = torch.as_tensor(np.linalg.inv(self.affine), dtype=torch.float32)
-        ijk = points_mm @ inv[:3, :3].T + inv[:3, 3]
-        idx = torch.round(ijk).long()
-        inside = torch.ones(idx.shape[:-1], dtype=torch.bool)
-        for axis, n in enumerate(self.shape):
-            inside &= (idx[..., axis] >= 0) & (idx[..., axis] < n)
-            idx[..., axis] = idx[..., axis].clamp(0, n - 1)
-        tissue = self.tissue[idx[..., 0], idx[..., 1], idx[..., 2]]
-        owner = self.owner[idx[..., 0], idx[..., 1], idx[..., 2]]
-        tissue = torch.where(inside, tissue, torch.tensor(MUSCLE, dtype=torch.uint8))
-        owner = torch.where(inside, owner, torch.tensor(0, dtype=torch.uint8))
-        return tissue, owner
+        self._finish()
 
 
 # --- procedural lower limb ------------------------------------------------------------------------------
