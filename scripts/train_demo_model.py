@@ -1,10 +1,17 @@
-"""Train the bundled demo bone model on synthetic data (SynthSeg-style), on the CPU.
+"""Train the bundled demo bone model on synthetic data (SynthSeg-style), on the CPU or a GPU.
 
-    python scripts/train_demo_model.py [--iterations 6000] [--out Resources/Models/mskai-bones-demo]
+    python scripts/train_demo_model.py [--iterations 2000] [--patch 96] [--init PACKAGE] [--pelves 001,002,004]
+        [--out Resources/Models/mskai-bones-demo]
 
-Training patches are rendered on the fly from the real knee label map (../shared/data, pymskt, MIT)
-and from procedural lower-limb phantoms; validation patches come from other phantoms and other
-deformations (a different seed). The result is a demo model: not for clinical use.
+Training patches are rendered on the fly from shape sources, each drawn by weight:
+- real knees: femur/tibia of the OAI training subjects (``split_subjects``: the test and validation subjects
+  never appear), split by ``cached_split`` (cached under build/oai_splits), mirrored at random; patella and
+  fibula are not annotated there and are left out of the loss (``marginal_dice_focal``);
+- the bundled knee label map (pymskt, MIT) under random deformations;
+- procedural hip-to-ankle phantoms, new ones every few samples;
+- real pelves (``--pelves``: the subjects trained on; the others stay for testing), when available.
+Validation patches come from the OAI validation subjects, other phantoms and other deformations (another seed).
+The result is a demo model: not for clinical use.
 """
 
 import argparse
@@ -18,51 +25,94 @@ sys.path.insert(0, str(REPO))
 
 from mskai.models.package import load_package  # noqa: E402
 from mskai.segment.train import TrainConfig, train  # noqa: E402
-from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom, SyntheticPatches, make_sample  # noqa: E402, E501
+from mskai.synth.real_shapes import RealKneeSource, cached_split, oai_subjects, spacing_of, split_subjects  # noqa: E402
+from mskai.synth.synthseg import (BUNDLED_KNEE_LABELS, CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom,  # noqa: E402
+                                  SyntheticPatches, labelled_classes, make_sample)
 
 KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
+OAI = REPO.parent / "shared" / "data" / "oai_knee_bone_masks"
+SPLIT_CACHE = REPO / "build" / "oai_splits"
 TRAINING_DATA = (
-    "Synthetic only: SynthSeg-style MR-like images rendered with random contrasts, blur, slice thickness, "
-    "bias field and noise from (a) one real knee label map (pymskt project, MIT licence) under random "
-    "elastic deformations and poses and (b) procedural lower-limb phantoms (pelvis, femur, patella, tibia, "
-    "fibula) with random sizes, angles and knee flexion. No patient images. Demo model, not for clinical use."
+    "Synthetic only: SynthSeg-style MR-like images rendered with random contrasts per tissue (cortex, fatty or red "
+    "marrow, fat with and without fat suppression, muscle, cartilage, fluid, vessels, tendons), blur, thick slices, "
+    "ringing, bias field and noise from (a) femur/tibia shapes of real knees (OAI bone masks, Apache-2.0, "
+    "training subjects only), (b) one real knee label map (pymskt project, MIT licence) under random elastic "
+    "deformations, (c) procedural lower-limb phantoms and (d) real pelvis label maps (pelvic-annonation, MIT; "
+    "CT of TCIA Pelvic Reference Data) where listed under training_sources. No patient images were used as training "
+    "images. Demo model, not for clinical use."
 )
 
 
-def validation_patches(n, seed, patch, spacing):
+def oai_source_maker(subjects):
+    def make(rng):
+        labels, affine = cached_split(OAI / f"{rng.choice(subjects)}.nii.gz", SPLIT_CACHE)
+        return RealKneeSource(labels[::-1] if rng.random() < 0.5 else labels, spacing_of(affine), affine, rng=rng)
+    return make
+
+
+def pelvis_source_maker(subjects):
+    from mskai.synth.real_pelves import RealHipLimb, RealPelvisSource, pelvis_path
+
+    def make(rng):
+        pelvis = RealPelvisSource(pelvis_path(str(rng.choice(subjects))), rng=rng)
+        return RealHipLimb(pelvis, rng) if rng.random() < 0.5 else pelvis
+    return make
+
+
+def validation_patches(n, seed, patch, spacing, oai_val):
+    """n patches: bundled knee, OAI validation subjects and phantoms (hip most often), in turn."""
     rng = np.random.default_rng(seed)
     knee = KneeLabelSource(KNEE)
+    regions = ["hip", "knee", "shank", "hip", "edge", "thigh"]
     out = []
-    regions = ["hip", "knee", "shank", "edge", "hip", "thigh"]  # every region, the pelvis most often
     for i in range(n):
-        if i % 2 == 0:
-            source, centre = knee, None
+        centre = None
+        if i % 3 == 0:
+            source = knee
+        elif i % 3 == 1:
+            labels, affine = cached_split(OAI / f"{oai_val[(i // 3) % len(oai_val)]}.nii.gz", SPLIT_CACHE)
+            source = RealKneeSource(labels, spacing_of(affine), affine, rng=rng)
         else:
             source = LowerLimbPhantom(rng)
-            centre = source.random_centre(rng, regions[(i // 2) % len(regions)])
-        out.append(make_sample(source, rng, (patch,) * 3, (spacing,) * 3, directions=CANONICAL_RAS, centre=centre))
+            centre = source.random_centre(rng, regions[(i // 3) % len(regions)])
+        image, labels = make_sample(source, rng, (patch,) * 3, (spacing,) * 3, directions=CANONICAL_RAS, centre=centre)
+        out.append((image, labels, labelled_classes(source)))
     return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--patch", type=int, default=96, help="training patch edge, voxels")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--spacing", type=float, default=1.5, help="model voxel size, mm")
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--val-patches", type=int, default=16)
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--val-patches", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", help="continue from this package (e.g. the previous run's output)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument("--pelves", default="", help="real pelvis subjects to train on, e.g. 001,002,004")
+    parser.add_argument("--version", default="0.3.0")
     parser.add_argument("--seed", type=int, default=0, help="training data stream (use a new one when continuing)")
     parser.add_argument("--out", default=str(REPO / "Resources" / "Models" / "mskai-bones-demo"))
     args = parser.parse_args()
+    subjects = split_subjects(oai_subjects(OAI))
+    pelves = [s for s in args.pelves.split(",") if s]
+    mixture = [(0.45, oai_source_maker(subjects["train"]), 6), (0.15, lambda rng: KneeLabelSource(KNEE), 10**9),
+               (0.4 if not pelves else 0.25, LowerLimbPhantom, 20)]
+    if pelves:
+        mixture.append((0.15, pelvis_source_maker(pelves), 10))
     init = load_package(args.init) if args.init else None
-    config = TrainConfig(spacing_mm=args.spacing, iterations=args.iterations, eval_every=args.eval_every, lr=args.lr,
-                         threads=args.threads, patience=8, model_id="mskai-bones-demo", version=args.version,
-                         demo=True, training_data=TRAINING_DATA, seed=args.seed)
-    val = validation_patches(args.val_patches, seed=10_000, patch=config.patch, spacing=config.spacing_mm)
-    data = SyntheticPatches(KNEE, patch=config.patch, spacing=config.spacing_mm, seed=config.seed)
+    config = TrainConfig(spacing_mm=args.spacing, patch=args.patch, batch_size=args.batch, iterations=args.iterations,
+                         eval_every=args.eval_every, lr=args.lr, threads=args.threads, patience=args.patience,
+                         model_id="mskai-bones-demo", version=args.version, demo=True, training_data=TRAINING_DATA,
+                         seed=args.seed, extra={"training_sources": {
+                             "oai_train_subjects": len(subjects["train"]), "oai_val_subjects": subjects["val"],
+                             "oai_test_subjects": subjects["test"], "pelvis_subjects": pelves}})
+    val = validation_patches(args.val_patches, seed=10_000, patch=args.patch, spacing=args.spacing,
+                             oai_val=subjects["val"])
+    data = SyntheticPatches(mixture, patch=args.patch, spacing=args.spacing, seed=args.seed)
     train(data, val, config, args.out, init_package=init, progress=lambda msg: print(msg, flush=True))
 
 

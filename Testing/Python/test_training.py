@@ -95,3 +95,60 @@ def test_phantom_bones_are_each_one_piece(seed):
     labels = bone_labels_of(tissue, owner).numpy()
     pieces = {value: ndimage.label(labels == value, structure=np.ones((3, 3, 3)))[1] for value in range(1, 6)}
     assert pieces == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+
+
+def test_marginal_loss_leaves_unlabelled_classes_out():
+    """Predicting patella where a sample does not annotate patella costs what predicting background costs."""
+    import torch
+
+    from mskai.segment.train import marginal_dice_focal
+
+    target = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6, 2:6] = 2  # a femur
+    def logits_for(label_map):
+        return torch.nn.functional.one_hot(label_map, 6).movedim(-1, 1).float() * 8.0
+
+    patella_outside = target.clone()
+    patella_outside[0, 0, :, :] = 5
+    annotated = torch.ones(1, 6, dtype=torch.bool)
+    no_patella = annotated.clone()
+    no_patella[0, 5] = False
+    exact = marginal_dice_focal(logits_for(target), target, no_patella)
+    assert torch.isclose(marginal_dice_focal(logits_for(patella_outside), target, no_patella), exact, atol=1e-4)
+    # where patella is annotated, the same prediction is an error, and so is a wrong femur either way
+    assert marginal_dice_focal(logits_for(patella_outside), target, annotated) > exact + 0.05
+    wrong_femur = target.clone()
+    wrong_femur[target == 2] = 1
+    assert marginal_dice_focal(logits_for(wrong_femur), target, no_patella) > exact + 0.5
+    # gradients reach the network's output
+    logits = logits_for(patella_outside).requires_grad_()
+    marginal_dice_focal(logits, target, no_patella).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_synthetic_patches_mix_sources_and_mark_what_each_annotates():
+    """Each kind of source is drawn by weight and renewed on schedule; OAI-like sources mark patella/fibula unlabelled."""
+    import itertools
+
+    from mskai.synth.synthseg import SyntheticPatches
+
+    made = []
+
+    def phantom(rng):
+        made.append("phantom")
+        return LowerLimbPhantom(rng)
+
+    def femur_tibia_only(rng):
+        made.append("knee")
+        source = LowerLimbPhantom(rng)
+        source.labelled = {1, 2}
+        return source
+
+    data = SyntheticPatches([(0.5, phantom, 2), (0.5, femur_tibia_only, 100)], patch=16, spacing=4.0, seed=1)
+    samples = list(itertools.islice(iter(data), 12))
+    flags = {tuple(s[2].tolist()) for s in samples}
+    assert flags == {(True,) * 6, (True, True, True, False, False, False)}
+    n_phantom = sum(bool(s[2][5]) for s in samples)
+    assert made.count("knee") == 1 and made.count("phantom") == (n_phantom + 1) // 2  # renewed every 2 samples
+    image, labels, _ = samples[0]
+    assert image.shape == (1, 16, 16, 16) and labels.shape == (16, 16, 16)

@@ -86,14 +86,38 @@ def _plot(log: list, folder: Path):
     plt.close(fig)
 
 
+def marginal_dice_focal(logits, target, labelled, gamma: float = 2.0, smooth: float = 1e-5):
+    """Dice + focal loss in which each sample's unlabelled classes are merged into the background.
+
+    logits: B x C x ...; target: B x ... (long); labelled: B x C bool (False: this sample's label map does not
+    annotate that class, e.g. no patella in the OAI femur/tibia masks). Predicting such a class there is neither
+    rewarded nor punished: its probability counts as background (a marginal loss), and it is left out of Dice.
+    """
+    n = logits.shape[1]
+    probs = torch.softmax(logits, dim=1)
+    keep = labelled.to(probs.dtype).reshape(*labelled.shape, *([1] * (probs.dim() - 2)))
+    merged = probs * keep
+    merged[:, 0] = merged[:, 0] + (probs * (1 - keep)).sum(1)
+    onehot = torch.nn.functional.one_hot(target, n).movedim(-1, 1).to(probs.dtype)
+    dims = [0, *range(2, probs.dim())]
+    dice = 1 - (2 * (merged * onehot).sum(dims) + smooth) / (merged.sum(dims) + onehot.sum(dims) + smooth)
+    p_true = merged.gather(1, target[:, None]).clamp(min=1e-7)
+    focal = -((1 - p_true) ** gamma * p_true.log()).mean()
+    return dice.mean() + focal
+
+
 def _validate(net, val_set, device) -> dict:
+    """Validation Dice per bone over all patches; a sample's unlabelled bones are left out (third item)."""
     totals = {b.value: [0, 0] for b in BONES}
     net.eval()
     with torch.no_grad():
-        for image, label in val_set:
+        for sample in val_set:
+            image, label = sample[0], sample[1]
             pred = predict_patch(net, image.to(device)).cpu().numpy()
             ref = label.numpy()
             for b in BONES:
+                if len(sample) > 2 and not bool(sample[2][b.value]):
+                    continue
                 p, r = pred == b.value, ref == b.value
                 totals[b.value][0] += 2 * int(np.logical_and(p, r).sum())
                 totals[b.value][1] += int(p.sum()) + int(r.sum())
@@ -143,11 +167,10 @@ def _save(out_dir, config, spec, init_package, best_entry, best_state):
 def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, progress=print):
     """Train (or fine-tune ``init_package``) and write the best model as a package in ``out_dir``.
 
-    train_data: an iterable of (image 1xPxPxP, labels PxPxP) samples; val_set: a list of such pairs.
+    train_data: an iterable of (image 1xPxPxP, labels PxPxP[, labelled]) samples, ``labelled`` a bool tensor
+    over the classes (absent: every class is annotated); val_set: a list of such samples.
     Returns the training log (one entry per evaluation).
     """
-    from monai.losses import DiceFocalLoss
-
     from mskai.models.networks import build_network
 
     out_dir = Path(out_dir)
@@ -164,17 +187,19 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
         spec = network_spec(config)
         net = build_network(spec)
     net.to(device).train()
-    loss_fn = DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=True, batch=True)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.02)
     loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=0)
 
     log, best, best_state, stale, losses = [], -1.0, None, 0, []
     start = time.perf_counter()
-    for iteration, (image, label) in enumerate(loader, start=1):
-        image, label = image.to(device), label.to(device).long()[:, None]
+    for iteration, batch in enumerate(loader, start=1):
+        image, label = batch[0].to(device), batch[1].to(device).long()
+        logits = net(image)
+        labelled = batch[2].to(device) if len(batch) > 2 else torch.ones(logits.shape[:2], dtype=torch.bool,
+                                                                         device=device)
         optimiser.zero_grad()
-        loss = loss_fn(net(image), label)
+        loss = marginal_dice_focal(logits, label, labelled)
         loss.backward()
         optimiser.step()
         schedule.step()

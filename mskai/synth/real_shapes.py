@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from mskai.synth.synthseg import AIR, CARTILAGE, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, OTHER, TissueMapSource
+from mskai.synth.synthseg import (AIR, CARTILAGE, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, OTHER, TENDON, VESSEL,
+                                  TissueMapSource)
 
 TIBIA, FEMUR = 1, 2
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -167,6 +168,7 @@ class RealKneeSource(TissueMapSource):
         shift[:3, 3] = [box[0].start - pad[0], box[1].start - pad[1], box[2].start]
         self.affine = RAS_TO_LPS @ affine @ shift
         tissue = self._soft_tissue(labels > 0, spacing, rng.uniform(1.5, 3.0), back, muscle, fat)
+        self._vessels_and_tendons(tissue, labels > 0, spacing, rng)
         ball = _ball(CORTEX_MM, spacing)
         for bone, found in enumerate(ndimage.find_objects(labels), start=1):
             if found is None:
@@ -215,6 +217,35 @@ class RealKneeSource(TissueMapSource):
             tissue[box][near] = CARTILAGE
         return tissue
 
+    @staticmethod
+    def _vessels_and_tendons(tissue: np.ndarray, bone: np.ndarray, spacing, rng):
+        """Tubes along the superior axis through the soft tissue (axes LR, AP with anterior up, IS).
+
+        The popliteal artery and vein behind the bones, the patellar tendon in front, and two or three
+        hamstring tendons at the posterior corners, each over a random part of the height.
+        """
+        x, y = (np.nonzero(bone.any(axis=2))[i] * spacing[i] for i in (0, 1))
+        grid = np.meshgrid(np.arange(bone.shape[0]) * spacing[0], np.arange(bone.shape[1]) * spacing[1], indexing="ij")
+        soft = (tissue == MUSCLE) | (tissue == FAT)
+        n = bone.shape[2]
+
+        def tube(cx, cy, rx, ry, kind, length=1.0):
+            z0 = int(rng.uniform(0, 1 - length) * n)
+            inside = ((grid[0] - cx) / rx) ** 2 + ((grid[1] - cy) / ry) ** 2 <= 1
+            block = tissue[:, :, z0:z0 + max(1, int(length * n))]
+            block[inside[:, :, None] & soft[:, :, z0:z0 + block.shape[2]]] = kind
+
+        behind, middle = y.min() - rng.uniform(6, 16), x.mean() + rng.uniform(-8, 8)
+        gap = rng.uniform(6, 10) * rng.choice([-1, 1])
+        for dx, r in ((0.0, rng.uniform(2.5, 4.0)), (gap, rng.uniform(3.0, 5.0))):  # artery, vein
+            tube(middle + dx, behind, r, r, VESSEL)
+        tube(x.mean() + rng.uniform(-5, 5), y.max() + rng.uniform(2, 5), rng.uniform(8, 14), rng.uniform(2, 3),
+             TENDON, rng.uniform(0.3, 0.6))
+        for _ in range(rng.integers(2, 4)):
+            side = x.min() + rng.uniform(0, 12) if rng.random() < 0.5 else x.max() - rng.uniform(0, 12)
+            r = rng.uniform(1.5, 3.0)
+            tube(side, y.min() - rng.uniform(2, 12), r, r, TENDON, rng.uniform(0.3, 0.8))
+
     @classmethod
     def from_oai(cls, path, rng=None, mirror: bool = False) -> "RealKneeSource":
         """Load, split and wrap one OAI mask file; ``mirror`` flips left-right (the side is unknown anyway)."""
@@ -222,3 +253,21 @@ class RealKneeSource(TissueMapSource):
         spacing = spacing_of(affine)
         labels = split_femur_tibia(mask, spacing)
         return cls(labels[::-1] if mirror else labels, spacing, affine, rng=rng)
+
+
+def cached_split(path, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """(femur/tibia labels, affine) of one OAI mask, split once and kept in ``cache_dir`` (.npz) when given."""
+    path = Path(path)
+    cache = Path(cache_dir) / f"{path.name[:-len('.nii.gz')]}.npz" if cache_dir else None
+    if cache is not None and cache.exists():
+        with np.load(cache) as stored:
+            return stored["labels"], stored["affine"]
+    mask, affine = load_oai_mask(path)
+    labels = split_femur_tibia(mask, spacing_of(affine))
+    if cache is not None:
+        from mskai.io import atomic_output
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(cache) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=labels, affine=affine)
+    return labels, affine

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Tissue classes shared by every source; TISSUE_TO_BONE maps them to the bone label table.
+# Tissue classes shared by every source (OTHER: joint fluid and other soft tissue).
 AIR, MUSCLE, FAT, CORTEX, CARTILAGE, MENISCUS, OTHER = 0, 1, 2, 3, 4, 5, 6
 MARROW = {1: 7, 2: 8, 3: 9, 4: 10, 5: 11}  # bone label -> its marrow tissue class
-N_TISSUES = 12
+VESSEL, TENDON = 12, 13  # vessels (bright or dark: flow), tendons and ligaments (dark bands)
+OTHER_MARROW = 14  # marrow of bones outside the label table (sacrum, spine): looks like bone, is background
+N_TISSUES = 15
 CORTEX_MM = 1.5
 # Patch axes R, A, S written in LPS: the orientation the model sees after canonical reorientation.
 CANONICAL_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -194,6 +196,14 @@ class LowerLimbPhantom:
         self.calf = (np.array([0, 0, -20.0]), np.array([0, 0, -tib_len]), r(50, 60), r(28, 34))  # shank frame
         self.fat = r(6, 15)
         self.length = femur_len + tib_len
+        # femoral and popliteal vessels (groin, behind the knee, into the calf) and the patellar tendons
+        behind = knee + [0, r(40, 50), 0]
+        self.vessels = [(np.array([m * r(40, 60), -r(15, 30), -r(30, 50)]), behind + [0, 0, r(80, 120)], r(3, 4.5)),
+                        (behind + [0, 0, r(80, 120)], behind + [0, 0, -20], r(3, 4.5))]
+        self.calf_vessel = (np.array([0, r(35, 45), -20]), np.array([0, r(20, 30), -0.7 * tib_len]), r(2.5, 4))
+        self.tendons = [(self.patella[0] + [0, 0, -15], knee + self.flex @ np.array([0, -r(28, 34), -r(55, 70)]),
+                         r(3, 4.5)),
+                        (self.patella[0] + [0, 0, 15], knee + [0, -r(22, 28), r(60, 90)], r(3, 5))]
 
     REGIONS = {"hip": 0.35, "thigh": 0.1, "knee": 0.25, "shank": 0.15, "edge": 0.15}
 
@@ -249,6 +259,11 @@ class LowerLimbPhantom:
         tissue = torch.full(p.shape[:-1], AIR, dtype=torch.uint8)
         tissue[limb < 0] = FAT
         tissue[limb < -self.fat] = MUSCLE
+        soft = tissue > 0
+        for kind, tubes in ((VESSEL, self.vessels), (TENDON, self.tendons)):
+            for a, b, radius in tubes:
+                tissue[soft & (_capsule(p, a, b, radius) < 0)] = kind
+        tissue[soft & (_capsule(self._shank(p), *self.calf_vessel) < 0)] = VESSEL
         owner = torch.zeros(p.shape[:-1], dtype=torch.uint8)
         for bone, sdf in self._bones(p).items():  # later bones win overlaps: pelvis, patella last
             inside = sdf < 0
@@ -306,19 +321,23 @@ def sample_grid_points(shape, spacing, directions, centre, rng, max_rotation=15.
 def _tissue_means(rng) -> np.ndarray:
     """Random mean intensity per tissue within MR-plausible ranges.
 
-    Cortical bone and menisci have almost no signal in any sequence; fat and fatty marrow are bright
-    unless fat-suppressed; everything else varies widely, as across PD, T1, T2 and DESS protocols.
+    Cortical bone, tendons, ligaments and menisci have almost no signal in any sequence; fat and fatty
+    marrow are bright unless fat-suppressed (then darker than muscle or fluid); vessels are bright or
+    dark (flow); everything else varies widely, as across PD, T1, T2 and DESS protocols.
     """
     means = rng.uniform(0, 1, N_TISSUES)
-    fat = rng.uniform(0.05, 0.3) if rng.random() < 0.3 else rng.uniform(0.5, 1.0)  # fat-suppressed or not
+    fat = rng.uniform(0.02, 0.3) if rng.random() < 0.35 else rng.uniform(0.5, 1.0)  # fat-suppressed or not
     means[AIR] = rng.uniform(0, 0.06)
     means[CORTEX] = rng.uniform(0, 0.12)
     means[MENISCUS] = rng.uniform(0, 0.2)
+    means[TENDON] = rng.uniform(0, 0.15)
+    means[VESSEL] = rng.uniform(0, 0.15) if rng.random() < 0.4 else rng.uniform(0.4, 1.0)
     means[FAT] = fat
     means[MUSCLE] = rng.uniform(0.1, 0.55)
     means[CARTILAGE] = rng.uniform(0.2, 0.8)
-    for marrow in MARROW.values():
-        means[marrow] = fat * rng.uniform(0.7, 1.05)
+    marrow = fat * rng.uniform(0.6, 1.1) if rng.random() < 0.8 else rng.uniform(0.1, 0.7)  # fatty or red marrow
+    for tissue in (*MARROW.values(), OTHER_MARROW):
+        means[tissue] = np.clip(marrow * rng.uniform(0.9, 1.1), 0, 1)
     return means
 
 
@@ -331,8 +350,10 @@ def render(tissue: torch.Tensor, rng, spacing, fast: bool = False) -> torch.Tens
     image = _blur_axis(_blur_axis(_blur_axis(image, 0, 0.5), 1, 0.5), 2, 0.5)  # partial volume
     if rng.random() < 0.7:  # thick slices along a random axis (anisotropic acquisitions)
         axis = int(rng.integers(3))
-        thickness_mm = rng.uniform(1.0, 4.0)
+        thickness_mm = rng.uniform(1.0, 4.0) if rng.random() < 0.5 else rng.uniform(3.0, 5.0)
         image = _blur_axis(image, axis, thickness_mm / 2.355 / spacing[axis])
+    if rng.random() < 0.3:  # Gibbs ringing along one in-plane axis: k-space truncation
+        image = _ringing(image, int(rng.integers(3)), rng.uniform(0.3, 0.7))
     image = image * torch.exp(_smooth_field(rng, tissue.shape, coarse=4, scale=rng.uniform(0, 0.3)))
     image = image.clamp(min=0)
     image = image / image.max().clamp(min=1e-6)
@@ -341,38 +362,56 @@ def render(tissue: torch.Tensor, rng, spacing, fast: bool = False) -> torch.Tens
     return image
 
 
+def _ringing(image: torch.Tensor, axis: int, keep: float) -> torch.Tensor:
+    """Keep the central ``keep`` fraction of k-space along ``axis`` (a sharp cut rings at edges)."""
+    spectrum = torch.fft.fftshift(torch.fft.fft(image, dim=axis), dim=axis)
+    n = image.shape[axis]
+    centre = torch.arange(n) - n // 2
+    shape = [1, 1, 1]
+    shape[axis] = n
+    spectrum = spectrum * (centre.abs() <= keep * n / 2).reshape(shape)
+    return torch.fft.ifft(torch.fft.ifftshift(spectrum, dim=axis), dim=axis).real
+
+
 def _torch_rng(rng):
     return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
-def default_sources(knee_label_path, rng, n_phantoms: int = 4):
-    sources = [KneeLabelSource(knee_label_path)] if knee_label_path else []
-    sources += [LowerLimbPhantom(rng) for _ in range(n_phantoms)]
-    return sources
-
-
 class SyntheticPatches(torch.utils.data.IterableDataset):
-    """Endless random (image 1xPxPxP, labels PxPxP) training patches on the model grid.
+    """Endless random (image 1xPxPxP, labels PxPxP, labelled classes) training patches on the model grid.
 
-    Each worker draws new procedural phantoms every ``new_phantom_every`` samples.
+    ``mixture``: (weight, make_source(rng), renew_every) per kind of shape source; each kind keeps one
+    current source per worker and draws a new one every ``renew_every`` of its samples (new phantoms, other
+    real subjects). ``labelled`` marks the classes the source annotates (its ``labelled`` attribute, else all):
+    the loss leaves the others out.
     """
 
-    def __init__(self, knee_label_path, patch=64, spacing=1.0, seed=0, knee_fraction=0.5, new_phantom_every=20):
-        self.knee_label_path = Path(knee_label_path) if knee_label_path else None
-        self.patch, self.spacing, self.seed = patch, float(spacing), seed
-        self.knee_fraction, self.new_phantom_every = knee_fraction, new_phantom_every
+    def __init__(self, mixture, patch=64, spacing=1.0, seed=0):
+        self.mixture, self.patch, self.spacing, self.seed = list(mixture), patch, float(spacing), seed
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng(self.seed + (info.id if info else 0) * 7919)
-        knee = KneeLabelSource(self.knee_label_path) if self.knee_label_path else None
-        phantom, count = None, 0
+        weights = np.array([w for w, _, _ in self.mixture], dtype=float)
+        current, used = [None] * len(self.mixture), [0] * len(self.mixture)
         while True:
-            if phantom is None or count % self.new_phantom_every == 0:
-                phantom = LowerLimbPhantom(rng)
-            count += 1
-            source = knee if knee is not None and rng.random() < self.knee_fraction else phantom
-            yield make_sample(source, rng, (self.patch,) * 3, (self.spacing,) * 3, directions=CANONICAL_RAS)
+            kind = int(rng.choice(len(self.mixture), p=weights / weights.sum()))
+            _, make_source, renew_every = self.mixture[kind]
+            if current[kind] is None or used[kind] >= renew_every:
+                current[kind], used[kind] = make_source(rng), 0
+            used[kind] += 1
+            image, labels = make_sample(current[kind], rng, (self.patch,) * 3, (self.spacing,) * 3,
+                                        directions=CANONICAL_RAS)
+            yield image, labels, labelled_classes(current[kind])
+
+
+def labelled_classes(source) -> torch.Tensor:
+    """Bool per class (background first): which bones the source's label maps annotate."""
+    labelled = getattr(source, "labelled", None)
+    flags = torch.ones(len(MARROW) + 1, dtype=torch.bool)
+    if labelled is not None:
+        flags[1:] = torch.tensor([bone in labelled for bone in sorted(MARROW)])
+    return flags
 
 
 def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, supersample=1, **pose):
