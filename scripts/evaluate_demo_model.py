@@ -1,12 +1,16 @@
 """Held-out evaluation of a bone model on synthetic cases never used in training.
 
-    python scripts/evaluate_demo_model.py [--model mskai-bones-demo] [--cases 8] [--oai-cases 30] [--out heldout]
+    python scripts/evaluate_demo_model.py [--model mskai-bones-demo] [--cases 8] [--oai-cases 30] [--pd-cases 4]
+        [--out heldout]
 
 Real-shape knee cases (--oai-cases): femur and tibia of OAI test-split subjects (``split_subjects``: never
 used for training or validation), rendered as whole scans with realistic fields of view: the knee off-centre
 by up to 30 mm, 120-200 mm tall so the shafts are cut by the border at random heights, sagittal, coronal or
 axial, half of them with thick (3-4 mm) slices. Only femur and tibia are scored there (nothing else is
 labelled in those subjects).
+
+PD knee cases (--pd-cases): the manually corrected femur/patella/tibia map of one real PD knee, never trained on
+(the held-out knee with a patella), in its own sagittal 4 mm acquisition and in other planes.
 
 Knee cases: the real knee label map under new random deformations, poses and acquisition grids.
 Lower-limb cases: procedural phantoms from seeds the training never drew (new shapes), imaged at the
@@ -36,6 +40,7 @@ from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, KneeLabelSource, LowerLimb
 KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
 HELDOUT_SEED = 900_000  # training draws its shapes and poses from seed 0, validation from 10_000
 OAI = REPO.parent / "shared" / "data" / "oai_knee_bone_masks"
+PD_KNEE = REPO.parent / "shared" / "data" / "knee_pd_sagittal_label" / "knee_pd_sagittal_label.nrrd"
 
 
 def oai_cases(n, seed):
@@ -66,6 +71,24 @@ def oai_cases(n, seed):
         centre = source.centre_mm + rng.uniform(-30, 30, 3)
         image, labels = synthetic_case(source, rng, spacing, extent_mm=extent, plane=plane, centre=centre)
         yield f"oai-{subject}-{plane}{'-thick' if thick else ''}", image, labels
+
+
+def pd_cases(n, seed):
+    """(name, image, labels) of n scans of the manually corrected PD knee (femur, patella, tibia): a subject never
+    trained on, the only held-out knee with a patella; sagittal with its own 4 mm slices first, then other planes."""
+    from mskai.synth.real_shapes import RealKneeSource, load_pd_knee, spacing_of
+
+    rng = np.random.default_rng(seed + 1)
+    labels, affine = load_pd_knee(PD_KNEE)
+    acquisitions = [("sagittal", (0.42, 0.42, 4.0)), ("coronal", (0.6, 0.6, 3.0)), ("axial", (0.7, 0.7, 1.0)),
+                    ("sagittal", (0.8, 0.8, 0.8))]
+    for i in range(n):
+        source = RealKneeSource(labels, spacing_of(affine), affine, rng=rng)
+        plane, spacing = acquisitions[i % len(acquisitions)]
+        extent = (rng.uniform(140, 170), rng.uniform(140, 170), rng.uniform(120, 160))
+        image, truth = synthetic_case(source, rng, spacing, extent_mm=extent, plane=plane,
+                                      centre=source.centre_mm + rng.uniform(-15, 15, 3))
+        yield f"pd-{i}-{plane}-{spacing[2]:g}mm", image, truth
 
 
 def cases(n, seed):
@@ -115,6 +138,7 @@ def main():
     parser.add_argument("--model", default="mskai-bones-demo")
     parser.add_argument("--cases", type=int, default=8, help="knee cases and lower-limb cases, each")
     parser.add_argument("--oai-cases", type=int, default=0, help="real-shape knee scans of OAI test subjects")
+    parser.add_argument("--pd-cases", type=int, default=0, help="scans of the held-out PD knee (with patella)")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--out", default="heldout", help="folder for the JSON results and overlay PNGs")
     args = parser.parse_args()
@@ -122,7 +146,8 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for name, image, labels in itertools.chain(cases(args.cases, args.seed), oai_cases(args.oai_cases, args.seed)):
+    for name, image, labels in itertools.chain(cases(args.cases, args.seed), oai_cases(args.oai_cases, args.seed),
+                                                  pd_cases(args.pd_cases, args.seed)):
         prediction = segment_volume(image, package, SegmentOptions()).labels
         rows = [r for r in evaluate(prediction, labels) if r["reference_volume_ml"] > 0]
         failed = [c["check"] for c in plausibility(prediction) if c["passed"] is False]

@@ -27,7 +27,8 @@ def _checks(labels):
 
 def test_a_plausible_knee_passes_every_check():
     checks = _checks(_knee())
-    assert all(checks.values()), checks
+    assert all(ok is not False for ok in checks.values()), checks
+    assert checks["no hip bone below the lesser trochanter"] is None  # no hip bone: nothing to check
     assert passed(plausibility(Volume(_knee(), np.diag([2.0, 2.0, 2.0, 1.0]))))
 
 
@@ -49,7 +50,7 @@ def test_each_check_fails_on_its_defect(damage, failing):
 
 def test_two_legs_may_have_two_pieces_of_each_bone_and_are_checked_leg_by_leg():
     labels = _knee(offset_i=-18) | _knee(offset_i=18)
-    assert all(_checks(labels).values())
+    assert all(ok is not False for ok in _checks(labels).values())
     _box(labels, 1, (40, 56), (22, 38), (80, 95))  # tibia above the femur of one leg only
     assert _checks(labels)["no tibia above the femur's centre"] is False
 
@@ -61,4 +62,13 @@ def test_checks_without_the_bones_they_need_do_not_apply():
     assert checks["each bone one piece per leg"] is True
     assert {name for name, ok in checks.items() if ok is None} == {
         "no hip bone in a knee field of view", "no tibia above the femur's centre", "no femur below the tibia's centre",
-        "patella anterior to the femur"}
+        "patella anterior to the femur", "no hip bone below the lesser trochanter"}
+
+
+def test_hip_bone_below_the_lesser_trochanter_fails_and_a_hip_passes():
+    labels = np.zeros(SHAPE, np.uint8)  # a hip field of view: femoral head top at S = 160 mm, shaft below
+    _box(labels, 2, (20, 40), (20, 40), (0, 80))
+    _box(labels, 4, (5, 25), (20, 40), (70, 100))  # hip bone above and beside the head
+    assert _checks(labels)["no hip bone below the lesser trochanter"] is True
+    _box(labels, 4, (0, 10), (45, 55), (10, 20))  # hip bone 120-140 mm below the head's top
+    assert _checks(labels)["no hip bone below the lesser trochanter"] is False

@@ -97,3 +97,16 @@ def test_real_knee_source_refuses_unknown_labels_and_other_axis_orders():
     sagittal_lps_like = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
     with pytest.raises(ValueError, match="axes"):
         RealKneeSource(labels // 9, (1.0, 1.0, 1.0), sagittal_lps_like)
+
+
+def test_pd_knee_is_turned_to_lr_ap_is_with_its_anatomy_in_place():
+    from mskai.synth.real_shapes import load_pd_knee
+
+    path = SHARED_DATA / "knee_pd_sagittal_label" / "knee_pd_sagittal_label.nrrd"
+    labels, affine = load_pd_knee(path)
+    assert np.array_equal(np.abs(affine[:3, :3]).argmax(0), [0, 1, 2]) and (np.diag(affine[:3, :3]) > 0).all()
+    assert abs(spacing_of(affine)[0] - 4 * 22 / (labels.shape[0] - 1)) < 1e-6  # 23 slices of 4 mm, interpolated
+    ras = {v: (affine[:3, :3] @ np.argwhere(labels == v).mean(0) + affine[:3, 3]) for v in (1, 2, 5)}
+    assert ras[2][2] > ras[1][2] + 30  # femur above tibia (RAS: +S)
+    assert ras[5][1] > ras[2][1] + 20  # patella anterior of the femur (RAS: +A)
+    assert RealKneeSource(labels, spacing_of(affine), affine).labelled == {1, 2, 5}

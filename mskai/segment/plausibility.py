@@ -18,6 +18,7 @@ _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as the clean-up uses
 KNEE_FOV_MAX_MM = 350.0  # a field of view up to this tall around a knee cannot hold a hip bone
 MAX_STRAY_ML = 1.0
 MAX_WRONG_SIDE_FRACTION = 0.01
+LESSER_TROCHANTER_MM = 90.0  # below the femoral head's top, with margin: no hip bone reaches that low
 
 
 def _points(labels: Volume, value: int) -> np.ndarray:
@@ -67,6 +68,16 @@ def plausibility(labels: Volume) -> list[dict]:
     checks.append({"check": "no hip bone in a knee field of view",
                    "passed": (pelvis_ml <= MAX_STRAY_ML) if knee else None,
                    "detail": f"hip bone {pelvis_ml:.1f} mL in a {height:.0f} mm tall field of view with a tibia"})
+
+    head_top = None
+    if len(pelvis) and len(femur):  # the femoral head is in view when the femur ends inside the field of view
+        top = float(femur[:, 2].max())
+        head_top = top if top < corners[:, 2].max() - 5 else None
+    low = float((pelvis[:, 2] < head_top - LESSER_TROCHANTER_MM).mean()) if head_top is not None else 0.0
+    checks.append({"check": "no hip bone below the lesser trochanter",
+                   "passed": (low <= MAX_WRONG_SIDE_FRACTION) if head_top is not None else None,
+                   "detail": f"{100 * low:.1f} % of the hip bone more than {LESSER_TROCHANTER_MM:.0f} mm below the "
+                             "femoral head's top" if head_top is not None else "no femoral head in view"})
 
     for bone, other, word in ((tibia, femur, "tibia above the femur's centre"),
                               (femur, tibia, "femur below the tibia's centre")):

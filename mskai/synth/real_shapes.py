@@ -271,3 +271,36 @@ def cached_split(path, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
         with atomic_output(cache) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, labels=labels, affine=affine)
     return labels, affine
+
+
+# The manually corrected PD knee of ../shared/data/knee_pd_sagittal_label (BSD-3, hmc-humble/patellar-instability-skm)
+PD_KNEE_BONES = {1: FEMUR, 2: 5, 3: TIBIA}  # its femur, patella, tibia -> the label table's values
+
+
+def load_pd_knee(path, slice_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(bone labels in the label table's values, voxel->RAS affine) of the PD knee map, axes turned to LR, AP, IS.
+
+    Its 4 mm sagittal slices are interpolated to ``slice_mm`` (linear per label, then the most likely label),
+    so renders in other planes show bones, not 4 mm steps.
+    """
+    import nibabel as nib
+    import nrrd
+
+    data, header = nrrd.read(str(path))
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(header["space directions"], dtype=float).T
+    affine[:3, 3] = header["space origin"]
+    affine = RAS_TO_LPS @ affine  # LPS -> RAS (the same flip both ways)
+    orientation = nib.orientations.io_orientation(affine)
+    labels = np.zeros(data.shape, dtype=np.uint8)
+    for value, bone in PD_KNEE_BONES.items():
+        labels[data == value] = bone
+    turned = nib.orientations.apply_orientation(labels, orientation)
+    affine = affine @ nib.orientations.inv_ornt_aff(orientation, data.shape)
+    factor = spacing_of(affine)[0] / slice_mm
+    if factor > 1:
+        values = np.arange(turned.max() + 1)
+        scores = [ndimage.zoom((turned == v).astype(np.float32), (factor, 1, 1), order=1) for v in values]
+        turned = values[np.argmax(scores, axis=0)].astype(np.uint8)
+        affine = affine @ np.diag([(data.shape[2] - 1) / (turned.shape[0] - 1), 1.0, 1.0, 1.0])  # zoom keeps the end voxels
+    return np.ascontiguousarray(turned), affine
