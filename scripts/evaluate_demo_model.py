@@ -91,6 +91,16 @@ def pd_cases(n, seed):
         yield f"pd-{i}-{plane}-{spacing[2]:g}mm", image, truth
 
 
+def hip_cases(n, seed, subjects):
+    """(name, image, labels, sacrum and spine mask) of n whole hip scans of real pelves (``subjects``: left out of
+    training), axial or coronal, 1-5 mm slices; the mask is where a bone lies that must not be called hip bone."""
+    from mskai.synth.real_pelves import hip_cases as scans
+    from mskai.synth.synthseg import OTHER_MARROW
+
+    for name, image, labels, tissue in scans(n, seed, subjects, with_tissue=True):
+        yield f"hip-{name}", image, labels, tissue.array == OTHER_MARROW
+
+
 def cases(n, seed):
     """(name, image, labels) of n knee cases and n lower-limb cases (hip, knee, hip, shank, cycling)."""
     rng = np.random.default_rng(seed)
@@ -139,6 +149,8 @@ def main():
     parser.add_argument("--cases", type=int, default=8, help="knee cases and lower-limb cases, each")
     parser.add_argument("--oai-cases", type=int, default=0, help="real-shape knee scans of OAI test subjects")
     parser.add_argument("--pd-cases", type=int, default=0, help="scans of the held-out PD knee (with patella)")
+    parser.add_argument("--hip-cases", type=int, default=0, help="hip scans of the real pelves in --hip-subjects")
+    parser.add_argument("--hip-subjects", default="005", help="pelvis subjects never trained on, e.g. 005")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--out", default="heldout", help="folder for the JSON results and overlay PNGs")
     args = parser.parse_args()
@@ -146,15 +158,21 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for name, image, labels in itertools.chain(cases(args.cases, args.seed), oai_cases(args.oai_cases, args.seed),
-                                                  pd_cases(args.pd_cases, args.seed)):
+    hips = hip_cases(args.hip_cases, args.seed, args.hip_subjects.split(","))
+    for name, image, labels, *other_bone in itertools.chain(cases(args.cases, args.seed),
+                                                            oai_cases(args.oai_cases, args.seed),
+                                                            pd_cases(args.pd_cases, args.seed), hips):
         prediction = segment_volume(image, package, SegmentOptions()).labels
         rows = [r for r in evaluate(prediction, labels) if r["reference_volume_ml"] > 0]
+        pelvis = prediction.array == next(b.value for b in BONES if b.name == "pelvis")
+        extra = {"pelvis_ml": round(float(pelvis.sum() * np.prod(image.spacing) / 1000), 2)}
+        if other_bone:  # sacrum and spine: how much of them the model calls hip bone
+            extra["sacrum_spine_as_pelvis"] = round(float(pelvis[other_bone[0]].mean()), 4) if other_bone[0].any() else 0
         failed = [c["check"] for c in plausibility(prediction) if c["passed"] is False]
         truth_failed = [c["check"] for c in plausibility(labels) if c["passed"] is False]  # the checks' own errors
         results.append({"case": name, "spacing_mm": [round(float(s), 2) for s in image.spacing], "bones": rows,
-                        "implausible": failed, "truth_implausible": truth_failed})
-        print(name, " ".join(f"{r['name']} {r['dice']:.3f}" for r in rows),
+                        "implausible": failed, "truth_implausible": truth_failed, **extra})
+        print(name, " ".join(f"{r['name']} {r['dice']:.3f}" for r in rows), extra,
               f"checks: {'pass' if not failed else 'FAIL ' + '; '.join(failed)}",
               f"(truth: {'pass' if not truth_failed else 'FAIL ' + '; '.join(truth_failed)})", flush=True)
         overlay_png(image, labels, prediction, out / f"{name}.png")
@@ -162,7 +180,10 @@ def main():
     for group in dict.fromkeys(r["case"].split("-")[0] for r in results):
         cases_of = [r for r in results if r["case"].split("-")[0] == group]
         summary[group] = {"cases": len(cases_of), "plausible": sum(not r["implausible"] for r in cases_of),
-                          "truth_plausible": sum(not r["truth_implausible"] for r in cases_of), "bones": {}}
+                          "truth_plausible": sum(not r["truth_implausible"] for r in cases_of),
+                          "max_pelvis_ml": max(r["pelvis_ml"] for r in cases_of), "bones": {}}
+        if any("sacrum_spine_as_pelvis" in r for r in cases_of):
+            summary[group]["max_sacrum_spine_as_pelvis"] = max(r.get("sacrum_spine_as_pelvis", 0) for r in cases_of)
         for bone in BONES:
             rows = [r for case in cases_of for r in case["bones"] if r["name"] == bone.name]
             if rows:
@@ -173,7 +194,9 @@ def main():
                     "median_hd95_mm": round(float(np.median([r["hd95_mm"] for r in rows])), 2)}
     for group, g in summary.items():
         print(f"\n{group}: {g['cases']} cases, {g['plausible']} pass every plausibility check "
-              f"(their truths: {g['truth_plausible']})")
+              f"(their truths: {g['truth_plausible']}); largest hip bone {g['max_pelvis_ml']} mL"
+              + (f"; sacrum+spine called hip bone: at most {100 * g['max_sacrum_spine_as_pelvis']:.1f} %"
+                 if "max_sacrum_spine_as_pelvis" in g else ""))
         print(f"{'bone':<8} {'cases':>5} {'mean Dice':>10} {'min Dice':>9} {'< 0.85':>7} {'median HD95 mm':>15}")
         for name, b in g["bones"].items():
             print(f"{name:<8} {b['cases']:>5} {b['mean_dice']:>10.3f} {b['min_dice']:>9.3f} {b['below_0.85']:>7} "

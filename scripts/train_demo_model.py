@@ -51,10 +51,10 @@ def oai_source_maker(subjects):
 
 
 def pelvis_source_maker(subjects):
-    from mskai.synth.real_pelves import RealHipLimb, RealPelvisSource, pelvis_path
+    from mskai.synth.real_pelves import RealHipLimb, RealPelvisSource
 
     def make(rng):
-        pelvis = RealPelvisSource(pelvis_path(str(rng.choice(subjects))), rng=rng)
+        pelvis = RealPelvisSource(str(rng.choice(subjects)), rng=rng)
         return RealHipLimb(pelvis, rng) if rng.random() < 0.5 else pelvis
     return make
 

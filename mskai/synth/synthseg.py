@@ -414,8 +414,9 @@ def labelled_classes(source) -> torch.Tensor:
     return flags
 
 
-def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, supersample=1, **pose):
-    """Render one case/patch: (image tensor 1 x shape, bone labels uint8 tensor shape)."""
+def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, supersample=1, with_tissue=False,
+                **pose):
+    """Render one case/patch: (image tensor 1 x shape, bone labels uint8 tensor shape[, tissue classes])."""
     from mskai import MskaiError
     from mskai.segment.preprocess import normalise
 
@@ -433,11 +434,14 @@ def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, 
         image = torch.as_tensor(normalise(image.numpy(), {"method": "percentile", "lower": 0.5, "upper": 99.5}))
     except MskaiError:  # a featureless patch
         image = torch.zeros_like(image)
+    if with_tissue:
+        return image[None], labels, tissue[tuple(slice(supersample // 2, None, supersample) for _ in range(3))]
     return image[None], labels
 
 
-def synthetic_case(source, rng, spacing, extent_mm=(160.0, 160.0, 160.0), plane="sagittal", centre=None):
-    """A whole synthetic acquisition: (image Volume, bone label Volume) on one grid.
+def synthetic_case(source, rng, spacing, extent_mm=(160.0, 160.0, 160.0), plane="sagittal", centre=None,
+                   with_tissue=False):
+    """A whole synthetic acquisition: (image Volume, bone label Volume[, tissue class Volume]) on one grid.
 
     The grid has the given voxel spacing and slice plane; the anatomy sits in it with a random pose
     and deformation. Labels are the bones at the voxel centres (no partial volume).
@@ -447,8 +451,10 @@ def synthetic_case(source, rng, spacing, extent_mm=(160.0, 160.0, 160.0), plane=
 
     directions = ORIENTATIONS[plane]
     shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing))
-    image, labels = make_sample(source, rng, shape, spacing, directions=directions, centre=centre)
+    image, labels, *tissue = make_sample(source, rng, shape, spacing, directions=directions, centre=centre,
+                                         with_tissue=with_tissue)
     affine = grid_affine(directions, spacing, -directions @ (np.asarray(spacing) * (np.array(shape) - 1) / 2))
     volume = Volume(np.rint(image[0].numpy() * 1000).astype(np.int16), affine, label="synthetic MR",
                     meta={"modality": "MR", "plane": plane})
-    return volume, Volume(labels.numpy(), affine, label="bones")
+    out = (volume, Volume(labels.numpy(), affine, label="bones"))
+    return out + (Volume(tissue[0].numpy(), affine, label="tissues"),) if with_tissue else out
