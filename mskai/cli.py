@@ -246,6 +246,7 @@ def cmd_segment(args):
 
     formats = parse_formats(args.formats)
     post = PostprocessOptions.from_settings(enabled=not args.no_postprocess, fill_holes=not args.no_fill_holes,
+                                            anatomical=not args.no_anatomical_cleanup,
                                             min_island_fraction=args.min_island_fraction,
                                             max_components=args.max_components,
                                             min_extra_fraction=args.min_extra_fraction,
@@ -428,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a further piece only if at least this fraction of the bone's largest (0.25)")
     p.add_argument("--min-volume-ml", type=float, help="drop pieces smaller than this many mL (1.0)")
     p.add_argument("--no-fill-holes", action="store_true")
+    p.add_argument("--no-anatomical-cleanup", action="store_true",
+                   help="clean each bone on its own (stray pieces become background) instead of with the whole field "
+                        "of view (stray pieces join the bone they touch, the femur kept above the tibia, a second "
+                        "piece only beside the first, no hip bone below the femur or in a knee's field of view)")
     p.add_argument("--formats", default="nii.gz,nrrd,seg.nrrd,stl,ply,obj,report",
                    help="outputs: nii.gz, nrrd, seg.nrrd, stl, ply, obj, report")
     p.add_argument("--dicom-seg", action="store_true",

@@ -1,4 +1,10 @@
-"""Clean a label map per bone, in 3D: islands, connected components, holes."""
+"""Clean a label map per bone, in 3D: islands, connected components, holes; then make it anatomically consistent.
+
+The anatomical clean-up (on by default when the grid's affine is known) looks at the whole field of view in
+patient LPS millimetres (superior is +S): a piece of a bone that is not kept joins the bone it touches most
+instead of vanishing, the femur kept lies above the tibia kept, a second large piece is kept only beside the
+first (the other leg), and no hip bone is kept below the femur's centre or in a knee's field of view.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,12 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from mskai import check_range
+from mskai.segment.labels import BONES
 
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
+VALUE = {b.name: b.value for b in BONES}
+BESIDE_MM = 60.0  # the other leg's bone lies at least this far to the side (knees are ~150 mm apart)
+HIP_ABOVE_TIBIA_MM = 250.0  # a femur is longer: no hip bone's centre lies closer above the tibia's top
 
 
 @dataclass
@@ -44,26 +54,32 @@ class PostprocessOptions:
     default: Cleanup = field(default_factory=Cleanup)
     per_label: dict = field(default_factory=dict)  # label value -> Cleanup
     enabled: bool = True
+    anatomical: bool = True  # the anatomical clean-up (when clean_labels is given the grid's affine)
 
     def for_label(self, value: int) -> Cleanup:
         return self.per_label.get(value, self.default)
 
     @classmethod
-    def from_settings(cls, enabled=True, **kwargs):
+    def from_settings(cls, enabled=True, anatomical=True, **kwargs):
         """Options with the default Cleanup's fields overridden by keyword (e.g. max_components=1)."""
-        return cls(default=replace(Cleanup(), **{k: v for k, v in kwargs.items() if v is not None}), enabled=enabled)
+        return cls(default=replace(Cleanup(), **{k: v for k, v in kwargs.items() if v is not None}), enabled=enabled,
+                   anatomical=anatomical)
 
 
 def clean_labels(labels: np.ndarray, values, options: PostprocessOptions | None = None,
-                 voxel_ml: float = 0.0, in_place: bool = False) -> np.ndarray:
+                 voxel_ml: float = 0.0, in_place: bool = False, affine: np.ndarray | None = None) -> np.ndarray:
     """A cleaned copy of ``labels`` (any integer dtype), or ``labels`` itself cleaned when in_place.
 
-    Voxels removed from a bone become background. voxel_ml: the volume of one voxel in mL, for
-    ``min_volume_ml`` (0 leaves that rule out).
+    voxel_ml: the volume of one voxel in mL, for ``min_volume_ml`` (0 leaves that rule out).
+    affine: the grid's 4x4 IJK->LPS; with it (and ``options.anatomical``) the clean-up is anatomical (see
+    ``clean_anatomical``), without it voxels removed from a bone become background.
     """
     options = options or PostprocessOptions()
     out = labels if in_place else labels.copy()
     if not options.enabled:
+        return out
+    if options.anatomical and affine is not None:
+        clean_anatomical(out, values, options, affine, voxel_ml)
         return out
     boxes = ndimage.find_objects(out)
     for value in values:
@@ -85,16 +101,18 @@ def _chunk_pieces(block: np.ndarray, value: int):
     return ndimage.label(block == value, structure=_FULL)
 
 
-def _pieces(region: np.ndarray, value: int, chunk: int):
+def _pieces(region: np.ndarray, value: int, chunk: int, on_chunk=None):
     """The 26-connected pieces of ``region == value``, found chunk by chunk along the last axis.
 
     Returns (piece of each chunk's local component, as one array over all chunks; voxels per piece;
     box per piece as (lower corner, upper corner); components per chunk). Memory stays at one chunk's
-    worth of labels.
+    worth of labels. on_chunk(start, local, n), when given, sees each chunk's local components.
     """
     sizes, lower, upper, links, last_plane, counts = [], [], [], [], None, []
     for start in range(0, region.shape[2], chunk):
         local, n = _chunk_pieces(region[:, :, start:start + chunk], value)
+        if on_chunk is not None:
+            on_chunk(start, local, n)
         offset = len(sizes)
         counts.append(n)
         sizes.extend(np.bincount(local.ravel(), minlength=n + 1)[1:])
@@ -108,11 +126,11 @@ def _pieces(region: np.ndarray, value: int, chunk: int):
                     a = last_plane[_shifted(di, first.shape[0]), _shifted(dj, first.shape[1])]
                     b = first[_shifted(-di, first.shape[0]), _shifted(-dj, first.shape[1])]
                     touching = (a > 0) & (b > 0)
-                    links.append(np.stack([a[touching], b[touching]], axis=1))
+                    links.append(np.unique(a[touching].astype(np.int64) << 32 | b[touching]))  # pairs as codes
         last_plane = np.where(local[:, :, -1] > 0, local[:, :, -1] + offset, 0)
     n = len(sizes)
-    links = np.unique(np.concatenate(links), axis=0) if links else np.zeros((0, 2), dtype=int)
-    graph = csr_matrix((np.ones(len(links)), (links[:, 0] - 1, links[:, 1] - 1)), shape=(n, n))
+    codes = np.unique(np.concatenate(links)) if links else np.zeros(0, dtype=np.int64)
+    graph = csr_matrix((np.ones(len(codes)), ((codes >> 32) - 1, (codes & 0xFFFFFFFF) - 1)), shape=(n, n))
     _, piece = connected_components(graph, directed=False)
     count = piece.max() + 1 if n else 0
     lower_box = np.full((count, 3), np.iinfo(np.int64).max)
@@ -152,3 +170,186 @@ def _fill_holes(region: np.ndarray, mask: np.ndarray, value: int):
     is_hole[outside] = False
     is_hole[0] = False
     region[is_hole[background] & (region == 0)] = value
+
+
+# --- anatomical clean-up: the whole field of view in patient LPS millimetres ------------------------------
+
+
+@dataclass
+class _Bone:
+    """The pieces of one label: voxels, box (global indices, upper corner exclusive), centroid (LPS mm),
+    highest S of a voxel centre (mm), one voxel of each, and which are kept."""
+
+    value: int
+    sizes: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    centre: np.ndarray
+    top: np.ndarray
+    seed: np.ndarray
+    keep: np.ndarray | None = None
+
+
+def _bone(labels: np.ndarray, value: int, box: tuple, affine: np.ndarray, chunk: int) -> _Bone:
+    """The pieces of ``labels[box] == value`` and their measures, in one chunked pass (memory: one chunk)."""
+    origin = np.array([s.start for s in box])
+    sums, tops, seeds = [], [], []
+
+    def on_chunk(start, local, n):  # sums of voxel indices, top and one voxel of each local component
+        idx = np.nonzero(local)
+        comp = local[idx]
+        corner = origin + [0, 0, start]
+        sizes = np.bincount(comp, minlength=n + 1)[1:, None]
+        sums.append(np.stack([np.bincount(comp, weights=i, minlength=n + 1)[1:] for i in idx], axis=1) + sizes * corner)
+        top = np.full(n + 1, -np.inf)
+        np.maximum.at(top, comp, sum(a * i for a, i in zip(affine[2, :3], idx)))
+        tops.append(top[1:] + affine[2, :3] @ corner + affine[2, 3])
+        where = np.zeros(n + 1, dtype=np.intp)
+        where[comp] = np.arange(len(comp))  # any voxel of each component
+        seeds.append(np.stack([i[where[1:]] for i in idx], axis=1) + corner)
+
+    piece, sizes, boxes, _ = _pieces(labels[box], value, chunk, on_chunk)
+    n = len(sizes)
+    sums = np.concatenate(sums)
+    centre = np.stack([np.bincount(piece, weights=sums[:, a], minlength=n) for a in range(3)], axis=1) / sizes[:, None]
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, piece, np.concatenate(tops))
+    where = np.zeros(n, dtype=np.intp)
+    where[piece] = np.arange(len(piece))
+    lower, upper = (np.array([b[i] for b in boxes]).reshape(-1, 3) + origin for i in (0, 1))
+    return _Bone(value, sizes, lower, upper, centre @ affine[:3, :3].T + affine[:3, 3], top,
+                 np.concatenate(seeds)[where])
+
+
+def _beside(a: np.ndarray, b: np.ndarray) -> bool:
+    """Centroids side by side, as the same bone of two legs: far apart along L, and more along L than S."""
+    left, up = abs(a[0] - b[0]), abs(a[2] - b[2])
+    return left >= BESIDE_MM and left > up
+
+
+def _candidates(bone: _Bone, rule: Cleanup, voxel_ml: float, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Pieces large enough to keep by ``Cleanup``'s size rules (among the allowed ones)."""
+    allowed = np.ones(len(bone.sizes), dtype=bool) if allowed is None else allowed
+    sizes = np.where(allowed, bone.sizes, 0)
+    ok = allowed & (sizes >= rule.min_island_fraction * sizes.sum()) & (sizes >= rule.min_extra_fraction * sizes.max())
+    return ok & (sizes * voxel_ml >= rule.min_volume_ml) if voxel_ml else ok
+
+
+def _femur_over_tibia(femur: _Bone, femur_ok: np.ndarray, tibia: _Bone, tibia_ok: np.ndarray) -> tuple:
+    """The femur and tibia candidates, largest together, with the femur's centroid above the tibia's; or
+    (None, None). The model may label the femur's upper shaft tibia and the tibia femur, in larger pieces."""
+    pairs = [(femur.sizes[f] + tibia.sizes[t], f, t) for f in np.flatnonzero(femur_ok) for t in np.flatnonzero(tibia_ok)
+             if femur.centre[f, 2] > tibia.centre[t, 2]]
+    return max(pairs)[1:] if pairs else (None, None)
+
+
+def _keep(bone: _Bone, rule: Cleanup, ok: np.ndarray, affine: np.ndarray, shape: tuple, first=None) -> np.ndarray:
+    """The kept candidates (ok): ``first`` (by default the largest), then, largest first and up to max_components,
+    those beside every kept piece (the other leg's) or cut from it by the same superior or inferior border face
+    of the field of view (the two condyles below the notch's roof)."""
+    axis = int(np.argmax(np.abs(affine[2, :3]) / np.linalg.norm(affine[:3, :3], axis=0)))  # the most superior one
+    faces = np.stack([bone.lower[:, axis] == 0, bone.upper[:, axis] == shape[axis]], axis=1)
+    order = np.argsort(-bone.sizes, kind="stable")
+    if first is not None:
+        order = [first] + [p for p in order if p != first]
+    keep = np.zeros(len(bone.sizes), dtype=bool)
+    for p in order:
+        if ok[p] and not (rule.max_components and keep.sum() >= rule.max_components):
+            keep[p] = all(_beside(bone.centre[p], bone.centre[q]) or (faces[p] & faces[q]).any()
+                          for q in np.flatnonzero(keep))
+    return keep
+
+
+def _hip_allowed(pelvis: _Bone, femur: _Bone | None, tibia: _Bone | None) -> np.ndarray:
+    """Hip bone pieces not below the femur's centroid nor within HIP_ABOVE_TIBIA_MM above the tibia's top."""
+    s = pelvis.centre[:, 2]
+    allowed = np.ones(len(s), dtype=bool)
+    if femur is not None and femur.keep.any():
+        allowed &= s >= np.average(femur.centre[femur.keep, 2], weights=femur.sizes[femur.keep])
+    if tibia is not None and tibia.keep.any():
+        allowed &= s >= tibia.top[tibia.keep].max() + HIP_ABOVE_TIBIA_MM
+    return allowed
+
+
+def _padded(lower, upper, shape) -> tuple:
+    return tuple(slice(max(0, a - 1), min(n, b + 1)) for a, b, n in zip(lower, upper, shape))
+
+
+def clean_anatomical(labels: np.ndarray, values, options: PostprocessOptions, affine: np.ndarray,
+                     voxel_ml: float = 0.0, chunk: int = 32):
+    """Clean ``labels`` in place, bone by bone, with the whole field of view (affine: IJK->LPS).
+
+    Per bone the largest piece is kept (of femur and tibia: the largest pair with the femur above the tibia),
+    and further large pieces (``Cleanup``'s size rules) only beside it (the other leg's: BESIDE_MM apart along
+    L, more than along S) or cut from it by the same superior or inferior border face. Hip bone pieces below
+    the femur's centroid or less than HIP_ABOVE_TIBIA_MM above the tibia's top are not kept. A piece that is
+    not kept joins the bone whose kept voxels it touches most (26-neighbours; see ``_join``), or becomes
+    background. Then holes are filled in the kept pieces.
+    """
+    boxes = ndimage.find_objects(labels)
+    bones = {value: _bone(labels, value, boxes[value - 1], affine, chunk) for value in values
+             if value <= len(boxes) and boxes[value - 1] is not None}
+    femur, tibia, pelvis = (bones.get(VALUE[name]) for name in ("femur", "tibia", "pelvis"))
+    ok = {value: _candidates(bone, options.for_label(value), voxel_ml) for value, bone in bones.items()}
+    first = {}
+    if femur is not None and tibia is not None:
+        first = dict(zip((femur.value, tibia.value), _femur_over_tibia(femur, ok[femur.value], tibia, ok[tibia.value])))
+    for value, bone in bones.items():
+        if bone is not pelvis:
+            bone.keep = _keep(bone, options.for_label(value), ok[value], affine, labels.shape, first.get(value))
+    if pelvis is not None:  # its rule needs the kept femur and tibia
+        rule = options.for_label(pelvis.value)
+        allowed = _candidates(pelvis, rule, voxel_ml, _hip_allowed(pelvis, femur, tibia))
+        pelvis.keep = _keep(pelvis, rule, allowed, affine, labels.shape)
+    moved = []  # (padded box, mask) of each piece not kept
+    for bone in bones.values():
+        for p in np.flatnonzero(~bone.keep):
+            box = _padded(bone.lower[p], bone.upper[p], labels.shape)
+            pieces, _ = ndimage.label(labels[box] == bone.value, structure=_FULL)
+            moved.append((box, pieces == pieces[tuple(bone.seed[p] - [s.start for s in box])]))
+    _join(labels, moved, values, max([len(boxes), *values]) + 1)  # pending: a value no voxel has
+    for bone in bones.values():
+        if options.for_label(bone.value).fill_holes:
+            for p in np.flatnonzero(bone.keep):
+                box = _padded(bone.lower[p], bone.upper[p], labels.shape)
+                _fill_holes(labels[box], labels[box] == bone.value, bone.value)
+
+
+def _join(labels: np.ndarray, moved: list, values, pending: int):
+    """Each moved piece (padded box, mask) joins the bone it touches most, or becomes background.
+
+    Moved pieces are marked ``pending`` first (a value no voxel has) and join in rounds: a piece whose contact
+    with a kept bone is at least its contact with pending pieces joins at once; when none is, the one with the
+    most contact does. A bone cut in two by a stray piece thus joins up again once the stray piece has joined.
+    """
+    if pending > np.iinfo(labels.dtype).max:
+        pending = 0  # no free value: pending pieces look like background
+    for box, mask in moved:
+        labels[box][mask] = pending
+    while moved:
+        touches = [_touches(labels[box], mask, values, pending) for box, mask in moved]
+        now = [count > 0 and count >= waiting for _, count, waiting in touches]
+        if not any(now):
+            best = max(range(len(moved)), key=lambda i: touches[i][1])
+            if not touches[best][1]:
+                break
+            now[best] = True
+        waiting_pieces = []
+        for (box, mask), (value, count, waiting), join in zip(moved, touches, now):
+            if join:
+                labels[box][mask] = value
+            elif count or waiting:
+                waiting_pieces.append((box, mask))
+            else:
+                labels[box][mask] = 0  # touches no bone
+        moved = waiting_pieces
+    for box, mask in moved:
+        labels[box][mask] = 0
+
+
+def _touches(region: np.ndarray, mask: np.ndarray, values, pending: int) -> tuple:
+    """(the bone of values with the most voxels 26-adjacent to mask, their count, adjacent pending voxels)."""
+    ring = region[ndimage.binary_dilation(mask, structure=_FULL) & ~mask]
+    counts = {value: int(np.count_nonzero(ring == value)) for value in values}
+    best = max(counts, key=counts.get, default=0)
+    return best, counts.get(best, 0), int(np.count_nonzero(ring == pending)) if pending else 0
