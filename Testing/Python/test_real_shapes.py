@@ -110,3 +110,15 @@ def test_pd_knee_is_turned_to_lr_ap_is_with_its_anatomy_in_place():
     assert ras[2][2] > ras[1][2] + 30  # femur above tibia (RAS: +S)
     assert ras[5][1] > ras[2][1] + 20  # patella anterior of the femur (RAS: +A)
     assert RealKneeSource(labels, spacing_of(affine), affine).labelled == {1, 2, 5}
+
+
+def test_synthetic_case_can_return_its_tissue_map_on_the_same_grid():
+    from mskai.synth.synthseg import MARROW, LowerLimbPhantom
+
+    rng = np.random.default_rng(4)
+    phantom = LowerLimbPhantom(rng)
+    image, labels, tissue = synthetic_case(phantom, rng, (3.0, 3.0, 3.0), extent_mm=(90, 90, 90), plane="coronal",
+                                           centre=phantom.knee, with_tissue=True)
+    assert tissue.shape == labels.shape == image.shape and np.array_equal(tissue.affine_lps, labels.affine_lps)
+    marrow = np.isin(tissue.array, list(MARROW.values()))
+    assert marrow.any() and (labels.array[marrow] > 0).all() and (labels.array[tissue.array == AIR] == 0).all()
