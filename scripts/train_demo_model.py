@@ -93,6 +93,7 @@ def main():
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--pelves", default="", help="real pelvis subjects to train on, e.g. 001,002,004")
+    parser.add_argument("--pelvis-weight", type=float, default=0.15, help="share of patches from the real pelves")
     parser.add_argument("--version", default="0.3.0")
     parser.add_argument("--seed", type=int, default=0, help="training data stream (use a new one when continuing)")
     parser.add_argument("--out", default=str(REPO / "Resources" / "Models" / "mskai-bones-demo"))
@@ -100,9 +101,9 @@ def main():
     subjects = split_subjects(oai_subjects(OAI))
     pelves = [s for s in args.pelves.split(",") if s]
     mixture = [(0.45, oai_source_maker(subjects["train"]), 6), (0.15, lambda rng: KneeLabelSource(KNEE), 10**9),
-               (0.4 if not pelves else 0.25, LowerLimbPhantom, 20)]
+               (0.4 - args.pelvis_weight if pelves else 0.4, LowerLimbPhantom, 20)]
     if pelves:
-        mixture.append((0.15, pelvis_source_maker(pelves), 10))
+        mixture.append((args.pelvis_weight, pelvis_source_maker(pelves), 10))
     init = load_package(args.init) if args.init else None
     config = TrainConfig(spacing_mm=args.spacing, patch=args.patch, batch_size=args.batch, iterations=args.iterations,
                          eval_every=args.eval_every, lr=args.lr, threads=args.threads, patience=args.patience,

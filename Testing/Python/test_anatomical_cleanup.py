@@ -78,6 +78,14 @@ def test_pelvis_blob_behind_the_knee_is_removed():
     assert np.any(scene.clean(PostprocessOptions(anatomical=False)) == PELVIS)
 
 
+def test_patella_behind_the_femur_is_removed_and_in_front_kept():
+    front = Scene().knee().ball(PATELLA, [0, -40, 20], 12)  # LPS: anterior is -P
+    assert _label_at(front, front.clean(), [0, -40, 20]) == PATELLA
+    fossa = Scene().knee().ball(PATELLA, [0, 60, 30], 12)  # the only "patella", behind the knee
+    assert _label_at(fossa, fossa.clean(), [0, 60, 30]) == 0
+    assert _label_at(fossa, fossa.clean(PostprocessOptions(anatomical=False)), [0, 60, 30]) == PATELLA
+
+
 def test_hip_scan_keeps_its_pelvis():
     scene = Scene(extent_mm=(150, 360, 300), centre=(0, 0, -20))
     scene.capsule(PELVIS, [-40, 0, 50], [-40, 0, 120], 30)  # ilium

@@ -3,7 +3,8 @@
 The anatomical clean-up (on by default when the grid's affine is known) looks at the whole field of view in
 patient LPS millimetres (superior is +S): a piece of a bone that is not kept joins the bone it touches most
 instead of vanishing, the femur kept lies above the tibia kept, a second large piece is kept only beside the
-first (the other leg), and no hip bone is kept below the femur's centre or in a knee's field of view.
+first (the other leg), no hip bone is kept below the femur's centre or in a knee's field of view, and no patella
+behind the femur's centre.
 """
 
 from __future__ import annotations
@@ -271,6 +272,13 @@ def _hip_allowed(pelvis: _Bone, femur: _Bone | None, tibia: _Bone | None) -> np.
     return allowed
 
 
+def _patella_allowed(patella: _Bone, femur: _Bone | None) -> np.ndarray:
+    """Patella pieces anterior to the femur's centroid (LPS: smaller P); all when no femur is kept."""
+    if femur is None or not femur.keep.any():
+        return np.ones(len(patella.sizes), dtype=bool)
+    return patella.centre[:, 1] < np.average(femur.centre[femur.keep, 1], weights=femur.sizes[femur.keep])
+
+
 def _padded(lower, upper, shape) -> tuple:
     return tuple(slice(max(0, a - 1), min(n, b + 1)) for a, b, n in zip(lower, upper, shape))
 
@@ -282,25 +290,27 @@ def clean_anatomical(labels: np.ndarray, values, options: PostprocessOptions, af
     Per bone the largest piece is kept (of femur and tibia: the largest pair with the femur above the tibia),
     and further large pieces (``Cleanup``'s size rules) only beside it (the other leg's: BESIDE_MM apart along
     L, more than along S) or cut from it by the same superior or inferior border face. Hip bone pieces below
-    the femur's centroid or less than HIP_ABOVE_TIBIA_MM above the tibia's top are not kept. A piece that is
+    the femur's centroid or less than HIP_ABOVE_TIBIA_MM above the tibia's top are not kept, nor patella pieces
+    behind the femur's centroid. A piece that is
     not kept joins the bone whose kept voxels it touches most (26-neighbours; see ``_join``), or becomes
     background. Then holes are filled in the kept pieces.
     """
     boxes = ndimage.find_objects(labels)
     bones = {value: _bone(labels, value, boxes[value - 1], affine, chunk) for value in values
              if value <= len(boxes) and boxes[value - 1] is not None}
-    femur, tibia, pelvis = (bones.get(VALUE[name]) for name in ("femur", "tibia", "pelvis"))
+    femur, tibia, pelvis, patella = (bones.get(VALUE[name]) for name in ("femur", "tibia", "pelvis", "patella"))
     ok = {value: _candidates(bone, options.for_label(value), voxel_ml) for value, bone in bones.items()}
     first = {}
     if femur is not None and tibia is not None:
         first = dict(zip((femur.value, tibia.value), _femur_over_tibia(femur, ok[femur.value], tibia, ok[tibia.value])))
     for value, bone in bones.items():
-        if bone is not pelvis:
+        if bone is not pelvis and bone is not patella:
             bone.keep = _keep(bone, options.for_label(value), ok[value], affine, labels.shape, first.get(value))
-    if pelvis is not None:  # its rule needs the kept femur and tibia
-        rule = options.for_label(pelvis.value)
-        allowed = _candidates(pelvis, rule, voxel_ml, _hip_allowed(pelvis, femur, tibia))
-        pelvis.keep = _keep(pelvis, rule, allowed, affine, labels.shape)
+    for bone, where in ((pelvis, lambda: _hip_allowed(pelvis, femur, tibia)),  # these rules need the kept femur
+                        (patella, lambda: _patella_allowed(patella, femur))):
+        if bone is not None:
+            rule = options.for_label(bone.value)
+            bone.keep = _keep(bone, rule, _candidates(bone, rule, voxel_ml, where()), affine, labels.shape)
     moved = []  # (padded box, mask) of each piece not kept
     for bone in bones.values():
         for p in np.flatnonzero(~bone.keep):
