@@ -96,11 +96,22 @@ def test_hip_scan_keeps_its_pelvis():
     np.testing.assert_array_equal(scene.clean(), scene.labels)
 
 
+def test_a_small_tibia_in_a_hip_scan_goes_not_the_hip_bone():
+    def hip():
+        scene = Scene(extent_mm=(150, 360, 300), centre=(0, 0, -20))
+        scene.capsule(PELVIS, [-40, 0, 50], [-40, 0, 120], 30).capsule(PELVIS, [-40, 0, 50], [40, -40, 40], 10)
+        scene.ball(FEMUR, [0, 0, 0], 22).capsule(FEMUR, [0, 0, 0], [-35, 0, -30], 15)
+        return scene.capsule(FEMUR, [-35, 0, -30], [-35, 0, -190], 14)
+
+    scene = hip().ball(TIBIA, [50, 40, -150], 10)  # 4 mL of "tibia" in the thigh, touching no bone
+    np.testing.assert_array_equal(scene.clean(), hip().labels)
+
+
 def test_no_hip_bone_below_the_femur_nor_near_the_tibia():
     femur = Scene().capsule(FEMUR, [0, 0, 20], [0, 0, 250], 14).ball(PELVIS, [60, 0, 40], 20)  # no tibia in view
     assert not np.any(femur.clean() == PELVIS)  # below the femur's centroid
-    for s, kept in ((150, True), (120, False)):  # no femur in view; the tibia's top is at S -106
-        scene = Scene().capsule(TIBIA, [0, 0, -200], [0, 0, -120], 14).ball(PELVIS, [0, 0, s], 25)
+    for s, kept in ((165, True), (120, False)):  # no femur in view; the tibia's top is at S -100
+        scene = Scene().capsule(TIBIA, [0, 0, -200], [0, 0, -120], 20).ball(PELVIS, [0, 0, s], 25)  # tibia larger
         assert np.any(scene.clean() == PELVIS) == kept
 
 

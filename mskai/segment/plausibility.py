@@ -18,7 +18,9 @@ _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as the clean-up uses
 KNEE_FOV_MAX_MM = 350.0  # a field of view up to this tall around a knee cannot hold a hip bone
 MAX_STRAY_ML = 1.0
 MAX_WRONG_SIDE_FRACTION = 0.01
-LESSER_TROCHANTER_MM = 90.0  # below the femoral head's top, with margin: no hip bone reaches that low
+# below the femoral head's top: the ischium reaches 72-93 mm below it in the 4 real pelves, the lesser trochanter
+# lies about 90-100 mm below it; 130 mm leaves room for posture and slice thickness
+LESSER_TROCHANTER_MM = 130.0
 
 
 def _points(labels: Volume, value: int) -> np.ndarray:

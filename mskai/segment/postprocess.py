@@ -3,8 +3,8 @@
 The anatomical clean-up (on by default when the grid's affine is known) looks at the whole field of view in
 patient LPS millimetres (superior is +S): a piece of a bone that is not kept joins the bone it touches most
 instead of vanishing, the femur kept lies above the tibia kept, a second large piece is kept only beside the
-first (the other leg), no hip bone is kept below the femur's centre or in a knee's field of view, and no patella
-behind the femur's centre.
+first (the other leg), no hip bone is kept below the femur's centre, no patella behind it, and hip bone and tibia
+never both within 250 mm (the smaller goes: a "hip bone" in a knee's field of view, a "tibia" in a hip scan).
 """
 
 from __future__ import annotations
@@ -261,15 +261,24 @@ def _keep(bone: _Bone, rule: Cleanup, ok: np.ndarray, affine: np.ndarray, shape:
     return keep
 
 
-def _hip_allowed(pelvis: _Bone, femur: _Bone | None, tibia: _Bone | None) -> np.ndarray:
-    """Hip bone pieces not below the femur's centroid nor within HIP_ABOVE_TIBIA_MM above the tibia's top."""
-    s = pelvis.centre[:, 2]
-    allowed = np.ones(len(s), dtype=bool)
-    if femur is not None and femur.keep.any():
-        allowed &= s >= np.average(femur.centre[femur.keep, 2], weights=femur.sizes[femur.keep])
-    if tibia is not None and tibia.keep.any():
-        allowed &= s >= tibia.top[tibia.keep].max() + HIP_ABOVE_TIBIA_MM
-    return allowed
+def _hip_allowed(pelvis: _Bone, femur: _Bone | None) -> np.ndarray:
+    """Hip bone pieces not below the femur's centroid (all when no femur is kept)."""
+    if femur is None or not femur.keep.any():
+        return np.ones(len(pelvis.sizes), dtype=bool)
+    return pelvis.centre[:, 2] >= np.average(femur.centre[femur.keep, 2], weights=femur.sizes[femur.keep])
+
+
+def _hip_or_tibia(pelvis: _Bone, tibia: _Bone):
+    """No hip bone lies within HIP_ABOVE_TIBIA_MM above a tibia (a femur is longer): where kept pieces of both
+    do, the side with fewer voxels is not kept (a "hip bone" behind a knee, or a "tibia" in a hip scan)."""
+    near = pelvis.keep & (pelvis.centre[:, 2] < tibia.top[tibia.keep].max(initial=-np.inf) + HIP_ABOVE_TIBIA_MM)
+    if not near.any():
+        return
+    close = tibia.keep & (tibia.top > pelvis.centre[near, 2].min() - HIP_ABOVE_TIBIA_MM)
+    if pelvis.sizes[near].sum() > tibia.sizes[close].sum():
+        tibia.keep &= ~close
+    else:
+        pelvis.keep &= ~near
 
 
 def _patella_allowed(patella: _Bone, femur: _Bone | None) -> np.ndarray:
@@ -290,8 +299,8 @@ def clean_anatomical(labels: np.ndarray, values, options: PostprocessOptions, af
     Per bone the largest piece is kept (of femur and tibia: the largest pair with the femur above the tibia),
     and further large pieces (``Cleanup``'s size rules) only beside it (the other leg's: BESIDE_MM apart along
     L, more than along S) or cut from it by the same superior or inferior border face. Hip bone pieces below
-    the femur's centroid or less than HIP_ABOVE_TIBIA_MM above the tibia's top are not kept, nor patella pieces
-    behind the femur's centroid. A piece that is
+    the femur's centroid are not kept, nor patella pieces behind it; where hip bone lies less than
+    HIP_ABOVE_TIBIA_MM above the tibia's top, the smaller of the two is not kept. A piece that is
     not kept joins the bone whose kept voxels it touches most (26-neighbours; see ``_join``), or becomes
     background. Then holes are filled in the kept pieces.
     """
@@ -306,11 +315,13 @@ def clean_anatomical(labels: np.ndarray, values, options: PostprocessOptions, af
     for value, bone in bones.items():
         if bone is not pelvis and bone is not patella:
             bone.keep = _keep(bone, options.for_label(value), ok[value], affine, labels.shape, first.get(value))
-    for bone, where in ((pelvis, lambda: _hip_allowed(pelvis, femur, tibia)),  # these rules need the kept femur
+    for bone, where in ((pelvis, lambda: _hip_allowed(pelvis, femur)),  # these rules need the kept femur
                         (patella, lambda: _patella_allowed(patella, femur))):
         if bone is not None:
             rule = options.for_label(bone.value)
             bone.keep = _keep(bone, rule, _candidates(bone, rule, voxel_ml, where()), affine, labels.shape)
+    if pelvis is not None and tibia is not None:
+        _hip_or_tibia(pelvis, tibia)
     moved = []  # (padded box, mask) of each piece not kept
     for bone in bones.values():
         for p in np.flatnonzero(~bone.keep):
