@@ -59,15 +59,20 @@ def pelvis_source_maker(subjects):
     return make
 
 
-def validation_patches(n, seed, patch, spacing, oai_val):
-    """n patches: bundled knee, OAI validation subjects and phantoms (hip most often), in turn."""
+def validation_patches(n, seed, patch, spacing, oai_val, pelves=()):
+    """n patches: bundled knee, OAI validation subjects and phantoms (hip most often), in turn; with ``pelves``,
+    every fourth patch is a hip of a training pelvis (no pelvis subject is left for validation: other renders)."""
     rng = np.random.default_rng(seed)
+    make_pelvis = pelvis_source_maker(pelves) if pelves else None
     knee = KneeLabelSource(KNEE)
     regions = ["hip", "knee", "shank", "hip", "edge", "thigh"]
     out = []
     for i in range(n):
         centre = None
-        if i % 3 == 0:
+        if make_pelvis is not None and i % 4 == 3:
+            source = make_pelvis(rng)
+            centre = source.random_centre(rng, "hip") if hasattr(source, "REGIONS") else None
+        elif i % 3 == 0:
             source = knee
         elif i % 3 == 1:
             labels, affine = cached_split(OAI / f"{oai_val[(i // 3) % len(oai_val)]}.nii.gz", SPLIT_CACHE)
@@ -112,7 +117,7 @@ def main():
                              "oai_train_subjects": len(subjects["train"]), "oai_val_subjects": subjects["val"],
                              "oai_test_subjects": subjects["test"], "pelvis_subjects": pelves}})
     val = validation_patches(args.val_patches, seed=10_000, patch=args.patch, spacing=args.spacing,
-                             oai_val=subjects["val"])
+                             oai_val=subjects["val"], pelves=pelves)
     data = SyntheticPatches(mixture, patch=args.patch, spacing=args.spacing, seed=args.seed)
     train(data, val, config, args.out, init_package=init, progress=lambda msg: print(msg, flush=True))
 
