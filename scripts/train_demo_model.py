@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from mskai.models.package import load_package  # noqa: E402
 from mskai.segment.train import TrainConfig, train  # noqa: E402
-from mskai.synth.real_shapes import RealKneeSource, cached_split, oai_subjects, spacing_of, split_subjects  # noqa: E402
+from mskai.synth.real_shapes import (RealKneeSource, cached_split, oai_subjects, spacing_of, split_quality,  # noqa: E402
+                                     split_subjects)
 from mskai.synth.synthseg import (BUNDLED_KNEE_LABELS, CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom,  # noqa: E402
                                   SyntheticPatches, labelled_classes, make_sample)
 
@@ -105,7 +106,9 @@ def main():
     args = parser.parse_args()
     subjects = split_subjects(oai_subjects(OAI))
     pelves = [s for s in args.pelves.split(",") if s]
-    mixture = [(0.45, oai_source_maker(subjects["train"]), 6), (0.15, lambda rng: KneeLabelSource(KNEE), 10**9),
+    usable = [s for s in subjects["train"] if split_quality(cached_split(OAI / f"{s}.nii.gz", SPLIT_CACHE)[0])["ok"]]
+    print(f"{len(usable)} of {len(subjects['train'])} OAI training subjects split plausibly", flush=True)
+    mixture = [(0.45, oai_source_maker(usable), 6), (0.15, lambda rng: KneeLabelSource(KNEE), 10**9),
                (0.4 - args.pelvis_weight if pelves else 0.4, LowerLimbPhantom, 20)]
     if pelves:
         mixture.append((args.pelvis_weight, pelvis_source_maker(pelves), 10))
@@ -114,7 +117,7 @@ def main():
                          eval_every=args.eval_every, lr=args.lr, threads=args.threads, patience=args.patience,
                          model_id="mskai-bones-demo", version=args.version, demo=True, training_data=TRAINING_DATA,
                          seed=args.seed, extra={"training_sources": {
-                             "oai_train_subjects": len(subjects["train"]), "oai_val_subjects": subjects["val"],
+                             "oai_train_subjects": len(usable), "oai_val_subjects": subjects["val"],
                              "oai_test_subjects": subjects["test"], "pelvis_subjects": pelves}})
     val = validation_patches(args.val_patches, seed=10_000, patch=args.patch, spacing=args.spacing,
                              oai_val=subjects["val"], pelves=pelves)

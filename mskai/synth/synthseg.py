@@ -1,12 +1,13 @@
 """SynthSeg-style MR-like images rendered from label maps, for training and testing the demo bone model.
 
-Two kinds of shape source give "tissue" maps (bone marrow per bone, cortical rim, cartilage,
-menisci, muscle, fat, air...) that are rendered with random intensities per tissue:
+Shape sources give "tissue" maps (bone marrow per bone, cortical rim, cartilage, menisci, muscle, fat,
+vessels, tendons, air...) that are rendered with random intensities per tissue:
 - ``KneeLabelSource``: the real knee label map in ../shared/data (pymskt, MIT licence);
 - ``LowerLimbPhantom``: procedural pelvis, femur, patella, tibia and fibula built from
-  signed distance functions, with random sizes, angles, knee flexion and side.
+  signed distance functions, with random sizes, angles, knee flexion and side;
+- ``real_shapes.RealKneeSource`` (OAI knees, the PD knee) and ``real_pelves`` (real pelves, hip-to-ankle).
 Each sample draws a random pose (rotation, scale, elastic deformation), renders intensities,
-partial-volume blur, a random slice thickness, a bias field, gamma and noise.
+partial-volume blur, a random slice thickness, ringing, a bias field, gamma and noise.
 """
 
 from __future__ import annotations
@@ -352,7 +353,7 @@ def render(tissue: torch.Tensor, rng, spacing, fast: bool = False) -> torch.Tens
         axis = int(rng.integers(3))
         thickness_mm = rng.uniform(1.0, 4.0) if rng.random() < 0.5 else rng.uniform(3.0, 5.0)
         image = _blur_axis(image, axis, thickness_mm / 2.355 / spacing[axis])
-    if rng.random() < 0.3:  # Gibbs ringing along one in-plane axis: k-space truncation
+    if rng.random() < 0.3:  # Gibbs ringing along one axis: k-space truncation
         image = _ringing(image, int(rng.integers(3)), rng.uniform(0.3, 0.7))
     image = image * torch.exp(_smooth_field(rng, tissue.shape, coarse=4, scale=rng.uniform(0, 0.3)))
     image = image.clamp(min=0)
