@@ -147,7 +147,8 @@ def test_the_bundled_demo_package_installs_with_its_documentation(dirs):
     names = set(_contents(installed.source))
     assert {"metadata.json", "model.safetensors", "NOTICE.md", "training_log.json", "training_curves.png"} <= names
     assert all((bundled / n).read_bytes() == (installed.source / n).read_bytes() for n in names)
-    assert "heldout" not in names and installed.source == dirs / "user" / "mskai-bones-demo-0.2.0"
+    version = json.loads((bundled / "metadata.json").read_text())["version"]
+    assert "heldout" not in names and installed.source == dirs / "user" / f"mskai-bones-demo-{version}"
 
 
 @pytest.mark.parametrize("name", ["metadata.json", "model.safetensors"])
