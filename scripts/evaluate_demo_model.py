@@ -45,14 +45,13 @@ PD_KNEE = REPO.parent / "shared" / "data" / "knee_pd_sagittal_label" / "knee_pd_
 
 def oai_cases(n, seed):
     """(name, image, labels) of n real-shape knee scans of OAI test subjects, with realistic fields of view."""
-    from mskai.synth.real_shapes import (RealKneeSource, load_oai_mask, oai_subjects, spacing_of, split_femur_tibia,
-                                         split_quality, split_subjects)
+    from mskai.synth.real_shapes import (RealKneeSource, cached_split, oai_subjects, spacing_of, split_quality,
+                                         split_subjects)
 
     rng = np.random.default_rng(seed)
     shapes = {}
     for subject in split_subjects(oai_subjects(OAI))["test"]:
-        mask, affine = load_oai_mask(OAI / f"{subject}.nii.gz")
-        labels = split_femur_tibia(mask, spacing_of(affine))
+        labels, affine = cached_split(OAI / f"{subject}.nii.gz")
         if split_quality(labels)["ok"]:  # a broken source mask is no reference
             shapes[subject] = labels, affine
         else:

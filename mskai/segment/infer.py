@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from mskai import MskaiError, check_range
-from mskai.segment.labels import labels_from_table
-from mskai.segment.postprocess import VALUE as ANATOMY_VALUES
+from mskai.segment.labels import BONE_VALUES, labels_from_table
 from mskai.segment.postprocess import PostprocessOptions, clean_labels
 from mskai.segment.preprocess import argmax_on_grid, canonical_grid, check_input, model_grid_shape, model_image
 from mskai.volume import Volume
@@ -201,7 +200,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     labels = np.zeros(volume.shape, dtype=np.uint8)
     argmax_on_grid(probabilities, crop_shape, out=grid.to_canonical(labels)[crop])  # a view: fills labels
     del probabilities
-    anatomy_known = all(ANATOMY_VALUES.get(label.name) == label.value for label in labels_table)  # our bone numbering
+    anatomy_known = all(BONE_VALUES.get(label.name) == label.value for label in labels_table)  # our bone numbering
     clean_labels(labels, [label.value for label in labels_table], options.postprocess,
                  voxel_ml=float(np.prod(volume.spacing)) / 1000, in_place=True,
                  affine=volume.affine_lps if anatomy_known else None)

@@ -34,6 +34,9 @@ BONES = (
 )
 
 
+BONE_VALUES = {b.name: b.value for b in BONES}  # name -> label value of the project's table
+
+
 def label_table(labels=BONES) -> list[dict]:
     """The table as JSON-ready dicts (model metadata, reports)."""
     return [label.to_json() for label in labels]

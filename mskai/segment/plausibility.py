@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from mskai.segment.labels import BONES
+from mskai.segment.labels import BONE_VALUES
 from mskai.volume import Volume
 
-VALUE = {b.name: b.value for b in BONES}
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as the clean-up uses
 KNEE_FOV_MAX_MM = 350.0  # a field of view up to this tall around a knee cannot hold a hip bone
 MAX_STRAY_ML = 1.0
@@ -56,7 +55,7 @@ def _pieces(mask: np.ndarray) -> int:
 def plausibility(labels: Volume) -> list[dict]:
     """Run every check on a bone label map (values of the project's label table)."""
     voxel_ml = float(abs(np.linalg.det(labels.affine_lps[:3, :3]))) / 1000.0
-    points = {name: _points(labels, value) for name, value in VALUE.items()}
+    points = {name: _points(labels, value) for name, value in BONE_VALUES.items()}
     corners = labels.ijk_to_lps(np.array(np.meshgrid(*[[0, n - 1] for n in labels.shape], indexing="ij")).reshape(3, -1).T)
     height = float(np.ptp(corners[:, 2]))
     femur, tibia, patella, pelvis = points["femur"], points["tibia"], points["patella"], points["pelvis"]
@@ -95,7 +94,7 @@ def plausibility(labels: Volume) -> list[dict]:
                        "detail": f"{100 * max(fractions, default=0):.1f} % of the voxels"})
 
     n_legs = len(legs)
-    pieces = {name: _pieces(np.asarray(labels.array) == value) for name, value in VALUE.items() if len(points[name])}
+    pieces = {name: _pieces(np.asarray(labels.array) == value) for name, value in BONE_VALUES.items() if len(points[name])}
     too_many = {name: n for name, n in pieces.items() if n > (2 if name == "pelvis" else n_legs)}
     checks.append({"check": "each bone one piece per leg", "passed": not too_many if pieces else None,
                    "detail": ", ".join(f"{name} {n}" for name, n in pieces.items()) + f" pieces; {n_legs} leg(s)"})

@@ -17,10 +17,9 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from mskai import check_range
-from mskai.segment.labels import BONES
+from mskai.segment.labels import BONE_VALUES
 
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
-VALUE = {b.name: b.value for b in BONES}
 BESIDE_MM = 60.0  # the other leg's bone lies at least this far to the side (knees are ~150 mm apart)
 HIP_ABOVE_TIBIA_MM = 250.0  # a femur is longer: no hip bone's centre lies closer above the tibia's top
 
@@ -307,7 +306,7 @@ def clean_anatomical(labels: np.ndarray, values, options: PostprocessOptions, af
     boxes = ndimage.find_objects(labels)
     bones = {value: _bone(labels, value, boxes[value - 1], affine, chunk) for value in values
              if value <= len(boxes) and boxes[value - 1] is not None}
-    femur, tibia, pelvis, patella = (bones.get(VALUE[name]) for name in ("femur", "tibia", "pelvis", "patella"))
+    femur, tibia, pelvis, patella = (bones.get(BONE_VALUES[name]) for name in ("femur", "tibia", "pelvis", "patella"))
     ok = {value: _candidates(bone, options.for_label(value), voxel_ml) for value, bone in bones.items()}
     first = {}
     if femur is not None and tibia is not None:

@@ -3,7 +3,7 @@
 Each mask holds femur and tibia as one label; ``split_femur_tibia`` separates them (erosion until the
 mask falls apart, then nearest piece). ``RealKneeSource`` turns such a bone label map into a tissue map
 (cortex, marrow, joint cartilage, a muscle and fat envelope, air) that renders through
-``synthseg.make_sample`` / ``synthetic_case`` like ``KneeLabelSource``.
+``synthseg.make_sample`` / ``synthetic_case`` like ``KneeLabelSource``; ``cached_split`` loads and splits a file.
 Data: Apache-2.0 (wilsonkchung/knee-osteoarthritis-classification-using-bone-distance), OAI images (NIH);
 keep ../shared/data/NOTICE.md with anything derived from them.
 """
@@ -246,14 +246,6 @@ class RealKneeSource(TissueMapSource):
             r = rng.uniform(1.5, 3.0)
             tube(side, y.min() - rng.uniform(2, 12), r, r, TENDON, rng.uniform(0.3, 0.8))
 
-    @classmethod
-    def from_oai(cls, path, rng=None, mirror: bool = False) -> "RealKneeSource":
-        """Load, split and wrap one OAI mask file; ``mirror`` flips left-right (the side is unknown anyway)."""
-        mask, affine = load_oai_mask(path)
-        spacing = spacing_of(affine)
-        labels = split_femur_tibia(mask, spacing)
-        return cls(labels[::-1] if mirror else labels, spacing, affine, rng=rng)
-
 
 def cached_split(path, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """(femur/tibia labels, affine) of one OAI mask, split once and kept in ``cache_dir`` (.npz) when given."""
@@ -297,10 +289,10 @@ def load_pd_knee(path, slice_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         labels[data == value] = bone
     turned = nib.orientations.apply_orientation(labels, orientation)
     affine = affine @ nib.orientations.inv_ornt_aff(orientation, data.shape)
-    factor = spacing_of(affine)[0] / slice_mm
+    factor, before = spacing_of(affine)[0] / slice_mm, turned.shape[0]
     if factor > 1:
         values = np.arange(turned.max() + 1)
         scores = [ndimage.zoom((turned == v).astype(np.float32), (factor, 1, 1), order=1) for v in values]
         turned = values[np.argmax(scores, axis=0)].astype(np.uint8)
-        affine = affine @ np.diag([(data.shape[2] - 1) / (turned.shape[0] - 1), 1.0, 1.0, 1.0])  # zoom keeps the end voxels
+        affine = affine @ np.diag([(before - 1) / (turned.shape[0] - 1), 1.0, 1.0, 1.0])  # zoom keeps end voxels
     return np.ascontiguousarray(turned), affine
