@@ -235,14 +235,10 @@ def _progress_printer(mode):
 
 def cmd_segment(args):
     """Options, the output folder and the model are checked before the series is read and segmented."""
-    import time
-
-    from mskai.io import output_folder
-    from mskai.models.registry import find_model
-    from mskai.segment.infer import SegmentOptions, segment_volume
-    from mskai.segment.labels import labels_from_table
-    from mskai.segment.outputs import parse_formats, write_outputs
+    from mskai.segment.infer import SegmentOptions
+    from mskai.segment.outputs import parse_formats
     from mskai.segment.postprocess import PostprocessOptions
+    from mskai.segment.run import segment_to_folder
 
     formats = parse_formats(args.formats)
     post = PostprocessOptions.from_settings(enabled=not args.no_postprocess, fill_holes=not args.no_fill_holes,
@@ -253,25 +249,22 @@ def cmd_segment(args):
                                             min_volume_ml=args.min_volume_ml)
     options = SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
                              batch_size=args.batch_size, slab=_parse_slab(args.slab),
-                             check_compatibility=not args.no_input_check, postprocess=post)
-    with output_folder(args.output, "segmentation") as staging:
-        t = time.perf_counter()
-        package = find_model(args.model, task="segmentation")
-        volume = _input_volume(args)
-        load_s = time.perf_counter() - t
-        result = segment_volume(volume, package, options, progress=_progress_printer(args.progress))
-        del volume
-        timings = {"load": load_s, **result.timings}
-        out = write_outputs(result.labels, staging, model=package, timings=timings, settings=result.settings,
-                            formats=formats, dicom_seg=args.dicom_seg,
-                            table=labels_from_table(package.metadata["labels"]))
+                             check_compatibility=not args.no_input_check, confidence=args.confidence,
+                             postprocess=post)
+    out = segment_to_folder(lambda: _input_volume(args), args.model, args.output, options=options, formats=formats,
+                            dicom_seg=args.dicom_seg, progress=_progress_printer(args.progress))
     report = out["report"]
-    if package.metadata["demo"]:
+    if report["model"]["demo"]:
         print("NOTE: demo model trained on synthetic data - not for clinical use.", file=sys.stderr)
-    print(f"{'bone':<8} {'volume mL':>10} {'surface cm2':>12}")
+    with_confidence = report.get("confidence") is not None
+    print(f"{'bone':<8} {'volume mL':>10} {'surface cm2':>12}" + (f" {'confidence':>10}" if with_confidence else ""))
     for bone in report["bones"]:
         area = bone["surface_area_cm2"]
-        print(f"{bone['name']:<8} {bone['volume_ml']:>10.1f} {area if area is not None else '-':>12}")
+        line = f"{bone['name']:<8} {bone['volume_ml']:>10.1f} {area if area is not None else '-':>12}"
+        if with_confidence:
+            mean = bone["mean_confidence"]
+            line += f" {f'{mean:.2f}' if mean is not None else '-':>10}"
+        print(line)
     print(f"Wrote {sum(len(v) if isinstance(v, list) else 1 for v in out['files'].values())} files to {args.output} "
           f"in {sum(report['timings_s'].values()):.1f} s")
     return 0
@@ -438,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write a DICOM SEG referencing the source series (it carries the patient's identity)")
     p.add_argument("--no-input-check", action="store_true", help="run even on a modality/plane the model does not expect")
+    p.add_argument("--confidence", action="store_true",
+                   help="also write confidence.nrrd (per voxel, percent: 100 = the network is sure of one class, "
+                        "0 = unsure or outside --slab) and each bone's mean confidence in the report")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.set_defaults(func=cmd_segment)
 

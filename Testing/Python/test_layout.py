@@ -25,8 +25,19 @@ def test_modules_have_the_scripted_module_layout():
             assert (folder / resource.replace("${MODULE_NAME}", module)).is_file(), resource
         py_compile.compile(str(folder / f"{module}.py"), doraise=True)
         source = (folder / f"{module}.py").read_text()
-        for cls in (module, f"{module}Widget", f"{module}Logic", f"{module}Test"):
+        for cls in (module, f"{module}Widget", f"{module}Test"):
             assert f"class {cls}(" in source
+        library = "".join(p.read_text() for p in (folder / f"{module}Lib").glob("*.py"))
+        assert f"class {module}Logic" in source + library  # the logic lives in <Module>Lib/ (slicer-core alone)
+
+
+def test_cmake_installs_every_python_file_of_each_module():
+    for module in MODULES:
+        folder = REPO / module
+        cmake = (folder / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", module)
+        listed = set(re.findall(r"^\s*(\S+\.py)\s*$", cmake, re.MULTILINE))
+        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
+        assert listed == present, module
 
 
 def test_mskai_never_imports_slicer_or_qt():

@@ -149,6 +149,20 @@ class DicomDatabase:
         return [str(self.folder / r["Filename"]) if not os.path.isabs(r["Filename"]) else r["Filename"]
                 for r in rows if r["Filename"]]
 
+    def files_for_instances(self, sop_instance_uids) -> list[str]:
+        """Absolute paths of the files holding the given SOP Instance UIDs; MskaiError naming how many are missing."""
+        uids = list(dict.fromkeys(sop_instance_uids))
+        paths = []
+        for start in range(0, len(uids), 500):  # SQLite caps the number of query parameters
+            chunk = uids[start:start + 500]
+            rows = self._query(f"SELECT Filename FROM Images WHERE SOPInstanceUID IN ({','.join('?' * len(chunk))})",
+                               chunk)
+            paths += [r["Filename"] if os.path.isabs(r["Filename"]) else str(self.folder / r["Filename"])
+                      for r in rows if r["Filename"]]
+        if len(paths) != len(uids):
+            raise MskaiError(f"{len(uids) - len(paths)} of {len(uids)} images are not in the DICOM database {self.file}")
+        return paths
+
     def scan(self, series_uids=None) -> ScanReport:
         """Read the headers of the files of the given series (all series by default).
 

@@ -30,6 +30,7 @@ class SegmentOptions:
     batch_size: int = 2
     slab: tuple | None = None  # (low, high, "mm" | "slices"): superior-inferior range to segment
     check_compatibility: bool = True  # refuse a modality or plane the model was not made for
+    confidence: bool = False  # also return the per-voxel confidence map (SegmentResult.confidence)
     postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
 
     def __post_init__(self):
@@ -46,6 +47,9 @@ class SegmentResult:
     labels: Volume  # uint8 label map on the input grid
     timings: dict  # seconds per stage
     settings: dict  # what was actually used (spacing, batch size, device, fallbacks)
+    # uint8 percent (0-100) on the input grid: 100 * (1 - H(p) / log C) of the network's class probabilities,
+    # rounded; 0 outside a slab (nothing was predicted there). None unless SegmentOptions.confidence.
+    confidence: Volume | None = None
 
 
 def _device(name: str) -> torch.device:
@@ -198,7 +202,9 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     t = time.perf_counter()
     progress("postprocess", 0.0)
     labels = np.zeros(volume.shape, dtype=np.uint8)
-    argmax_on_grid(probabilities, crop_shape, out=grid.to_canonical(labels)[crop])  # a view: fills labels
+    confidence = np.zeros(volume.shape, dtype=np.uint8) if options.confidence else None  # 0 outside the slab
+    argmax_on_grid(probabilities, crop_shape, out=grid.to_canonical(labels)[crop],  # views: fill the input-ordered maps
+                   confidence_out=None if confidence is None else grid.to_canonical(confidence)[crop])
     del probabilities
     anatomy_known = all(BONE_VALUES.get(label.name) == label.value for label in labels_table)  # our bone numbering
     clean_labels(labels, [label.value for label in labels_table], options.postprocess,
@@ -207,4 +213,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     timings["postprocess"] = time.perf_counter() - t
     progress("postprocess", 1.0)
     meta = {k: v for k, v in volume.meta.items() if k in ("modality", "plane", "series_uid", "frame_files")}
-    return SegmentResult(Volume(labels, volume.affine_lps.copy(), label="bones", meta=meta), timings, settings)
+    if confidence is not None:
+        confidence = Volume(confidence, volume.affine_lps.copy(), label="confidence", meta=dict(meta))
+    return SegmentResult(Volume(labels, volume.affine_lps.copy(), label="bones", meta=meta), timings, settings,
+                         confidence)

@@ -87,17 +87,72 @@ def write_dicom_seg(labels: Volume, path, model_id: str, model_version: str, tab
     return Path(path)
 
 
-def bone_statistics(labels: Volume, table=BONES, surfaces=None) -> list[dict]:
-    """Per bone: voxels, volume (mL, from the real voxel size), surface area, bounding box in LPS mm."""
+CONFIDENCE_FILE = "confidence.nrrd"
+CONFIDENCE_DESCRIPTION = {
+    "file": CONFIDENCE_FILE,
+    "definition": "1 - H(p)/log(C): one minus the normalised entropy of the network's C class probabilities "
+                  "(background included), interpolated onto the input grid; 1 = one class certain, 0 = all "
+                  "classes equally likely",
+    "stored_as": "uint8 percent (0-100, rounded)",
+    "outside_slab": 0,
+    "per_bone": "mean_confidence, p05_confidence (5th percentile, a value of the map) and uncertain_fraction "
+                "(share of the bone's voxels below 0.5) over the bone's voxels of the final labels",
+}
+
+
+def _check_confidence_grid(labels: Volume, confidence: Volume):
+    if confidence.shape != labels.shape or not np.allclose(confidence.affine_lps, labels.affine_lps, atol=1e-4):
+        raise MskaiError(f"The confidence map {confidence.shape} is not on the label map's grid {labels.shape}")
+
+
+def confidence_histograms(labels: Volume, confidence: Volume) -> np.ndarray:
+    """256 x 101 voxel counts: [label value, confidence percent]. Counted in blocks (bounded memory).
+
+    confidence: uint8 percent (0-100, the stored form) or float in [0, 1] (rounded to percent; NaN counts as 0).
+    """
+    _check_confidence_grid(labels, confidence)
+    flat = np.asarray(labels.array).reshape(-1)
+    conf = np.asarray(confidence.array).reshape(-1)
+    histogram = np.zeros(256 * 101, dtype=np.int64)
+    block = 2**22
+    for i in range(0, flat.size, block):
+        c = conf[i:i + block]
+        if c.dtype.kind == "f":
+            c = np.rint(np.clip(np.nan_to_num(c, nan=0.0), 0.0, 1.0) * 100)
+        elif c.size and int(c.max()) > 100:
+            raise MskaiError("A confidence map in percent holds values above 100")
+        index = np.clip(flat[i:i + block], 0, 255).astype(np.int64) * 101 + c.astype(np.int64)
+        histogram += np.bincount(index, minlength=256 * 101)
+    return histogram.reshape(256, 101)
+
+
+def _confidence_numbers(histogram: np.ndarray) -> dict:
+    """mean, 5th percentile (the lowest value at or above 5 % of the voxels) and share below 0.5 of one bone."""
+    n = int(histogram.sum())
+    if n == 0:
+        return {"mean_confidence": None, "p05_confidence": None, "uncertain_fraction": None}
+    percent = np.arange(101)
+    p05 = int(np.searchsorted(np.cumsum(histogram), 0.05 * n))  # inverted CDF: a value that occurs in the map
+    return {"mean_confidence": round(float(histogram @ percent) / n / 100, 4),
+            "p05_confidence": round(p05 / 100, 2),
+            "uncertain_fraction": round(float(histogram[:50].sum()) / n, 4)}
+
+
+def bone_statistics(labels: Volume, table=BONES, surfaces=None, confidence: Volume | None = None) -> list[dict]:
+    """Per bone: voxels, volume (mL, from the real voxel size), surface area, bounding box in LPS mm; with a
+    confidence map (see CONFIDENCE_DESCRIPTION) also mean_confidence, p05_confidence and uncertain_fraction
+    over the bone's voxels (None without a map or when the bone is absent)."""
     voxel_ml = float(abs(np.linalg.det(labels.affine_lps[:3, :3]))) / 1000.0
     flat = np.asarray(labels.array).reshape(-1)  # counted in blocks: bincount widens to int64 (8x the labels)
     counts = sum(np.bincount(flat[i:i + 2**24], minlength=256) for i in range(0, flat.size, 2**24))
+    histograms = confidence_histograms(labels, confidence) if confidence is not None else None
     boxes = ndimage.find_objects(labels.array)
     rows = []
     for label in table:
         row = {"value": label.value, "name": label.name, "snomed_code": label.snomed_code,
                "voxels": int(counts[label.value]), "volume_ml": round(counts[label.value] * voxel_ml, 3),
-               "surface_area_cm2": None, "bbox_lps_min_mm": None, "bbox_lps_max_mm": None}
+               "surface_area_cm2": None, "bbox_lps_min_mm": None, "bbox_lps_max_mm": None,
+               **_confidence_numbers(histograms[label.value] if histograms is not None else np.zeros(101))}
         box = boxes[label.value - 1] if label.value <= len(boxes) else None
         if box is not None:
             corners = np.array([[s.start - 0.5, s.stop - 0.5][c] for s in box for c in (0, 1)]).reshape(3, 2)
@@ -119,7 +174,7 @@ def write_report(report: dict, folder) -> tuple[Path, Path]:
         tmp.write_text(json.dumps(report, indent=2))
     buffer = io.StringIO()
     fields = ["value", "name", "snomed_code", "voxels", "volume_ml", "surface_area_cm2", "bbox_lps_min_mm",
-              "bbox_lps_max_mm"]
+              "bbox_lps_max_mm", "mean_confidence", "p05_confidence", "uncertain_fraction"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for row in report["bones"]:
@@ -152,7 +207,7 @@ def merge_binary_masks(masks: dict) -> np.ndarray:
     return out
 
 
-def _from_segment_masks(masks, ijk_to_lps, table) -> Volume:
+def label_map_from_segments(masks, ijk_to_lps, table) -> Volume:
     """Per-segment masks [(name, SNOMED code, bool array)] -> label map of ``table`` (matched by code or name)."""
     by_value = {}
     for name, code, mask in masks:
@@ -178,7 +233,7 @@ def read_segmentation(path, table=BONES) -> Volume:
             code = kind[1]
             voxels = seg["voxels"] if seg["voxels"].ndim == 3 else seg["voxels"][segment.get("layer", 0)]
             masks.append((segment["name"], code, voxels == segment["labelValue"]))
-        return _from_segment_masks(masks, np.asarray(seg["ijkToLPS"]), table)
+        return label_map_from_segments(masks, np.asarray(seg["ijkToLPS"]), table)
     if kind in (".dcm", "") and path.is_file():
         return _read_dicom_seg(path, table)
     volume = read_volume_file(path)
@@ -205,7 +260,7 @@ def _read_dicom_seg(path, table) -> Volume:
     for i, number in enumerate(seg.segment_numbers):
         desc = seg.get_segment_description(number)
         masks.append((desc.segment_label, desc.segmented_property_type.value, volume.array[..., i] > 0))
-    return _from_segment_masks(masks, volume.affine, table)
+    return label_map_from_segments(masks, volume.affine, table)
 
 
 FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "stl", "ply", "obj", "report")
@@ -222,19 +277,28 @@ def parse_formats(text: str) -> tuple:
 
 
 def write_outputs(labels: Volume, folder, *, model, timings: dict, settings: dict, formats=("nii.gz", "nrrd",
-                  "seg.nrrd", "stl", "report"), dicom_seg: bool = False, table=BONES) -> dict:
-    """Write every requested output into ``folder``; returns {kind: path(s)} and the report dict."""
+                  "seg.nrrd", "stl", "report"), dicom_seg: bool = False, table=BONES,
+                  confidence: Volume | None = None) -> dict:
+    """Write every requested output into ``folder``; returns {kind: path(s)} and the report dict.
+
+    confidence: a confidence map on the labels' grid (``SegmentResult.confidence``): written as confidence.nrrd
+    (whatever ``formats`` says) and summarised per bone in the report.
+    """
     import time
 
     from mskai.segment.meshes import surface, write_mesh
 
     folder = Path(folder)
+    if confidence is not None:
+        _check_confidence_grid(labels, confidence)  # before anything is written
     written, t = {}, time.perf_counter()
     for ext in ("nii.gz", "nrrd"):
         if ext in formats:
             written[f"labelmap_{ext}"] = str(write_volume(labels, folder / f"labels.{ext}"))
     if "seg.nrrd" in formats:
         written["seg_nrrd"] = str(write_seg_nrrd(labels, folder / "segmentation.seg.nrrd", table))
+    if confidence is not None:
+        written["confidence_nrrd"] = str(write_volume(confidence, folder / CONFIDENCE_FILE))
     timings["write_volumes"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -258,7 +322,8 @@ def write_outputs(labels: Volume, folder, *, model, timings: dict, settings: dic
         "input": {"shape": list(labels.shape), "spacing_mm": [round(float(s), 4) for s in labels.spacing],
                   "plane": labels.meta.get("plane")},
         "settings": settings,
-        "bones": bone_statistics(labels, table, surfaces),
+        "confidence": CONFIDENCE_DESCRIPTION if confidence is not None else None,
+        "bones": bone_statistics(labels, table, surfaces, confidence),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "files": {k: ([Path(p).name for p in v] if isinstance(v, list) else Path(v).name) for k, v in written.items()},
     }

@@ -176,14 +176,42 @@ def _resampled_slabs(planes, source_shape, shape, slab_voxels):
                                          align_corners=False)[0]
 
 
-def argmax_on_grid(probabilities: torch.Tensor, shape, slab_voxels: int = 8_000_000, out=None) -> np.ndarray:
+def confidence_from_probabilities(probabilities: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """Per-voxel confidence 1 - H(p) / log(C) from class probabilities (C x ...): 0 uniform, 1 one class certain.
+
+    H is the Shannon entropy over the C classes (0 log 0 = 0). in_place: overwrite ``probabilities`` (a slab that
+    is not needed afterwards) instead of allocating a per-class temporary.
+    """
+    n_classes = probabilities.shape[0]
+    if n_classes < 2:
+        return torch.ones(probabilities.shape[1:], dtype=torch.float32)
+    p = probabilities if in_place else probabilities.float().clone()
+    p.nan_to_num_(0.0).clamp_(0.0, 1.0)  # guards against rounding below 0 (and a broken network's NaN)
+    torch.special.xlogy(p, p, out=p)  # p log p, 0 where p == 0
+    entropy = p[0].neg()
+    for c in range(1, n_classes):
+        entropy.sub_(p[c])
+    return entropy.div_(-math.log(n_classes)).add_(1.0).clamp_(0.0, 1.0)
+
+
+def confidence_percent(probabilities: torch.Tensor, in_place: bool = False) -> np.ndarray:
+    """``confidence_from_probabilities`` as uint8 percent (0-100, rounded), the stored form of the map."""
+    return confidence_from_probabilities(probabilities, in_place).mul_(100.0).round_().to(torch.uint8).numpy()
+
+
+def argmax_on_grid(probabilities: torch.Tensor, shape, slab_voxels: int = 8_000_000, out=None,
+                   confidence_out=None) -> np.ndarray:
     """Label map on ``shape`` from class probabilities (C x d x h x w) on another grid of the same extent.
 
     Probabilities are interpolated trilinearly and the argmax taken slab by slab, so memory stays bounded.
     out: a uint8 array (or a view, e.g. the input-ordered label map seen in canonical order) to fill.
+    confidence_out: None, or a uint8 array (or view) of ``shape`` to fill in the same pass with the confidence
+    (``confidence_percent``) of the interpolated probabilities.
     """
     out = np.empty(shape, dtype=np.uint8) if out is None else out
     planes = lambda first, last: probabilities[:, :, :, first:last + 1].float().contiguous()  # noqa: E731
     for start, stop, slab in _resampled_slabs(planes, probabilities.shape, shape, slab_voxels):
         out[:, :, start:stop] = _argmax_first_axis(slab)
+        if confidence_out is not None:
+            confidence_out[:, :, start:stop] = confidence_percent(slab, in_place=True)  # the slab is done with
     return out

@@ -1,0 +1,139 @@
+"""One segmentation run of the engine in a background process, and its result brought into the scene."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mskai import MskaiError
+from mskai.engine import EngineJob
+from mskai.io import write_volume
+
+from .nodes import new_table, remove_node, volume_from_node
+from .segmentations import add_confidence_node, least_certain, load_segmentation, statistics_rows
+
+
+@dataclass
+class SegmentationOptions:
+    """What the user chose; turned into `mskai segment` arguments."""
+
+    model: str | None = None  # id[@version] or package path; None: the default bone model
+    device: str = "auto"  # auto | cpu | cuda
+    fast: bool = False
+    confidence: bool = False
+    slab: tuple | None = None  # (low, high) patient S coordinate in mm
+    postprocess: bool = True
+    fillHoles: bool = True
+    anatomical: bool = True
+    smoothing: float = 0.5  # closed-surface smoothing factor (0-1)
+
+    def engine_arguments(self) -> list[str]:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MskaiError(f"Device must be auto, cpu or cuda, not {self.device!r}")
+        if not 0.0 <= float(self.smoothing) <= 1.0:
+            raise MskaiError(f"Surface smoothing must be from 0 to 1, not {self.smoothing!r}")
+        args = ["--device", self.device, "--formats", "seg.nrrd,report"]
+        if self.model:
+            args += ["--model", str(self.model)]
+        if self.slab is not None:
+            low, high = (float(v) for v in self.slab)
+            args += [f"--slab={low:g}:{high:g}mm"]  # '=': a negative bound is not read as an option
+        flags = {"--fast": self.fast, "--confidence": self.confidence, "--no-postprocess": not self.postprocess,
+                 "--no-fill-holes": not self.fillHoles, "--no-anatomical-cleanup": not self.anatomical}
+        return args + [flag for flag, on in flags.items() if on]
+
+
+class SegmentationJob:
+    """Runs `mskai segment` on a volume node in another process; ``poll()`` (from a GUI timer) reports progress and,
+    once finished, adds the result to the scene and calls ``onFinished(result)``.
+
+    result: {"segmentation", "confidence", "table", "leastCertain", "report"}, or {"error": message}, or
+    {"cancelled": True}. Nothing is added to the scene unless the run succeeds.
+    """
+
+    def __init__(self, scene, volumeNode, options: SegmentationOptions, onProgress=None, onFinished=None):
+        self.scene, self.volumeNode, self.options = scene, volumeNode, options
+        self.onProgress, self.onFinished = onProgress, onFinished
+        self.result = None
+        arguments = options.engine_arguments()  # bad options fail here, before anything is written
+        volume = volume_from_node(volumeNode)
+        self._work = Path(tempfile.mkdtemp(prefix="AutoSegMSK-"))
+        try:
+            source = write_volume(volume, self._work / "input.nrrd")  # a fixed name: node names may name the patient
+            self._output = self._work / "result"
+            self._engine = EngineJob(["segment", str(source), "-o", str(self._output), "--progress", "json",
+                                      *arguments], output=self._output)
+            self._engine.start()
+        except BaseException:
+            shutil.rmtree(self._work, ignore_errors=True)
+            raise
+
+    def poll(self) -> bool:
+        """Forward new progress; True once the job has finished (then ``result`` is set)."""
+        if self.result is not None:
+            return True
+        for event in self._engine.poll():
+            if self.onProgress and "stage" in event:
+                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
+        if self._engine.running:
+            return False
+        self._engine.wait()
+        if self._engine.state == "done":
+            self._finish(self._load)
+        elif self._engine.state == "cancelled":
+            self._finish(lambda: {"cancelled": True})
+        else:
+            self._finish(lambda: {"error": self._engine.error or "The segmentation engine failed"})
+        return True
+
+    def wait(self, poll_s: float = 0.1) -> dict:
+        """Block until finished; returns the result."""
+        while not self.poll():
+            time.sleep(poll_s)
+        return self.result
+
+    def cancel(self):
+        """End the engine process tree; the scene is left as it was."""
+        if self.result is None:
+            self._engine.cancel()
+            self.poll()
+
+    def _finish(self, make_result):
+        try:
+            self.result = make_result()
+        except MskaiError as exc:
+            self.result = {"error": str(exc)}
+        finally:
+            shutil.rmtree(self._work, ignore_errors=True)
+        if self.onFinished:
+            self.onFinished(self.result)
+
+    def _load(self) -> dict:
+        """Bring the engine's files into the scene, all or nothing."""
+        scene, volume, name = self.scene, self.volumeNode, self.volumeNode.GetName()
+        report = json.loads((self._output / "report.json").read_text())
+        added = []
+        try:
+            segmentation = load_segmentation(scene, self._output / "segmentation.seg.nrrd", f"{name} bones", volume,
+                                              self.options.smoothing)
+            added.append(segmentation)
+            model = report["model"]
+            segmentation.SetAttribute("AutoSegMSK.model", f"{model['id']}@{model['version']}")
+            segmentation.SetAttribute("AutoSegMSK.demo", str(bool(model["demo"])).lower())
+            confidence = None
+            if self.options.confidence:
+                confidence = add_confidence_node(scene, self._output / "confidence.nrrd", f"{name} confidence", volume)
+                added.append(confidence)
+            rows = statistics_rows(scene, segmentation, confidence)
+            table = new_table(scene, f"{name} bone statistics", rows)
+            added.append(table)
+        except BaseException:
+            for node in reversed(added):
+                remove_node(scene, node)
+            raise
+        return {"segmentation": segmentation, "confidence": confidence, "table": table,
+                "leastCertain": least_certain(rows), "report": report}

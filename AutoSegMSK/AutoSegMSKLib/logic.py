@@ -1,0 +1,155 @@
+"""AutoSegMSKLogic: what the AutoSegMSK module does, on any MRML scene (Slicer's, or slicer-core's in tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mskai import MskaiError
+
+from . import segmentations as seg
+from .job import SegmentationJob, SegmentationOptions
+from .nodes import new_table, show_overlay
+
+
+class AutoSegMSKLogic:
+    """Runs the mskai bone engine on volume nodes and the DICOM database; holds no widget references.
+
+    scene: a vtkMRMLScene (``slicer.mrmlScene`` in the application).
+    Segmentation options (keyword arguments of segmentVolume / startSegmentation): model (id[@version] or
+    package path; default: the bundled bone model), device ("auto", "cpu", "cuda"), fast, confidence,
+    slab ((low, high) patient S in mm), postprocess, fillHoles, anatomical, smoothing (surface smoothing 0-1).
+    """
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    # --- models and inputs ---------------------------------------------------------------------------
+
+    @staticmethod
+    def models() -> list[dict]:
+        """Installed bone models: id, version, description, demo flag and a display title."""
+        from mskai.models.registry import list_models
+
+        return [{"id": p.id, "version": p.version, "description": p.metadata.get("description", ""),
+                 "demo": bool(p.metadata["demo"]),
+                 "title": f"{p.id} {p.version}" + (" (DEMO - not for clinical use)" if p.metadata["demo"] else "")}
+                for p in list_models(task="segmentation")]
+
+    @staticmethod
+    def databaseSeries(databaseDir, modality="MR") -> list[dict]:
+        """The image series of a Slicer DICOM database with their plane and size, for choosing an input.
+
+        The rows name patients and studies: they are for display in the user's own Slicer, never written out.
+        """
+        from mskai.dicom import DicomDatabase, plan_volumes
+
+        rows = []
+        with DicomDatabase(databaseDir) as database:
+            for series in database.scan().series:
+                if not series.is_image or (modality and series.modality != modality):
+                    continue
+                try:
+                    plans = plan_volumes(series)
+                except MskaiError as exc:
+                    plans, problem = [], str(exc)
+                else:
+                    problem = next((p.problem for p in plans if p.problem), "")
+                rows.append({"seriesUID": series.uid, "patient": series.patient_name or series.patient_id or "",
+                             "study": series.study_description or series.study_date or "",
+                             "description": series.description or "", "files": len(series.files),
+                             "plane": "/".join(sorted({p.plane.name for p in plans if p.plane})) or "?",
+                             "size": ", ".join(sorted({"x".join(map(str, p.shape)) for p in plans})),
+                             "problem": problem})
+        return rows
+
+    # --- segmentation --------------------------------------------------------------------------------
+
+    def startSegmentation(self, volumeNode, onProgress=None, onFinished=None, **options) -> SegmentationJob:
+        """Start the engine on ``volumeNode`` in a background process and return at once.
+
+        Call ``job.poll()`` from a timer: it calls ``onProgress(stage, fraction)`` and, once, ``onFinished(result)``
+        (see SegmentationJob). ``job.cancel()`` ends the process and leaves the scene as it was.
+        """
+        return SegmentationJob(self.scene, volumeNode, SegmentationOptions(**options), onProgress, onFinished)
+
+    def segmentVolume(self, volumeNode, model=None, fast=False, confidence=False, **options):
+        """Segment ``volumeNode`` and block until done; returns the new vtkMRMLSegmentationNode.
+
+        The full result (confidence volume, statistics table, least certain bones) is kept in ``lastResult``.
+        Raises MskaiError with the engine's message when the run fails.
+        """
+        job = self.startSegmentation(volumeNode, model=model, fast=fast, confidence=confidence, **options)
+        result = job.wait()
+        if "error" in result:
+            raise MskaiError(result["error"])
+        if result.get("cancelled"):
+            raise MskaiError("Segmentation cancelled")
+        self.lastResult = result
+        return result["segmentation"]
+
+    def showConfidence(self, volumeNode, confidenceNode, opacity=0.4):
+        """Show the confidence map (red: uncertain, green: certain) over the input in every slice view."""
+        show_overlay(self.scene, volumeNode, confidenceNode, opacity)
+
+    # --- tables --------------------------------------------------------------------------------------
+
+    def statisticsTable(self, segmentationNode, confidenceNode=None, csvPath=None):
+        """A table node of per-bone volume (mL), surface area (cm2) and, with a confidence map, mean confidence;
+        computed from the segmentation as it is now. Also written as CSV when ``csvPath`` is given."""
+        rows = seg.statistics_rows(self.scene, segmentationNode, confidenceNode)
+        if csvPath:
+            _write_csv(rows, csvPath)
+        return new_table(self.scene, f"{segmentationNode.GetName()} statistics", rows)
+
+    def compare(self, segmentationNode, referenceSegmentationNode):
+        """A table node of Dice, HD95, mean surface distance and volume error per bone against a reference."""
+        rows = seg.compare_rows(self.scene, segmentationNode, referenceSegmentationNode)
+        return new_table(self.scene, f"{segmentationNode.GetName()} vs {referenceSegmentationNode.GetName()}", rows)
+
+    # --- export --------------------------------------------------------------------------------------
+
+    def exportModels(self, segmentationNode, folder, segmentNames=None, formats=("stl",)) -> list[str]:
+        """Write surfaces of the chosen segments (all by default) as STL/OBJ/PLY files (LPS mm) into ``folder``."""
+        return seg.export_models(segmentationNode, folder, segmentNames, tuple(formats))
+
+    def exportSegNrrd(self, segmentationNode, path) -> str:
+        """Save the segmentation as .seg.nrrd with Slicer's storage node."""
+        return seg.write_seg_nrrd(self.scene, segmentationNode, path)
+
+    def exportDicomSeg(self, segmentationNode, volumeNode, databaseDir, importer=None) -> str:
+        """Write a DICOM SEG of the segmentation that references the DICOM series ``volumeNode`` was loaded from,
+        and add it to the database (``importer(folder)`` when given: Slicer's own importer in the application).
+
+        The SEG carries the patient and study of its source series, as DICOM requires.
+        """
+        from .dicom_seg import export_dicom_seg
+
+        return export_dicom_seg(self.scene, segmentationNode, volumeNode, databaseDir, importer)
+
+    # --- batch ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def processDatabase(databaseDir, outputDir, resume=True, seriesFilter=None, model=None, **options) -> dict:
+        """Segment every MR image series of a DICOM database, each into its own folder under ``outputDir``.
+
+        Shares `mskai batch segment`'s runner: a failing series is recorded and the batch goes on; with ``resume``
+        finished series are skipped. seriesFilter: a callable taking a series summary dict, True to process it.
+        Returns {"done", "skipped", "failed"}, also written to ``outputDir``/report.json and report.csv.
+        """
+        from mskai.batch import run_batch
+
+        return run_batch(databaseDir, outputDir, resume=resume, series_filter=seriesFilter, model=model, **options)
+
+
+def _write_csv(rows, path):
+    import csv
+    import io
+
+    from mskai.io import atomic_output
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(buffer.getvalue())

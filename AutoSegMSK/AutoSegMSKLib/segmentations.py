@@ -1,0 +1,234 @@
+"""Segmentation nodes: load the engine's result, read masks back, statistics, export and comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+from mskai import MskaiError
+from mskai.segment.labels import BONES
+from mskai.volume import LPS_TO_RAS, Volume
+
+from .nodes import add_volume_node, ijk_to_ras, node_array, place_beside
+
+_HEADLESS_LOGIC = {}
+
+
+def segmentations_logic(scene):
+    """Slicer's segmentations logic: the application's, or (outside the app) one bound to ``scene`` so that the
+    conversion rules (labelmap -> closed surface) are registered."""
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "segmentations"):
+        return modules.segmentations.logic()
+    logic = _HEADLESS_LOGIC.get(id(scene))
+    if logic is None or logic.GetMRMLScene() is not scene:
+        logic = slicer.vtkSlicerSegmentationsModuleLogic()
+        logic.SetMRMLScene(scene)
+        _HEADLESS_LOGIC[id(scene)] = logic
+    return logic
+
+
+def load_segmentation(scene, path, name: str, reference, smoothing: float = 0.5):
+    """A new segmentation node read from a .seg.nrrd by Slicer's own storage node (names, colours and
+    terminology come from the file), on the geometry of ``reference``, placed beside it, with closed surfaces."""
+    segmentations_logic(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    try:
+        if not storage.ReadData(node):
+            raise MskaiError(f"Slicer could not read the engine's segmentation {Path(path).name}")
+    except MskaiError:
+        scene.RemoveNode(node)
+        raise
+    finally:
+        scene.RemoveNode(storage)  # the node is a new, unsaved result: it must not point at a temporary file
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    node.CreateDefaultDisplayNodes()
+    node.GetSegmentation().SetConversionParameter("Smoothing factor", f"{smoothing:g}")
+    node.CreateClosedSurfaceRepresentation()
+    node.GetDisplayNode().SetPreferredDisplayRepresentationName3D("Closed surface")
+    place_beside(scene, node, reference)
+    return node
+
+
+def segment_ids(node) -> list[str]:
+    segmentation = node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def snomed_type_code(segment) -> str | None:
+    """The SNOMED code of a segment's terminology type (``...~SCT^71341001^Femur~...``), if any."""
+    parts = (segment.GetTerminology() or "").split("~")
+    fields = parts[2].split("^") if len(parts) > 2 else []
+    return fields[1] if len(fields) > 1 and fields[1] else None
+
+
+def segment_masks(scene, node, reference) -> list[tuple]:
+    """[(name, SNOMED code, bool [i, j, k] mask on the grid of the volume node ``reference``)] per segment."""
+    logic = segmentations_logic(scene)
+    masks = []
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        for segment_id in segment_ids(node):
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segment_id)
+            if not logic.ExportSegmentsToLabelmapNode(node, ids, labelmap, reference):
+                raise MskaiError(f"Cannot export segment {segment_id!r} of {node.GetName()!r}")
+            segment = node.GetSegmentation().GetSegment(segment_id)
+            masks.append((segment.GetName(), snomed_type_code(segment), node_array(labelmap) > 0))
+    finally:
+        if labelmap.GetDisplayNode() is not None:
+            scene.RemoveNode(labelmap.GetDisplayNode())
+        scene.RemoveNode(labelmap)
+    return masks
+
+
+def label_volume(scene, node, reference, table=BONES) -> Volume:
+    """The bone label map (values of ``table``, segments matched by SNOMED code or name) on ``reference``'s grid."""
+    from mskai.segment.outputs import label_map_from_segments
+
+    return label_map_from_segments(segment_masks(scene, node, reference), LPS_TO_RAS @ ijk_to_ras(reference), table)
+
+
+def reference_volume(node):
+    """The volume a segmentation node takes its geometry from."""
+    reference = node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    if reference is None:
+        raise MskaiError(f"Segmentation {node.GetName()!r} has no reference volume (its geometry is unknown)")
+    return reference
+
+
+def surface_area_cm2(node, segment_id) -> float | None:
+    polydata = vtk.vtkPolyData()
+    if not node.GetClosedSurfaceRepresentation(segment_id, polydata) or polydata.GetNumberOfPoints() == 0:
+        return None
+    triangles = vtk.vtkTriangleFilter()
+    triangles.SetInputData(polydata)
+    mass = vtk.vtkMassProperties()
+    mass.SetInputConnection(triangles.GetOutputPort())
+    mass.Update()
+    return round(mass.GetSurfaceArea() / 100.0, 3)
+
+
+def statistics_rows(scene, node, confidence=None) -> list[dict]:
+    """Per segment: volume (mL), surface area (cm2) and, with a confidence volume, its mean and the fraction of
+    voxels below 0.5 inside the segment. Computed from the node as it is now (after any edits)."""
+    reference = confidence if confidence is not None else reference_volume(node)
+    voxel_ml = abs(np.linalg.det(ijk_to_ras(reference)[:3, :3])) / 1000.0
+    values = node_array(confidence).astype(np.float32) if confidence is not None else None
+    if values is not None and values.max(initial=0) > 1.0:  # stored as percent
+        values = values / 100.0
+    if not node.GetSegmentation().ContainsRepresentation("Closed surface"):
+        node.CreateClosedSurfaceRepresentation()
+    rows = []
+    for segment_id, (name, code, mask) in zip(segment_ids(node), segment_masks(scene, node, reference)):
+        count = int(np.count_nonzero(mask))
+        row = {"segment": name, "snomed_code": code or "", "volume_ml": round(count * voxel_ml, 3),
+               "surface_area_cm2": surface_area_cm2(node, segment_id) if count else None}
+        if values is not None:
+            inside = values[mask]
+            row["mean_confidence"] = round(float(inside.mean()), 4) if count else None
+            row["uncertain_fraction"] = round(float(np.mean(inside < 0.5)), 4) if count else None
+        rows.append(row)
+    return rows
+
+
+def least_certain(rows) -> list[str]:
+    """Segment names ordered from the least to the most certain (segments without a value left out)."""
+    scored = [r for r in rows if r.get("mean_confidence") is not None]
+    return [r["segment"] for r in sorted(scored, key=lambda r: r["mean_confidence"])]
+
+
+def add_confidence_node(scene, path, name: str, reference):
+    """The engine's confidence map as a volume node beside ``reference``, coloured red (uncertain) to green."""
+    from mskai.io import read_volume_file
+
+    from .nodes import confidence_colors
+
+    node = add_volume_node(scene, read_volume_file(path), name)
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(confidence_colors(scene).GetID())
+    high = 100.0 if node_array(node).max(initial=0) > 1.0 else 1.0
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, high)
+    place_beside(scene, node, reference)
+    return node
+
+
+def export_models(node, folder, segment_names=None, formats=("stl",)) -> list[str]:
+    """Write the closed surfaces of the chosen segments (all by default) as STL / OBJ / PLY in LPS millimetres,
+    like `mskai segment` and Slicer's own model export."""
+    from mskai.io import output_folder
+    from mskai.segment.meshes import write_mesh
+
+    unknown = [f for f in formats if f not in ("stl", "obj", "ply")]
+    if unknown or not formats:
+        raise MskaiError(f"Model formats must be among stl, obj, ply (got {', '.join(formats) or 'none'})")
+    if not node.GetSegmentation().ContainsRepresentation("Closed surface"):
+        node.CreateClosedSurfaceRepresentation()
+    chosen = [(i, node.GetSegmentation().GetSegment(i).GetName()) for i in segment_ids(node)]
+    if segment_names is not None:
+        missing = set(segment_names) - {name for _, name in chosen}
+        if missing:
+            raise MskaiError(f"No segment named {', '.join(sorted(missing))} in {node.GetName()!r}")
+        chosen = [(i, name) for i, name in chosen if name in segment_names]
+    to_lps = vtk.vtkTransform()
+    to_lps.Scale(-1, -1, 1)
+    folder = Path(folder)
+    written = []
+    with output_folder(folder, "models") as staging:
+        for segment_id, name in chosen:
+            polydata = vtk.vtkPolyData()
+            if not node.GetClosedSurfaceRepresentation(segment_id, polydata) or polydata.GetNumberOfPoints() == 0:
+                continue
+            flip = vtk.vtkTransformPolyDataFilter()
+            flip.SetTransform(to_lps)
+            flip.SetInputData(polydata)
+            flip.Update()
+            for ext in formats:
+                write_mesh(flip.GetOutput(), staging / f"{_file_name(name)}.{ext}")
+                written.append(str(folder / f"{_file_name(name)}.{ext}"))
+    if not written:
+        raise MskaiError(f"None of the chosen segments of {node.GetName()!r} has a surface: nothing exported")
+    return written
+
+
+def _file_name(name: str) -> str:
+    """A segment name made safe as a file name (segment names are user-editable text)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_.")
+    return safe[:64] or "segment"
+
+
+def write_seg_nrrd(scene, node, path) -> str:
+    """Save a segmentation node with Slicer's own storage node (.seg.nrrd)."""
+    from mskai.io import atomic_output, suffix_of
+
+    if suffix_of(path) != ".seg.nrrd":
+        raise MskaiError(f"{Path(path).name}: a segmentation file name must end in .seg.nrrd")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    try:
+        with atomic_output(path) as tmp:
+            temporary = Path(str(tmp) + ".seg.nrrd")
+            storage.SetFileName(str(temporary))
+            if not storage.WriteData(node):
+                raise MskaiError(f"Slicer could not write {Path(path).name}")
+            temporary.replace(tmp)
+    finally:
+        scene.RemoveNode(storage)
+    return str(path)
+
+
+def compare_rows(scene, node, reference_node) -> list[dict]:
+    """Dice, HD95, surface distance and volume error per bone of ``node`` against ``reference_node``."""
+    from mskai.segment.metrics import evaluate
+
+    prediction = label_volume(scene, node, reference_volume(node))
+    reference = label_volume(scene, reference_node, reference_volume(reference_node))
+    return [{"bone": r["name"], "dice": r["dice"], "hd95_mm": r["hd95_mm"], "asd_mm": r["asd_mm"],
+             "volume_ml": r["volume_ml"], "reference_volume_ml": r["reference_volume_ml"],
+             "volume_error_ml": r["volume_error_ml"]} for r in evaluate(prediction, reference)]
+

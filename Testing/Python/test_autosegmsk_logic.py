@@ -1,0 +1,259 @@
+"""AutoSegMSKLogic on a real MRML scene (slicer-core): engine process in, segmentation node and tables out.
+
+Nothing here is a test double: the scene, segmentations logic, storage nodes and subject hierarchy are Slicer's
+own (slicer-core), the engine runs as a real `python -m mskai` process, the database is a real ctkDICOM.sql.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import REPO, make_package, run_mskai
+
+sys.path.insert(0, str(REPO / "AutoSegMSK"))
+
+import slicer  # noqa: E402  (the slicer-core wheel: a test dependency, installed by the README command)
+
+from AutoSegMSKLib import AutoSegMSKLogic  # noqa: E402
+from AutoSegMSKLib.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
+from AutoSegMSKLib.segmentations import label_volume, segment_ids  # noqa: E402
+from mskai.dicom import DicomDatabase, index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
+from mskai.io import read_volume_file, write_volume  # noqa: E402
+from mskai.segment.labels import BONES, terminology_tag  # noqa: E402
+
+MODEL_SETTINGS = {"device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def knee_volume(knee_dicom):
+    """Echo 1 of the real knee series: an oblique-sagittal acquisition."""
+    (series,) = scan_folder(knee_dicom).series
+    return read_volume(plan_volumes(series)[0])
+
+
+def _scene_with(volume, name="knee T2"):
+    """A scene holding ``volume`` under patient > study in the subject hierarchy, as Slicer's DICOM loading does."""
+    scene = slicer.vtkMRMLScene()
+    node = add_volume_node(scene, volume, name)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient")
+    study = hierarchy.CreateStudyItem(patient, "study")
+    hierarchy.CreateItem(study, node)  # Slicer's DICOM plugin puts the loaded series under its study
+    return scene, node, study
+
+
+def _node_count(scene):
+    return scene.GetNumberOfNodes()
+
+
+@pytest.fixture(scope="module")
+def knee_result(knee_volume, tmp_path_factory):
+    """The bundled demo model on the real oblique knee, through the logic, with a confidence map."""
+    scene, node, study = _scene_with(knee_volume)
+    logic = AutoSegMSKLogic(scene)
+    segmentation = logic.segmentVolume(node, confidence=True, **MODEL_SETTINGS)
+    return scene, node, study, logic, segmentation, logic.lastResult
+
+
+def test_segment_volume_names_colours_terminology_and_placement(knee_result):
+    scene, node, study, _, segmentation, result = knee_result
+    assert segmentation.IsA("vtkMRMLSegmentationNode") and segmentation.GetName() == "knee T2 bones"
+    assert segmentation.GetAttribute("AutoSegMSK.demo") == "true"
+    seg = segmentation.GetSegmentation()
+    for segment_id, label in zip(segment_ids(segmentation), BONES):
+        segment = seg.GetSegment(segment_id)
+        assert segment.GetName() == label.name
+        assert np.allclose(segment.GetColor(), label.color, atol=1e-3)
+        assert segment.GetTerminology() == terminology_tag(label)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation)) == study
+    reference = segmentation.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    assert reference is node
+    # closed surfaces for the bones the model found on this knee
+    import vtk
+
+    assert seg.ContainsRepresentation("Closed surface")
+    for name in ("femur", "tibia"):
+        polydata = vtk.vtkPolyData()
+        segmentation.GetClosedSurfaceRepresentation(seg.GetSegmentIdBySegmentName(name), polydata)
+        assert polydata.GetNumberOfPoints() > 500, name
+    # nothing left pointing at the engine's temporary files
+    assert segmentation.GetStorageNode() is None
+
+
+def test_segmentation_is_voxel_for_voxel_the_engine_output(knee_result, knee_volume, tmp_path):
+    scene, node, _, _, segmentation, _ = knee_result
+    write_volume(knee_volume, tmp_path / "knee.nrrd")
+    run_mskai("segment", tmp_path / "knee.nrrd", "-o", tmp_path / "out", "--formats", "nrrd", "--device", "cpu",
+              "--progress", "none")
+    engine = read_volume_file(tmp_path / "out" / "labels.nrrd")
+    in_scene = label_volume(scene, segmentation, node)
+    assert np.allclose(in_scene.affine_lps, engine.affine_lps, atol=1e-4)
+    assert np.allclose(in_scene.affine_lps, knee_volume.affine_lps, atol=1e-4)  # oblique, and kept oblique
+    assert abs(knee_volume.directions_lps[0, 0]) < 0.999
+    assert np.array_equal(in_scene.array, engine.array)
+    assert np.count_nonzero(engine.array == 2) > 1000  # the femur is there: not two empty maps
+
+
+def test_confidence_map_table_and_least_certain_bones(knee_result):
+    scene, node, _, logic, segmentation, result = knee_result
+    confidence = result["confidence"]
+    assert confidence is not None and same_geometry(confidence, node)
+    values = node_array(confidence).astype(float)
+    values = values / 100 if values.max() > 1 else values
+    assert 0.0 <= values.min() and values.max() <= 1.0 and values.std() > 0
+    rows = {r["segment"]: r for r in table_rows(result["table"])}
+    assert set(rows) == {label.name for label in BONES}
+    assert rows["femur"]["volume_ml"] > 10 and rows["femur"]["surface_area_cm2"] > 10
+    labels = label_volume(scene, segmentation, node).array
+    assert rows["femur"]["mean_confidence"] == pytest.approx(values[labels == 2].mean(), abs=2e-3)
+    present = [r for r in rows.values() if r["volume_ml"] > 0]
+    assert result["leastCertain"] == [r["segment"] for r in sorted(present, key=lambda r: r["mean_confidence"])]
+    logic.showConfidence(node, confidence)  # on a scene without slice views: no error, nothing to set
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    logic.showConfidence(node, confidence, opacity=0.5)
+    assert composite.GetForegroundVolumeID() == confidence.GetID() and composite.GetForegroundOpacity() == 0.5
+
+
+def test_rerun_makes_a_new_node_and_leaves_an_edited_result_alone(knee_volume, tmp_path):
+    package = make_package(tmp_path / "model", constant_class=2)  # femur everywhere: fast and predictable
+    scene, node, _ = _scene_with(knee_volume)
+    logic = AutoSegMSKLogic(scene)
+    first = logic.segmentVolume(node, model=str(package), **MODEL_SETTINGS)
+    femur = first.GetSegmentation().GetSegmentIdBySegmentName("femur")
+    edited = slicer.vtkOrientedImageData()
+    first.GetBinaryLabelmapRepresentation(femur, edited)
+    before = first.GetSegmentation().GetSegment(femur).GetRepresentation("Binary labelmap").GetMTime()
+    first.SetName("knee T2 bones (corrected)")
+    second = logic.segmentVolume(node, model=str(package), **MODEL_SETTINGS)
+    assert second is not first and second.GetName() != first.GetName()
+    assert first.GetSegmentation().GetSegment(femur).GetRepresentation("Binary labelmap").GetMTime() == before
+    assert first.GetName() == "knee T2 bones (corrected)"
+
+
+def test_cancel_leaves_the_scene_as_it_was(knee_volume, tmp_path):
+    import time
+
+    import psutil
+
+    scene, node, _ = _scene_with(knee_volume)
+    logic = AutoSegMSKLogic(scene)
+    count, stages, finished = _node_count(scene), [], []
+    job = logic.startSegmentation(node, onProgress=lambda s, f: stages.append(s), onFinished=finished.append,
+                                  **MODEL_SETTINGS)
+    engine_pid = job._engine._proc.pid
+    deadline = time.time() + 120
+    while "infer" not in stages and time.time() < deadline:  # cancel in the middle of the inference
+        assert not job.poll(), job.result
+        time.sleep(0.05)
+    job.cancel()
+    assert finished == [{"cancelled": True}] and job.poll() is True
+    assert _node_count(scene) == count
+    assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == psutil.STATUS_ZOMBIE
+    assert not job._work.exists()
+
+
+def test_a_failing_engine_run_reports_its_error_and_adds_nothing(knee_volume):
+    scene, node, _ = _scene_with(knee_volume)
+    count = _node_count(scene)
+    with pytest.raises(Exception, match="No model 'no-such-model'") as info:
+        AutoSegMSKLogic(scene).segmentVolume(node, model="no-such-model", **MODEL_SETTINGS)
+    assert "Traceback" not in str(info.value)
+    assert _node_count(scene) == count
+
+
+def test_exports_seg_nrrd_models_statistics_and_comparison(knee_result, tmp_path):
+    import slicerio
+    import vtk
+
+    scene, node, _, logic, segmentation, result = knee_result
+    path = logic.exportSegNrrd(segmentation, tmp_path / "bones.seg.nrrd")
+    read = slicerio.read_segmentation(path)
+    by_name = {s["name"]: s for s in read["segments"]}
+    assert by_name["femur"]["terminology"]["type"][1] == "71341001"
+    assert np.count_nonzero(slicerio.extract_segments(read, [("femur", 1)])["voxels"]) == \
+        np.count_nonzero(label_volume(scene, segmentation, node).array == 2)
+
+    files = logic.exportModels(segmentation, tmp_path / "models", ["femur", "tibia"], ("stl", "obj", "ply"))
+    assert sorted(Path(f).name for f in files) == sorted(f"{b}.{e}" for b in ("femur", "tibia")
+                                                         for e in ("stl", "obj", "ply"))
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(str(tmp_path / "models" / "femur.stl"))
+    reader.Update()
+    low, high = np.array(reader.GetOutput().GetBounds()).reshape(3, 2).T
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in node_array(node).shape], indexing="ij")).reshape(3, -1).T
+    lps = (np.diag([-1, -1, 1, 1]) @ ijk_to_ras(node) @ np.c_[corners, np.ones(8)].T)[:3].T
+    assert np.all(low >= lps.min(0) - 5) and np.all(high <= lps.max(0) + 5)  # the mesh is in LPS, in the FOV
+    with pytest.raises(Exception, match="No segment named"):
+        logic.exportModels(segmentation, tmp_path / "more", ["tibia; rm -rf"], ("stl",))
+
+    table = logic.statisticsTable(segmentation, result["confidence"], csvPath=tmp_path / "stats.csv")
+    assert (tmp_path / "stats.csv").read_text().splitlines()[0].startswith("segment,snomed_code,volume_ml")
+    assert len(table_rows(table)) == len(BONES)
+
+    same = {r["bone"]: r for r in table_rows(logic.compare(segmentation, segmentation))}
+    assert same["femur"]["dice"] == pytest.approx(1.0) and same["femur"]["volume_error_ml"] == pytest.approx(0.0)
+
+
+def test_dicom_seg_goes_into_the_database_and_references_the_series(knee_dicom, knee_volume, tmp_path):
+    index_folder(knee_dicom, tmp_path / "db")
+    package = make_package(tmp_path / "model", constant_class=2)
+    scene, node, _ = _scene_with(knee_volume)
+    files = knee_volume.meta["frame_files"]
+    node.SetAttribute("DICOM.instanceUIDs", " ".join(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+                                                      for f in files))  # what Slicer's DICOM loading records
+    logic = AutoSegMSKLogic(scene)
+    segmentation = logic.segmentVolume(node, model=str(package), **MODEL_SETTINGS)
+    path = logic.exportDicomSeg(segmentation, node, tmp_path / "db")
+    seg = pydicom.dcmread(path)
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == \
+        pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+    assert "DOE" not in Path(path).as_posix() and Path(path).is_relative_to(tmp_path / "db")
+    with DicomDatabase(tmp_path / "db") as db:
+        assert any(s["Modality"] == "SEG" for s in db.all_series())
+    from mskai.segment.outputs import read_segmentation
+
+    back = read_segmentation(path)
+    assert np.count_nonzero(back.array == 2) == np.count_nonzero(label_volume(scene, segmentation, node).array == 2)
+    plain = add_volume_node(scene, knee_volume, "no DICOM")
+    with pytest.raises(Exception, match="not loaded from the DICOM database"):
+        logic.exportDicomSeg(segmentation, plain, tmp_path / "db")
+
+
+def test_process_database_two_done_one_failed_then_all_skipped(tmp_path):
+    from mskai.synth.dicom_writer import write_series
+    from mskai.synth.phantom import phantom
+
+    for n, plane in enumerate(("sagittal", "coronal", "axial")):
+        write_series(phantom(shape=(48, 48, 16), plane=plane), tmp_path / "in" / plane, series_number=n + 1,
+                     patient=("DOE^JANE", "PID-12345"), description=f"SYN {plane}")
+    index_folder(tmp_path / "in", tmp_path / "db")
+    broken = sorted((tmp_path / "in" / "axial").iterdir())
+    broken[len(broken) // 2].unlink()  # a file listed in the database is gone: a gap in the slices
+    package = make_package(tmp_path / "model", constant_class=1)
+    report = AutoSegMSKLogic.processDatabase(tmp_path / "db", tmp_path / "out", model=str(package), device="cpu")
+    assert len(report["done"]) == 2 and report["skipped"] == [] and len(report["failed"]) == 1
+    assert report["failed"][0]["error"] and "Traceback" not in report["failed"][0]["error"]
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert written["done"] == report["done"] and (tmp_path / "out" / "report.csv").is_file()
+    for key in report["done"]:
+        assert (tmp_path / "out" / key / "segmentation.seg.nrrd").is_file()
+    text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "out").rglob("*.json")) + \
+        "".join(p.name for p in (tmp_path / "out").rglob("*"))
+    assert "DOE" not in text and "PID-12345" not in text and "SYN" not in text
+    again = AutoSegMSKLogic.processDatabase(tmp_path / "db", tmp_path / "out", model=str(package), device="cpu")
+    assert sorted(again["skipped"]) == sorted(report["done"]) and again["done"] == []
+    assert [f["series"] for f in again["failed"]] == [f["series"] for f in report["failed"]]
+
+
+def test_the_lib_imports_with_slicer_core_alone_and_without_torch():
+    code = ("import sys; sys.modules.update(qt=None, ctk=None); sys.path.insert(0, 'AutoSegMSK'); "
+            "import AutoSegMSKLib; import slicer; assert not hasattr(slicer, 'app'); "
+            "assert 'torch' not in sys.modules and 'monai' not in sys.modules; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr
