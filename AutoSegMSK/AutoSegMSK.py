@@ -1,15 +1,26 @@
-"""AutoSegMSK: lower-limb bone segmentation of MR series (Slicer glue over the mskai engine)."""
+"""AutoSegMSK: lower-limb bone segmentation of MR volumes (the Qt widget, module class and self-test).
 
+The logic lives in AutoSegMSKLib (MRML glue, no Qt) and the work runs in the mskai engine's own process.
+AutoSegMSKLib imports the engine's third-party packages, so it is imported only once they are found or installed.
+"""
+
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import qt
 import slicer
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 import mskai
+from mskai import dependencies
 
 
 class AutoSegMSK(ScriptedLoadableModule):
@@ -19,32 +30,480 @@ class AutoSegMSK(ScriptedLoadableModule):
         parent.categories = ["Segmentation"]
         parent.contributors = ["SlicerAutoSegMSK developers"]
         parent.helpText = (
-            "Segments the lower-limb bones (tibia, femur, fibula, pelvis, patella) in MR series from the "
-            "DICOM database. " + mskai.DEMO_NOTICE
-        )
-        parent.acknowledgementText = "Sample knee data: pymskt project (MIT licence)."
+            f"Segments the lower-limb bones (tibia, femur, fibula, hip bone, patella) in MR volumes.<p><b>"
+            f"{mskai.DEMO_NOTICE}</b></p><ol><li>Choose the input volume, or load an MR series from the DICOM list."
+            "</li><li>Pick the model and options (fast mode on a CPU; a slab segments part of the S range only).</li>"
+            "<li>Press Segment: it runs in the background; Cancel stops it.</li><li>Review the least certain bones "
+            "first (confidence overlay) and correct them in the Segment Editor.</li><li>Export surfaces, .seg.nrrd, "
+            "DICOM SEG or statistics; compare with a reference.</li></ol>The first run asks before installing the "
+            "Python packages the engine needs (PyTorch, MONAI, pydicom...); the dialog also says how to do it offline.")
+        parent.acknowledgementText = (
+            "The demo models are trained on synthetic images rendered from: the pymskt knee sample data (MIT); "
+            "femur/tibia masks of Osteoarthritis Initiative knees (wilsonkchung/knee-osteoarthritis-classification-"
+            "using-bone-distance, Apache-2.0); a corrected PD knee label map (hmc-humble/patellar-instability-skm, "
+            "BSD-3-Clause); pelvis and thigh labels of the Pelvic Reference Data (yuta-hi/pelvic-annonation, MIT). "
+            "See NOTICE.md.")
+
+
+@parameterNodeWrapper
+class AutoSegMSKParameterNode:
+    """What the user chose, saved with the scene. model: "id@version" of the chosen model."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    fast: bool = False
+    slabEnabled: bool = False
+    slabLow: Annotated[float, WithinRange(-5000.0, 5000.0)] = -100.0
+    slabHigh: Annotated[float, WithinRange(-5000.0, 5000.0)] = 100.0
+    postprocess: bool = True
+    fillHoles: bool = True
+    anatomical: bool = True
+    smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    confidence: bool = False
+    segmentation: vtkMRMLSegmentationNode
+    referenceSegmentation: vtkMRMLSegmentationNode
+
+
+def parameterNode():
+    """The module's singleton parameter node of slicer.mrmlScene (created when absent)."""
+    helper = ScriptedLoadableModuleLogic()
+    helper.moduleName = "AutoSegMSK"
+    return AutoSegMSKParameterNode(helper.getParameterNode())
+
+
+def guiAction(message, waitCursor=False):
+    """Run a slot inside slicer.util.tryWithErrorDisplay: a failure is shown in a message box."""
+    def decorate(method):
+        @functools.wraps(method)
+        def slot(self, *args):  # signals may pass more arguments than the method takes
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+                return method(self, *args[:method.__code__.co_argcount - 1])
+        return slot
+    return decorate
+
+
+def modelKey(model):
+    return f"{model['id']}@{model['version']}"
 
 
 class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic, self.job, self._models, self._askedToInstall = None, None, [], False
+        self._parameterNode, self._parameterNodeGuiTag = None, None
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegMSK.ui"))
         self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.ui.statusLabel.text = mskai.DEMO_NOTICE
-        self.logic = AutoSegMSKLogic()
+        ui.installDependenciesButton.visible = False
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.onPoll)
+        for button, slot in ((ui.applyButton, self.onApply), (ui.cancelButton, self.onCancel),
+                             (ui.installDependenciesButton, self.onInstallDependencies),
+                             (ui.refreshSeriesButton, self.onRefreshSeries), (ui.loadSeriesButton, self.onLoadSeries),
+                             (ui.segmentEditorButton, self.onCorrect), (ui.exportModelsButton, self.onExportModels),
+                             (ui.saveSegNrrdButton, self.onSaveSegNrrd), (ui.exportDicomSegButton, self.onDicomSeg),
+                             (ui.statisticsButton, self.onStatistics), (ui.saveStatisticsButton, self.onSaveStatistics),
+                             (ui.compareButton, self.onCompare), (ui.processDatabaseButton, self.onProcessDatabase)):
+            button.connect("clicked(bool)", slot)
+        ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        ui.dicomSeriesTable.connect("itemSelectionChanged()", self.updateGui)
+        ui.slabCheckBox.connect("toggled(bool)", self.onSlabToggled)
+        ui.showConfidenceCheckBox.connect("toggled(bool)", self.onShowConfidence)
+        ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.checkDependencies(ask=False)
 
+    def cleanup(self):
+        self.timer.stop()
+        if self.job:
+            self.job.cancel()
+        self.removeObservers()
 
-class AutoSegMSKLogic(ScriptedLoadableModuleLogic):
-    """Runs the mskai engine; holds no widget references."""
+    def enter(self):
+        self.initializeParameterNode()
+        self.checkDependencies(ask=not self._askedToInstall)  # offers to install once per session
 
-    def engineVersion(self):
-        """Version of the mskai engine this module drives."""
-        return mskai.__version__
+    def exit(self):  # a running job goes on; the GUI follows the parameter node again on enter
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event):
+        if self.job:
+            self.job.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(parameterNode())
+        p = self._parameterNode
+        if not p.inputVolume:
+            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if self._models and p.model not in map(modelKey, self._models):
+            p.model = modelKey(self._models[0])
+
+    def setParameterNode(self, node):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+        self._parameterNode = node
+        if node:
+            self._parameterNodeGuiTag = node.connectGui(self.ui)
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+            self.updateGui()
+
+    def updateGui(self, caller=None, event=None):
+        p, ui, running = self._parameterNode, self.ui, self.job is not None
+        if not p:
+            return
+        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(p.model)
+        model = next((m for m in self._models if modelKey(m) == p.model), None)
+        ui.modelDescriptionLabel.text = model["description"] if model else ""
+        ui.demoBadgeLabel.visible = bool(model and model["demo"])
+        ui.slabLowSpinBox.enabled = ui.slabHighSpinBox.enabled = p.slabEnabled
+        ui.fillHolesCheckBox.enabled = ui.anatomicalCheckBox.enabled = p.postprocess
+        ui.applyButton.enabled = bool(p.inputVolume) and not running
+        ui.cancelButton.enabled = running
+        ui.inputCollapsibleButton.enabled = ui.modelCollapsibleButton.enabled = not running
+        for button in (ui.segmentEditorButton, ui.exportModelsButton, ui.saveSegNrrdButton, ui.exportDicomSegButton,
+                       ui.statisticsButton, ui.saveStatisticsButton):
+            button.enabled = bool(p.segmentation)
+        ui.compareButton.enabled = bool(p.segmentation and p.referenceSegmentation)
+        ui.showConfidenceCheckBox.enabled = bool(self.logic and self.logic.confidenceNode(p.segmentation))
+        ui.loadSeriesButton.enabled = bool(ui.dicomSeriesTable.selectedItems())
+
+    @staticmethod
+    def confirm(text, title="AutoSegMSK"):
+        """A confirmation never given automatically (in testing mode Slicer answers OK to every dialog)."""
+        return not slicer.app.testingEnabled() and slicer.util.confirmOkCancelDisplay(text, title)
+
+    def getLogic(self):
+        """The logic, made once the engine's packages are present (AutoSegMSKLib imports them)."""
+        if self.logic is None:
+            if dependencies.missing_requirements():
+                raise ValueError("Install the engine's Python packages first (the Install button of the Run section).")
+            from AutoSegMSKLib import AutoSegMSKLogic
+
+            self.logic = AutoSegMSKLogic(slicer.mrmlScene)
+            self._models = self.logic.models()
+            for model in self._models:
+                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
+            self.ui.statusLabel.text = "Select an input volume." if self._models else "No model is installed."
+            if self._parameterNode:
+                self.initializeParameterNode()
+        return self.logic
+
+    def checkDependencies(self, ask):
+        """True when the engine's packages are present; else say what is missing and, with ask, offer to install."""
+        missing = dependencies.missing_requirements()  # reads package metadata only: fast
+        self.ui.installDependenciesButton.visible = bool(missing)
+        if not missing:
+            return bool(self.getLogic())
+        self.ui.statusLabel.text = (f"The engine needs Python packages that are missing or too old: "
+                                    f"{', '.join(r.name for r in missing)}. Nothing is installed without asking.")
+        self._askedToInstall = self._askedToInstall or ask
+        return ask and self.installDependencies(missing)
+
+    @guiAction("Failed to install the Python packages.")
+    def onInstallDependencies(self):
+        self.installDependencies(dependencies.missing_requirements())
+
+    def installDependencies(self, missing):
+        installTorch = None
+        if hasattr(slicer.modules, "pytorchutils"):  # the PyTorch extension picks the CPU or the CUDA build
+            import PyTorchUtils
+
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            installTorch = lambda requirement: torchLogic.installTorch(  # noqa: E731
+                askConfirmation=False, torchVersionRequirement=requirement[len("torch"):])
+        confirm = lambda text: self.confirm(text, "AutoSegMSK: install Python packages")  # noqa: E731
+        outcome = dependencies.ensure(slicer.util.pip_install, confirm, installTorch, missing)
+        self.ui.statusLabel.text = outcome["message"]
+        self.ui.installDependenciesButton.visible = not outcome["ready"]
+        if outcome["restart"] and self.confirm("Restart 3D Slicer now to finish installing the Python packages?"):
+            slicer.util.restart()
+        return outcome["ready"] and bool(self.getLogic())
+
+    @staticmethod
+    def databaseDirectory():
+        if not slicer.dicomDatabase or not slicer.dicomDatabase.isOpen:
+            raise ValueError("Slicer's DICOM database is not open: open it in the DICOM module first.")
+        return slicer.dicomDatabase.databaseDirectory
+
+    @guiAction("Failed to list the DICOM database.", waitCursor=True)
+    def onRefreshSeries(self):
+        rows, table = self.getLogic().databaseSeries(self.databaseDirectory()), self.ui.dicomSeriesTable
+        table.setRowCount(0)
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, key in enumerate(("patient", "study", "description", "plane", "size")):
+                item = qt.QTableWidgetItem(str(row[key]))
+                item.setData(qt.Qt.UserRole, row["seriesUID"])
+                item.setToolTip(row.get("problem") or f"{row['files']} files")
+                table.setItem(r, c, item)
+        table.resizeColumnsToContents()
+        self.ui.statusLabel.text = f"{len(rows)} MR series in the DICOM database."
+
+    @guiAction("Failed to load the series.", waitCursor=True)
+    def onLoadSeries(self):
+        from DICOMLib import DICOMUtils
+
+        uid = self.ui.dicomSeriesTable.selectedItems()[0].data(qt.Qt.UserRole)
+        nodes = [slicer.mrmlScene.GetNodeByID(i) for i in DICOMUtils.loadSeriesByUID([uid])]
+        volumes = [n for n in nodes if n and n.IsA("vtkMRMLScalarVolumeNode")]
+        if not volumes:
+            raise ValueError("The series loaded no scalar volume.")
+        self._parameterNode.inputVolume = volumes[0]
+        slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
+
+    def onModelSelected(self, index):
+        if self._parameterNode and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
+
+    def onSlabToggled(self, checked):
+        p, bounds = self._parameterNode, [0.0] * 6
+        if checked and p and p.inputVolume:  # start from the volume's own S range
+            p.inputVolume.GetRASBounds(bounds)
+            if not bounds[4] <= p.slabLow < p.slabHigh <= bounds[5]:
+                p.slabLow, p.slabHigh = round(bounds[4], 1), round(bounds[5], 1)
+
+    @guiAction("Failed to start the segmentation.")
+    def onApply(self):
+        p = self._parameterNode
+        if not self.checkDependencies(ask=True):
+            return
+        if not p.inputVolume:
+            raise ValueError("Select an input volume first.")
+        if p.slabEnabled and not p.slabLow < p.slabHigh:
+            raise ValueError("The slab's inferior end must be below its superior end.")
+        options = {"model": p.model or None, "device": p.device, "fast": p.fast, "confidence": p.confidence,
+                   "slab": (p.slabLow, p.slabHigh) if p.slabEnabled else None, "postprocess": p.postprocess,
+                   "fillHoles": p.fillHoles, "anatomical": p.anatomical, "smoothing": p.smoothing}
+        self.job = self.getLogic().startSegmentation(p.inputVolume, onProgress=self.onProgress,
+                                                     onFinished=self.onFinished, **options)
+        self.onProgress("starting", 0.0)
+        self.ui.statusLabel.text = "Segmenting in the background: Slicer stays usable."
+        self.timer.start()
+        self.updateGui()
+
+    def onPoll(self):
+        try:
+            if self.job is None or self.job.poll():
+                self.timer.stop()
+        except Exception as error:  # bringing the result into the scene failed: reported like an engine error
+            self.onFinished({"error": str(error)})
+
+    def onProgress(self, stage, fraction):
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.progressBar.format = f"{stage}: %p%"
+
+    def onCancel(self):
+        if self.job:
+            self.ui.statusLabel.text = "Cancelling..."
+            self.job.cancel()  # ends the engine's process tree; onFinished reports it
+
+    def onFinished(self, result):
+        self.timer.stop()
+        self.job = None
+        if "error" in result:
+            self.onProgress("failed", 0.0)
+            self.ui.statusLabel.text = f"Segmentation failed: {result['error']}"
+            slicer.util.errorDisplay(f"Segmentation failed:\n\n{result['error']}", windowTitle="AutoSegMSK")
+        elif result.get("cancelled"):
+            self.onProgress("cancelled", 0.0)
+            self.ui.statusLabel.text = "Cancelled: the scene is as it was."
+        else:
+            segmentation = result["segmentation"]
+            self.ui.showConfidenceCheckBox.checked = False
+            parameterNode().segmentation = segmentation  # also when the module is not shown
+            self.ui.statisticsTableView.setMRMLTableNode(result["table"])
+            self.onProgress("done", 1.0)
+            demo = result["report"].get("model", {}).get("demo", True)
+            self.ui.statusLabel.text = (f"Done: {segmentation.GetSegmentation().GetNumberOfSegments()} bones in "
+                                        f"'{segmentation.GetName()}'. " + (mskai.DEMO_NOTICE if demo else ""))
+        self.updateGui()
+
+    def sourceVolume(self):
+        """The volume the chosen segmentation was made on (its reference geometry), else the input volume."""
+        p = self._parameterNode
+        role = vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        return p.segmentation.GetNodeReference(role) or p.inputVolume
+
+    def onSegmentationChanged(self, node):
+        self.ui.leastCertainListWidget.clear()
+        if self.logic:
+            self.ui.leastCertainListWidget.addItems(self.logic.leastCertainBones(node))
+        self.ui.exportSegmentsListWidget.clear()
+        segmentation = node.GetSegmentation() if node else None
+        for i in range(segmentation.GetNumberOfSegments() if segmentation else 0):
+            item = qt.QListWidgetItem(segmentation.GetNthSegment(i).GetName())
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Checked)
+            self.ui.exportSegmentsListWidget.addItem(item)
+
+    @guiAction("Failed to show the confidence map.")
+    def onShowConfidence(self, checked):
+        confidence = self.getLogic().confidenceNode(self._parameterNode.segmentation) if self._parameterNode else None
+        if not confidence:
+            return
+        legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(confidence)
+        if checked:
+            self.getLogic().showConfidence(self.sourceVolume(), confidence)
+            legend = legend or slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(confidence)
+        else:
+            slicer.util.setSliceViewerLayers(foreground=None)
+        if legend:
+            legend.SetVisibility(checked)
+
+    @guiAction("Failed to open the Segment Editor.")
+    def onCorrect(self):
+        segmentation, volume = self._parameterNode.segmentation, self.sourceVolume()
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(volume)
+
+    @guiAction("Failed to export the surfaces.", waitCursor=True)
+    def onExportModels(self):
+        ui = self.ui
+        formats = [f for f, box in (("stl", ui.stlCheckBox), ("obj", ui.objCheckBox), ("ply", ui.plyCheckBox))
+                   if box.checked]
+        items = [ui.exportSegmentsListWidget.item(i) for i in range(ui.exportSegmentsListWidget.count)]
+        names = [item.text() for item in items if item.checkState() == qt.Qt.Checked]
+        folder = ui.exportFolderPathLineEdit.currentPath
+        if not folder or not formats or not names:
+            raise ValueError("Choose a folder and tick at least one format and one segment.")
+        files = self.getLogic().exportModels(self._parameterNode.segmentation, folder, segmentNames=names,
+                                             formats=formats)
+        ui.exportFolderPathLineEdit.addCurrentPathToHistory()
+        ui.statusLabel.text = f"Wrote {len(files)} surface file(s) to {folder}."
+
+    def saveFileName(self, caption, suffix, filter):
+        name = f"{self._parameterNode.segmentation.GetName()}{suffix}"
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), caption, name, filter)
+        return path if not path or path.endswith(suffix) else path + suffix
+
+    @guiAction("Failed to save the segmentation.")
+    def onSaveSegNrrd(self):
+        path = self.saveFileName("Save segmentation", ".seg.nrrd", "Segmentation (*.seg.nrrd)")
+        if path:
+            self.ui.statusLabel.text = f"Saved {self.getLogic().exportSegNrrd(self._parameterNode.segmentation, path)}."
+
+    @guiAction("Failed to write the DICOM SEG.", waitCursor=True)
+    def onDicomSeg(self):
+        from DICOMLib import DICOMUtils
+
+        def importer(folder):
+            if not DICOMUtils.importDicom(folder):
+                raise RuntimeError(f"Slicer could not add {folder} to the DICOM database.")
+
+        path = self.getLogic().exportDicomSeg(self._parameterNode.segmentation, self.sourceVolume(),
+                                              self.databaseDirectory(), importer=importer)
+        self.ui.statusLabel.text = f"Wrote {path} and added it to the DICOM database."
+
+    @guiAction("Failed to compute the statistics.", waitCursor=True)
+    def onStatistics(self, csvPath=None):
+        segmentation = self._parameterNode.segmentation
+        logic = self.getLogic()
+        table = logic.statisticsTable(segmentation, logic.confidenceNode(segmentation), csvPath=csvPath or None)
+        self.ui.statisticsTableView.setMRMLTableNode(table)
+        self.ui.statusLabel.text = f"Saved {csvPath}." if csvPath else "Statistics of the segmentation as it is now."
+
+    def onSaveStatistics(self):
+        path = self.saveFileName("Save statistics", ".csv", "CSV (*.csv)")
+        if path:
+            self.onStatistics(path)
+
+    @guiAction("Failed to compare the segmentations.", waitCursor=True)
+    def onCompare(self):
+        p = self._parameterNode
+        self.ui.compareTableView.setMRMLTableNode(self.getLogic().compare(p.segmentation, p.referenceSegmentation))
+
+    @guiAction("Failed to start the batch.")
+    def onProcessDatabase(self):
+        ui, p = self.ui, self._parameterNode
+        database, output = ui.batchDatabasePathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath
+        if not database or not output:
+            raise ValueError("Choose the DICOM database folder and the output folder.")
+        self.job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
+                                              onProgress=self.onProgress, onFinished=self.onBatchFinished,
+                                              model=p.model or None, device=p.device, fast=p.fast,
+                                              confidence=p.confidence)
+        ui.statusLabel.text = f"Segmenting every MR series of {database} in the background (Cancel keeps those done)."
+        self.timer.start()
+        self.updateGui()
+
+    def onBatchFinished(self, result):
+        self.timer.stop()
+        self.job = None
+        if "error" in result:
+            self.ui.statusLabel.text = f"Batch failed: {result['error']}"
+            slicer.util.errorDisplay(f"Batch failed:\n\n{result['error']}", windowTitle="AutoSegMSK")
+        elif result.get("cancelled"):
+            self.ui.statusLabel.text = "Batch cancelled: finished series are kept; run it again with Resume."
+        else:
+            self.ui.statusLabel.text = (f"Batch: {len(result['done'])} done, {len(result['skipped'])} skipped, "
+                                        f"{len(result['failed'])} failed; report.json and report.csv in "
+                                        f"{self.ui.batchOutputPathLineEdit.currentPath}.")
+        self.updateGui()
 
 
 class AutoSegMSKTest(ScriptedLoadableModuleTest):
-    def runTest(self):
+    def setUp(self):
         slicer.mrmlScene.Clear()
-        self.assertTrue(AutoSegMSKLogic().engineVersion())
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentSyntheticKnee()
+
+    def test_SegmentSyntheticKnee(self):
+        """The headless tests' scenario in the application: a synthetic knee in, five named bones out."""
+        missing = dependencies.missing_requirements()
+        if missing:
+            self.delayDisplay(f"Skipped: install the engine's packages first ({', '.join(map(str, missing))}).")
+            return
+        from AutoSegMSKLib import AutoSegMSKLogic
+        from AutoSegMSKLib.nodes import table_rows
+        from mskai.engine import EngineJob
+        from mskai.segment.labels import BONES
+
+        self.delayDisplay("Rendering a synthetic knee MR series")
+        folder = Path(tempfile.mkdtemp(prefix="AutoSegMSKTest-"))
+        try:
+            for args in (["synth", "knee", folder / "dicom", "--seed", "7"],
+                         ["dicom", "convert", folder / "dicom", folder / "knee.nrrd"]):
+                job = EngineJob(args).start()
+                job.wait()
+                self.assertEqual(job.state, "done", job.error)
+            volume = slicer.util.loadVolume(str(folder / "knee.nrrd"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.delayDisplay("Segmenting")
+        logic = AutoSegMSKLogic(slicer.mrmlScene)
+        segmentation = logic.segmentVolume(volume, device="cpu", confidence=True)
+        segments = segmentation.GetSegmentation()
+        names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+        self.assertEqual(names, [bone.name for bone in BONES])
+        role = vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        self.assertEqual(segmentation.GetNodeReference(role).GetID(), volume.GetID())
+        femurId = segments.GetSegmentIdBySegmentName("femur")
+        femur = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, femurId, volume)
+        self.assertEqual(femur.shape, slicer.util.arrayFromVolume(volume).shape)
+        rows = {row["segment"]: row for row in table_rows(logic.lastResult["table"])}
+        self.assertGreater(rows["femur"]["volume_ml"], 40)
+        self.assertGreater(rows["tibia"]["volume_ml"], 20)
+        self.assertIsNotNone(logic.lastResult["confidence"])
+        self.delayDisplay("Test passed")

@@ -72,11 +72,11 @@ def _load_first_volume(series):
 
 
 def run_batch(source, output, *, resume: bool = True, series_filter=None, modality: str | None = "MR",
-              model=None, identifiers: bool = False, progress=None, formats=None, **options) -> dict:
+              model=None, identifiers: bool = False, progress=None, formats=None, options=None, **fields) -> dict:
     """Segment each image series of ``source`` (a Slicer DICOM database or a folder tree) into ``output``/<key>/.
 
     series_filter: callable(series_summary dict) -> bool, to choose series; modality: only series of this
-    modality (None: all). options: SegmentOptions fields (fast, device, confidence, slab, ...).
+    modality (None: all). options: a SegmentOptions, or its fields as keywords (fast, device, confidence, ...).
     progress: called as progress(entry, done_count, total) after each series.
     Returns {"done": [keys], "skipped": [keys], "failed": [{"series", "error"}]}; report.json/.csv in ``output``.
     """
@@ -86,7 +86,7 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
     from mskai.segment.run import segment_to_folder
 
     output = Path(output).resolve()
-    segment_options = SegmentOptions(**options)  # bad options fail before anything is read or written
+    segment_options = options or SegmentOptions(**fields)  # bad options fail before anything is read or written
     package = find_model(model or "mskai-bones-demo", task="segmentation")  # loaded once for the whole batch
     report = scan_source(source)
     chosen = [s for s in report.require_series(str(source)) if s.is_image

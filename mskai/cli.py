@@ -233,24 +233,28 @@ def _progress_printer(mode):
     return show
 
 
-def cmd_segment(args):
-    """Options, the output folder and the model are checked before the series is read and segmented."""
+def _segment_options(args):
     from mskai.segment.infer import SegmentOptions
-    from mskai.segment.outputs import parse_formats
     from mskai.segment.postprocess import PostprocessOptions
-    from mskai.segment.run import segment_to_folder
 
-    formats = parse_formats(args.formats)
     post = PostprocessOptions.from_settings(enabled=not args.no_postprocess, fill_holes=not args.no_fill_holes,
                                             anatomical=not args.no_anatomical_cleanup,
                                             min_island_fraction=args.min_island_fraction,
                                             max_components=args.max_components,
                                             min_extra_fraction=args.min_extra_fraction,
                                             min_volume_ml=args.min_volume_ml)
-    options = SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
-                             batch_size=args.batch_size, slab=_parse_slab(args.slab),
-                             check_compatibility=not args.no_input_check, confidence=args.confidence,
-                             postprocess=post)
+    return SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
+                          batch_size=args.batch_size, slab=_parse_slab(args.slab),
+                          check_compatibility=not args.no_input_check, confidence=args.confidence, postprocess=post)
+
+
+def cmd_segment(args):
+    """Options, the output folder and the model are checked before the series is read and segmented."""
+    from mskai.segment.outputs import parse_formats
+    from mskai.segment.run import segment_to_folder
+
+    formats = parse_formats(args.formats)
+    options = _segment_options(args)
     out = segment_to_folder(lambda: _input_volume(args), args.model, args.output, options=options, formats=formats,
                             dicom_seg=args.dicom_seg, progress=_progress_printer(args.progress))
     report = out["report"]
@@ -268,6 +272,33 @@ def cmd_segment(args):
     print(f"Wrote {sum(len(v) if isinstance(v, list) else 1 for v in out['files'].values())} files to {args.output} "
           f"in {sum(report['timings_s'].values()):.1f} s")
     return 0
+
+
+def cmd_batch_segment(args):
+    """Every matching series into its own folder; failures are reported and the batch goes on."""
+    from mskai.batch import run_batch
+    from mskai.segment.outputs import parse_formats
+
+    def show(entry, n, total):
+        if args.progress == "json":  # for the Slicer module's launcher
+            print(json.dumps({"stage": "batch", "progress": round(n / total, 4), "series": entry["series"],
+                              "status": entry["status"]}), file=sys.stderr, flush=True)
+        elif args.progress == "bar":
+            error = f": {entry['error']}" if entry["error"] else ""
+            seconds = f" in {entry['seconds']:.1f} s" if entry["seconds"] is not None else ""
+            print(f"[{n}/{total}] {entry['series']} {entry['status']}{seconds}{error}", file=sys.stderr, flush=True)
+
+    try:
+        summary = run_batch(args.source, args.output, resume=args.resume, modality=args.modality or None,
+                            model=args.model, identifiers=args.show_identifiers, progress=show,
+                            formats=parse_formats(args.formats), options=_segment_options(args))
+    except KeyboardInterrupt:
+        print("mskai: error: interrupted; finished series are kept and listed in report.json, run again with "
+              "--resume to do the rest", file=sys.stderr)
+        return 130
+    print(f"{len(summary['done'])} done, {len(summary['skipped'])} skipped (already done), "
+          f"{len(summary['failed'])} failed; report: {Path(args.output) / 'report.json'}")
+    return 1 if summary["failed"] else 0
 
 
 def cmd_evaluate(args):
@@ -369,6 +400,34 @@ def _add_series_arguments(p, volume_help):
                    help="resample unequally spaced slices onto an even grid instead of refusing")
 
 
+def _add_segment_options(p):
+    """Model, device, speed, slab, clean-up, output formats and confidence: shared by segment and batch segment."""
+    p.add_argument("--model", default="mskai-bones-demo", help="model id[@version] or package path")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--fast", action="store_true", help="coarser model spacing: faster on a CPU, less detail")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0-0.9)")
+    p.add_argument("--batch-size", type=int, default=2, help="sliding windows per batch")
+    p.add_argument("--slab", help="segment only an inferior-superior range: LOW:HIGHmm (patient S) or LOW:HIGHslices")
+    p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
+    p.add_argument("--min-island-fraction", type=float, help="drop pieces below this fraction of a bone (0.01)")
+    p.add_argument("--max-components", type=int, help="keep this many largest pieces per bone (2; 0 = all)")
+    p.add_argument("--min-extra-fraction", type=float,
+                   help="keep a further piece only if at least this fraction of the bone's largest (0.25)")
+    p.add_argument("--min-volume-ml", type=float, help="drop pieces smaller than this many mL (1.0)")
+    p.add_argument("--no-fill-holes", action="store_true")
+    p.add_argument("--no-anatomical-cleanup", action="store_true",
+                   help="clean each bone on its own (stray pieces become background) instead of with the whole field "
+                        "of view (stray pieces join the bone they touch, the femur kept above the tibia, a second "
+                        "piece only beside the first, no hip bone below the femur or in a knee's field of view)")
+    p.add_argument("--formats", default="nii.gz,nrrd,seg.nrrd,stl,ply,obj,report",
+                   help="outputs: nii.gz, nrrd, seg.nrrd, stl, ply, obj, report")
+    p.add_argument("--no-input-check", action="store_true", help="run even on a modality/plane the model does not expect")
+    p.add_argument("--confidence", action="store_true",
+                   help="also write confidence.nrrd (per voxel, percent: 100 = the network is sure of one class, "
+                        "0 = unsure or outside --slab) and each bone's mean confidence in the report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mskai", description="SlicerAutoSegMSK engine: MSK MRI tools.")
     parser.add_argument("--version", action="version", version=f"mskai {__version__}")
@@ -408,34 +467,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="DICOM folder, Slicer DICOM database, or .nrrd / .nii.gz volume")
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_series_arguments(p, volume_help="which volume (1-based) of a multi-volume series (default: the first)")
-    p.add_argument("--model", default="mskai-bones-demo", help="model id[@version] or package path")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--fast", action="store_true", help="coarser model spacing: faster on a CPU, less detail")
-    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0-0.9)")
-    p.add_argument("--batch-size", type=int, default=2, help="sliding windows per batch")
-    p.add_argument("--slab", help="segment only an inferior-superior range: LOW:HIGHmm (patient S) or LOW:HIGHslices")
-    p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
-    p.add_argument("--min-island-fraction", type=float, help="drop pieces below this fraction of a bone (0.01)")
-    p.add_argument("--max-components", type=int, help="keep this many largest pieces per bone (2; 0 = all)")
-    p.add_argument("--min-extra-fraction", type=float,
-                   help="keep a further piece only if at least this fraction of the bone's largest (0.25)")
-    p.add_argument("--min-volume-ml", type=float, help="drop pieces smaller than this many mL (1.0)")
-    p.add_argument("--no-fill-holes", action="store_true")
-    p.add_argument("--no-anatomical-cleanup", action="store_true",
-                   help="clean each bone on its own (stray pieces become background) instead of with the whole field "
-                        "of view (stray pieces join the bone they touch, the femur kept above the tibia, a second "
-                        "piece only beside the first, no hip bone below the femur or in a knee's field of view)")
-    p.add_argument("--formats", default="nii.gz,nrrd,seg.nrrd,stl,ply,obj,report",
-                   help="outputs: nii.gz, nrrd, seg.nrrd, stl, ply, obj, report")
+    _add_segment_options(p)
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write a DICOM SEG referencing the source series (it carries the patient's identity)")
-    p.add_argument("--no-input-check", action="store_true", help="run even on a modality/plane the model does not expect")
-    p.add_argument("--confidence", action="store_true",
-                   help="also write confidence.nrrd (per voxel, percent: 100 = the network is sure of one class, "
-                        "0 = unsure or outside --slab) and each bone's mean confidence in the report")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.set_defaults(func=cmd_segment)
+
+    batch = top.add_parser("batch", help="process every series of a DICOM database or folder tree").add_subparsers(
+        dest="batch_command", required=True)
+    p = batch.add_parser("segment", help="segment each series into its own folder (pseudonymous names), with a report")
+    p.add_argument("source", help="Slicer DICOM database (folder or ctkDICOM.sql) or a folder tree of DICOM files")
+    p.add_argument("-o", "--output", required=True, help="output folder: one sub-folder per series, report.json/.csv")
+    p.add_argument("--resume", action="store_true", help="skip series whose output folder is complete")
+    p.add_argument("--modality", default="MR", help="only series of this modality ('' for all; default MR)")
+    p.add_argument("--show-identifiers", action="store_true",
+                   help="also put each Series Instance UID in the report (it identifies the examination)")
+    _add_segment_options(p)
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                   help="one line per series (bar), JSON lines (json) or nothing")
+    p.set_defaults(func=cmd_batch_segment)
 
     p = top.add_parser("evaluate", help="Dice, volume error, HD95 and surface distance per bone against a reference")
     p.add_argument("segmentation", help="label map (.nii.gz/.nrrd), .seg.nrrd or DICOM SEG")

@@ -16,6 +16,9 @@ from mskai.io import write_volume
 from .nodes import new_table, remove_node, volume_from_node
 from .segmentations import add_confidence_node, least_certain, load_segmentation, statistics_rows
 
+CONFIDENCE_REFERENCE = "AutoSegMSK.confidence"  # node reference: segmentation -> its confidence map
+LEAST_CERTAIN = "AutoSegMSK.leastCertain"  # segmentation attribute: bone names, least certain first
+
 
 @dataclass
 class SegmentationOptions:
@@ -36,7 +39,7 @@ class SegmentationOptions:
             raise MskaiError(f"Device must be auto, cpu or cuda, not {self.device!r}")
         if not 0.0 <= float(self.smoothing) <= 1.0:
             raise MskaiError(f"Surface smoothing must be from 0 to 1, not {self.smoothing!r}")
-        args = ["--device", self.device, "--formats", "seg.nrrd,report"]
+        args = ["--device", self.device]
         if self.model:
             args += ["--model", str(self.model)]
         if self.slab is not None:
@@ -66,7 +69,7 @@ class SegmentationJob:
             source = write_volume(volume, self._work / "input.nrrd")  # a fixed name: node names may name the patient
             self._output = self._work / "result"
             self._engine = EngineJob(["segment", str(source), "-o", str(self._output), "--progress", "json",
-                                      *arguments], output=self._output)
+                                      "--formats", "seg.nrrd,report", *arguments], output=self._output)
             self._engine.start()
         except BaseException:
             shutil.rmtree(self._work, ignore_errors=True)
@@ -131,9 +134,63 @@ class SegmentationJob:
             rows = statistics_rows(scene, segmentation, confidence)
             table = new_table(scene, f"{name} bone statistics", rows)
             added.append(table)
+            if confidence is not None:  # saved with the scene: the module finds them again for any result
+                segmentation.SetNodeReferenceID(CONFIDENCE_REFERENCE, confidence.GetID())
+            segmentation.SetAttribute(LEAST_CERTAIN, ",".join(least_certain(rows)))
         except BaseException:
             for node in reversed(added):
                 remove_node(scene, node)
             raise
         return {"segmentation": segmentation, "confidence": confidence, "table": table,
                 "leastCertain": least_certain(rows), "report": report}
+
+
+class BatchJob:
+    """`mskai batch segment` over a DICOM database in another process: the module's GUI stays usable.
+
+    ``poll()`` calls ``onProgress("batch", fraction)`` per series and, once, ``onFinished(summary)`` with the
+    batch report ({"done", "skipped", "failed"}), or {"error": message}, or {"cancelled": True}. A cancelled batch
+    keeps the series it finished (a later run with resume does the rest) and leaves no half-written series.
+    """
+
+    def __init__(self, databaseDir, outputDir, resume=True, onProgress=None, onFinished=None, **options):
+        arguments = SegmentationOptions(**options).engine_arguments()
+        self.output = Path(outputDir).resolve()
+        self.onProgress, self.onFinished, self.result = onProgress, onFinished, None
+        self._engine = EngineJob(["batch", "segment", str(databaseDir), "-o", str(self.output), "--progress", "json",
+                                  *(["--resume"] if resume else []), *arguments]).start()
+
+    def poll(self) -> bool:
+        if self.result is not None:
+            return True
+        for event in self._engine.poll():
+            if self.onProgress:
+                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
+        if self._engine.running:
+            return False
+        self._engine.wait()
+        report = self.output / "report.json"
+        if self._engine.state == "cancelled":
+            self.result = {"cancelled": True}
+        elif report.is_file() and self._engine.returncode in (0, 1):  # 1: some series failed, the batch finished
+            summary = json.loads(report.read_text())
+            self.result = {key: summary[key] for key in ("done", "skipped", "failed")}
+        else:
+            self.result = {"error": self._engine.error or "The batch engine failed"}
+        if self.onFinished:
+            self.onFinished(self.result)
+        return True
+
+    def cancel(self):
+        if self.result is None:
+            self._engine.cancel()
+            remove_half_written(self.output)
+            self.poll()
+
+
+def remove_half_written(folder: Path):
+    """Remove the staging folders that a killed batch left beside its series folders."""
+    from mskai.io import _remove_stale
+
+    for entry in folder.glob(".*.mskai-*"):
+        _remove_stale(folder, f".{entry.name[1:].split('.mskai-')[0]}.mskai-")

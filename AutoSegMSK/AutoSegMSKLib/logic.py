@@ -7,7 +7,7 @@ from pathlib import Path
 from mskai import MskaiError
 
 from . import segmentations as seg
-from .job import SegmentationJob, SegmentationOptions
+from .job import CONFIDENCE_REFERENCE, LEAST_CERTAIN, BatchJob, SegmentationJob, SegmentationOptions
 from .nodes import new_table, show_overlay
 
 
@@ -87,6 +87,17 @@ class AutoSegMSKLogic:
         self.lastResult = result
         return result["segmentation"]
 
+    @staticmethod
+    def confidenceNode(segmentationNode):
+        """The confidence map made with a segmentation, or None."""
+        return segmentationNode.GetNodeReference(CONFIDENCE_REFERENCE) if segmentationNode else None
+
+    @staticmethod
+    def leastCertainBones(segmentationNode) -> list[str]:
+        """Bone names of a result, least certain first (empty without a confidence map)."""
+        text = (segmentationNode.GetAttribute(LEAST_CERTAIN) or "") if segmentationNode else ""
+        return [name for name in text.split(",") if name]
+
     def showConfidence(self, volumeNode, confidenceNode, opacity=0.4):
         """Show the confidence map (red: uncertain, green: certain) over the input in every slice view."""
         show_overlay(self.scene, volumeNode, confidenceNode, opacity)
@@ -127,6 +138,12 @@ class AutoSegMSKLogic:
         return export_dicom_seg(self.scene, segmentationNode, volumeNode, databaseDir, importer)
 
     # --- batch ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def startBatch(databaseDir, outputDir, resume=True, onProgress=None, onFinished=None, **options) -> BatchJob:
+        """processDatabase in a background process (`mskai batch segment`), for the GUI: returns at once;
+        poll the job from a timer, ``job.cancel()`` stops it keeping the finished series."""
+        return BatchJob(databaseDir, outputDir, resume, onProgress, onFinished, **options)
 
     @staticmethod
     def processDatabase(databaseDir, outputDir, resume=True, seriesFilter=None, model=None, **options) -> dict:

@@ -114,6 +114,8 @@ def test_confidence_map_table_and_least_certain_bones(knee_result):
     assert rows["femur"]["mean_confidence"] == pytest.approx(values[labels == 2].mean(), abs=2e-3)
     present = [r for r in rows.values() if r["volume_ml"] > 0]
     assert result["leastCertain"] == [r["segment"] for r in sorted(present, key=lambda r: r["mean_confidence"])]
+    assert logic.confidenceNode(segmentation) is confidence  # linked, so any later session finds them again
+    assert logic.leastCertainBones(segmentation) == result["leastCertain"]
     logic.showConfidence(node, confidence)  # on a scene without slice views: no error, nothing to set
     composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
     logic.showConfidence(node, confidence, opacity=0.5)
@@ -225,7 +227,8 @@ def test_dicom_seg_goes_into_the_database_and_references_the_series(knee_dicom, 
         logic.exportDicomSeg(segmentation, plain, tmp_path / "db")
 
 
-def test_process_database_two_done_one_failed_then_all_skipped(tmp_path):
+def _database_with_a_broken_series(tmp_path):
+    """A real ctkDICOM.sql with three synthetic MR series of one patient; a file of the third is gone."""
     from mskai.synth.dicom_writer import write_series
     from mskai.synth.phantom import phantom
 
@@ -235,7 +238,11 @@ def test_process_database_two_done_one_failed_then_all_skipped(tmp_path):
     index_folder(tmp_path / "in", tmp_path / "db")
     broken = sorted((tmp_path / "in" / "axial").iterdir())
     broken[len(broken) // 2].unlink()  # a file listed in the database is gone: a gap in the slices
-    package = make_package(tmp_path / "model", constant_class=1)
+    return make_package(tmp_path / "model", constant_class=1)
+
+
+def test_process_database_two_done_one_failed_then_all_skipped(tmp_path):
+    package = _database_with_a_broken_series(tmp_path)
     report = AutoSegMSKLogic.processDatabase(tmp_path / "db", tmp_path / "out", model=str(package), device="cpu")
     assert len(report["done"]) == 2 and report["skipped"] == [] and len(report["failed"]) == 1
     assert report["failed"][0]["error"] and "Traceback" not in report["failed"][0]["error"]
@@ -249,6 +256,22 @@ def test_process_database_two_done_one_failed_then_all_skipped(tmp_path):
     again = AutoSegMSKLogic.processDatabase(tmp_path / "db", tmp_path / "out", model=str(package), device="cpu")
     assert sorted(again["skipped"]) == sorted(report["done"]) and again["done"] == []
     assert [f["series"] for f in again["failed"]] == [f["series"] for f in report["failed"]]
+
+
+def test_batch_in_the_background_reports_progress_and_its_summary(tmp_path):
+    import time
+
+    package = _database_with_a_broken_series(tmp_path)
+    progress, finished = [], []
+    job = AutoSegMSKLogic.startBatch(tmp_path / "db", tmp_path / "out", model=str(package), device="cpu",
+                                     onProgress=lambda stage, f: progress.append(f), onFinished=finished.append)
+    deadline = time.time() + 300
+    while not job.poll() and time.time() < deadline:
+        time.sleep(0.1)
+    (summary,) = finished
+    assert len(summary["done"]) == 2 and len(summary["failed"]) == 1, summary
+    assert progress == pytest.approx([1 / 3, 2 / 3, 1.0], abs=1e-3)
+    assert not list((tmp_path / "out").glob(".*staging*"))
 
 
 def test_the_lib_imports_with_slicer_core_alone_and_without_torch():
