@@ -102,7 +102,7 @@ class EngineJob:
         try:
             self._proc = subprocess.Popen(
                 [python, "-m", "mskai", *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env={**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"},
+                stderr=subprocess.PIPE, env=self._environment(),
                 text=True, encoding="utf-8", errors="replace", **flags)
         except (OSError, ValueError) as exc:
             self.state = "failed"
@@ -116,6 +116,15 @@ class EngineJob:
         for reader in self._readers:
             reader.start()
         return self
+
+    def _environment(self) -> dict:
+        """The caller's environment, ``env``, unbuffered output, and this mskai's folder first on PYTHONPATH: the
+        engine runs the same code as its caller (inside Slicer, the copy the extension installed)."""
+        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                              if p and p != package_root])
+        return env
 
     def poll(self) -> list:
         """The progress dicts that arrived since the last call (never blocks); also notices the end of the run."""

@@ -15,6 +15,7 @@ from mskai.volume import LPS_TO_RAS, Volume
 from .nodes import add_volume_node, ijk_to_ras, node_array, place_beside
 
 _HEADLESS_LOGIC = {}
+CERTAIN = 0.9  # confidence overlays leave voxels at or above this clear
 
 
 def segmentations_logic(scene):
@@ -155,14 +156,17 @@ def add_confidence_node(scene, path, name: str, reference):
     high = 100.0 if node_array(node).max(initial=0) > 1.0 else 1.0
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, high)
+    display.AutoThresholdOff()  # show only where the model was unsure: certain voxels and outside a slab (0) stay clear
+    display.SetThreshold(0.01 * high, CERTAIN * high)
+    display.SetApplyThreshold(1)
     place_beside(scene, node, reference)
     return node
 
 
 def export_models(node, folder, segment_names=None, formats=("stl",)) -> list[str]:
     """Write the closed surfaces of the chosen segments (all by default) as STL / OBJ / PLY in LPS millimetres,
-    like `mskai segment` and Slicer's own model export."""
-    from mskai.io import output_folder
+    like `mskai segment` and Slicer's own model export; all files appear together or none does."""
+    from mskai.io import atomic_outputs
     from mskai.segment.meshes import write_mesh
 
     unknown = [f for f in formats if f not in ("stl", "obj", "ply")]
@@ -178,23 +182,25 @@ def export_models(node, folder, segment_names=None, formats=("stl",)) -> list[st
         chosen = [(i, name) for i, name in chosen if name in segment_names]
     to_lps = vtk.vtkTransform()
     to_lps.Scale(-1, -1, 1)
-    folder = Path(folder)
-    written = []
-    with output_folder(folder, "models") as staging:
-        for segment_id, name in chosen:
-            polydata = vtk.vtkPolyData()
-            if not node.GetClosedSurfaceRepresentation(segment_id, polydata) or polydata.GetNumberOfPoints() == 0:
-                continue
-            flip = vtk.vtkTransformPolyDataFilter()
-            flip.SetTransform(to_lps)
-            flip.SetInputData(polydata)
-            flip.Update()
-            for ext in formats:
-                write_mesh(flip.GetOutput(), staging / f"{_file_name(name)}.{ext}")
-                written.append(str(folder / f"{_file_name(name)}.{ext}"))
-    if not written:
+    surfaces, stems = [], set()
+    for segment_id, name in chosen:
+        polydata = vtk.vtkPolyData()
+        if not node.GetClosedSurfaceRepresentation(segment_id, polydata) or polydata.GetNumberOfPoints() == 0:
+            continue
+        flip = vtk.vtkTransformPolyDataFilter()
+        flip.SetTransform(to_lps)
+        flip.SetInputData(polydata)
+        flip.Update()
+        stem = _file_name(name)
+        stem = stem if stem not in stems else f"{stem}_{len(stems) + 1}"  # two names that look alike as files
+        stems.add(stem)
+        surfaces += [(flip.GetOutput(), Path(folder) / f"{stem}.{ext}") for ext in formats]
+    if not surfaces:
         raise MskaiError(f"None of the chosen segments of {node.GetName()!r} has a surface: nothing exported")
-    return written
+    with atomic_outputs([path for _, path in surfaces]) as temporary:
+        for (polydata, _), tmp in zip(surfaces, temporary):
+            write_mesh(polydata, tmp)
+    return [str(path) for _, path in surfaces]
 
 
 def _file_name(name: str) -> str:

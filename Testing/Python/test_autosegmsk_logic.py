@@ -116,6 +116,9 @@ def test_confidence_map_table_and_least_certain_bones(knee_result):
     assert result["leastCertain"] == [r["segment"] for r in sorted(present, key=lambda r: r["mean_confidence"])]
     assert logic.confidenceNode(segmentation) is confidence  # linked, so any later session finds them again
     assert logic.leastCertainBones(segmentation) == result["leastCertain"]
+    display = confidence.GetDisplayNode()  # the overlay shows only the uncertain voxels
+    assert display.GetApplyThreshold() and 0 < display.GetLowerThreshold() < display.GetUpperThreshold() < 100
+    assert display.GetColorNode().GetName() == "mskai confidence"
     logic.showConfidence(node, confidence)  # on a scene without slice views: no error, nothing to set
     composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
     logic.showConfidence(node, confidence, opacity=0.5)

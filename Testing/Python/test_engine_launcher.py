@@ -52,6 +52,18 @@ def test_a_small_command_runs_to_the_end(tmp_path):
     assert (tmp_path / "dicom").is_dir()  # cancel after the end removes nothing
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs a second Python without mskai installed")
+def test_the_engine_runs_this_mskai_in_an_interpreter_that_does_not_have_it(tmp_path):
+    """As PythonSlicer does not have the extension's mskai on its path: the launcher puts it there."""
+    import subprocess
+
+    bare = subprocess.run(["/usr/bin/python3", "-c", "import mskai"], cwd=tmp_path, capture_output=True)
+    assert bare.returncode != 0  # this interpreter cannot import mskai by itself
+    job = EngineJob(["--help"], python="/usr/bin/python3").start()
+    assert job.wait(60) == 0, job.error
+    assert any("segment" in line for line in job.messages)
+
+
 def test_segment_progress_events_are_parsed_from_the_engine(volumes, tmp_path):
     out = tmp_path / "out"
     job = EngineJob(["segment", volumes[0], "-o", out, "--progress", "json", "--formats", "nrrd", "--threads", "1"],
