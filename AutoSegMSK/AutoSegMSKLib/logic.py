@@ -53,7 +53,7 @@ class AutoSegMSKLogic:
                 except MskaiError as exc:
                     plans, problem = [], str(exc)
                 else:
-                    problem = next((p.problem for p in plans if p.problem), "")
+                    problem = next((p.problem or p.uneven_gaps for p in plans if p.problem or p.uneven_gaps), "")
                 rows.append({"seriesUID": series.uid, "patient": series.patient_name or series.patient_id or "",
                              "study": series.study_description or series.study_date or "",
                              "description": series.description or "", "files": len(series.files),

@@ -261,6 +261,15 @@ def test_process_database_two_done_one_failed_then_all_skipped(tmp_path):
     assert [f["series"] for f in again["failed"]] == [f["series"] for f in report["failed"]]
 
 
+def test_database_series_list_mr_series_with_plane_size_and_problems(tmp_path):
+    _database_with_a_broken_series(tmp_path)
+    rows = {r["plane"]: r for r in AutoSegMSKLogic.databaseSeries(tmp_path / "db")}
+    assert set(rows) == {"sagittal", "coronal", "axial"}
+    assert rows["sagittal"]["size"] == "48x48x16" and rows["sagittal"]["problem"] == ""
+    assert rows["axial"]["size"] == "48x48x15" and "not equally spaced" in rows["axial"]["problem"]
+    assert AutoSegMSKLogic.databaseSeries(tmp_path / "db", modality="CT") == []
+
+
 def test_batch_in_the_background_reports_progress_and_its_summary(tmp_path):
     import time
 
