@@ -42,6 +42,8 @@ REQUIREMENTS = (
     "matplotlib>=3.7",
     "tqdm>=4.60",
     "psutil>=5.9",
+    "scikit-learn>=1.3",
+    "scikit-image>=0.21",
 )
 
 # Import names that differ from the distribution names (used only when a distribution has no metadata).
@@ -51,6 +53,8 @@ IMPORT_NAMES = {
     "pyjpegls": "jpeg_ls",
     "pynrrd": "nrrd",
     "dicom-anonymizer": "dicomanonymizer",
+    "scikit-learn": "sklearn",
+    "scikit-image": "skimage",
 }
 
 # Typical wheel sizes in MB (Python 3.11, 64-bit), for the confirmation text only.
@@ -58,7 +62,7 @@ TYPICAL_MB = {
     "numpy": 16, "pydicom": 2.4, "pylibjpeg": 0.1, "pylibjpeg-libjpeg": 4, "pylibjpeg-openjpeg": 2.5,
     "pyjpegls": 2, "nibabel": 3.5, "pynrrd": 0.1, "dicognito": 0.2, "dicom-anonymizer": 0.1,
     "torch": 200, "monai": 2.7, "scipy": 36, "vtk": 100, "slicerio": 0.1, "highdicom": 1,
-    "safetensors": 0.5, "jsonschema": 0.5, "matplotlib": 8.5, "tqdm": 0.1, "psutil": 0.3,
+    "safetensors": 0.5, "jsonschema": 0.5, "matplotlib": 8.5, "tqdm": 0.1, "psutil": 0.3, "scikit-learn": 13, "scikit-image": 15,
 }
 TORCH_CUDA_MB = 2500  # torch + the NVIDIA libraries pip pulls with a CUDA build
 UNKNOWN_MB = 5

@@ -217,8 +217,8 @@ def test_a_folder_in_the_working_directory_does_not_shadow_a_registered_model(di
     assert find_model("test-bones@1.0.0").source == dirs / "bundled" / "test-bones-1.0.0"
     assert find_model("./test-bones").version == "9.9.9"
     assert find_model(str(dirs / "test-bones")).version == "9.9.9"
-    with pytest.raises(MskaiError, match="not a classification model"):
-        find_model("./test-bones", task="classification")
+    with pytest.raises(MskaiError, match="not a acl-classification model"):
+        find_model("./test-bones", task="acl-classification")
 
 
 # 9. Bounded downloads

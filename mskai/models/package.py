@@ -40,7 +40,7 @@ SCHEMA = {
         # id and version name the install folder <id>-<version>: one path component, no "..".
         "id": {"type": "string", "pattern": r"^(?!.*\.\.)[a-z0-9][a-z0-9._-]{0,63}\Z"},
         "version": {"type": "string", "pattern": r"^(?!.*\.\.)[0-9A-Za-z][0-9A-Za-z.+-]{0,31}\Z"},
-        "task": {"enum": ["segmentation", "classification"]},
+        "task": {"enum": ["segmentation", "acl-classification"]},
         "title": {"type": "string"},
         "description": {"type": "string"},
         "demo": {"type": "boolean"},
@@ -60,7 +60,7 @@ SCHEMA = {
         "classes": {"type": "array", "minItems": 2, "maxItems": 64, "items": _TEXT},
         "input": {
             "type": "object",
-            "required": ["modality", "plane", "spacing_mm", "intensity", "patch_size"],
+            "required": ["modality", "plane"],
             "properties": {
                 "modality": _TEXT,
                 "plane": {"enum": ["any", "sagittal", "coronal", "axial"]},
@@ -83,10 +83,14 @@ SCHEMA = {
                                     "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(safetensors|pt|pth)\Z"},
                            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
         },
+        "preprocessing": {"type": "object"},  # acl-classification: mskai.acl.preprocess.AclPreprocessing
         "metrics": {"type": "object"},
     },
-    "allOf": [{"if": {"properties": {"task": {"const": "segmentation"}}}, "then": {"required": ["labels"]}},
-              {"if": {"properties": {"task": {"const": "classification"}}}, "then": {"required": ["classes"]}}],
+    "allOf": [{"if": {"properties": {"task": {"const": "segmentation"}}},
+               "then": {"required": ["labels"], "properties": {
+                   "input": {"required": ["spacing_mm", "intensity", "patch_size"]}}}},
+              {"if": {"properties": {"task": {"const": "acl-classification"}}},
+               "then": {"required": ["classes", "preprocessing"]}}],
 }
 
 
