@@ -301,6 +301,95 @@ def cmd_batch_segment(args):
     return 1 if summary["failed"] else 0
 
 
+def cmd_classify(args):
+    from mskai.acl.run import classify_to_folder
+
+    report = classify_to_folder(args.source, args.output, model=args.model, series_key=args.series,
+                                show_descriptions=args.show_descriptions, progress=_progress_printer(args.progress))
+    if report["model"]["demo"]:
+        print("NOTE: demo model trained on synthetic data - not for clinical use.", file=sys.stderr)
+    print(f"Series: {report['series']['reason']}")
+    for name, p in sorted(report["probabilities"].items(), key=lambda item: -item[1]):
+        print(f"  {name:<17} {p:6.3f}")
+    print(f"ACL: {report['predicted']} (key slice {report['key_slice'] + 1}); wrote report.json, cam.nrrd and "
+          f"key_slice.png to {args.output}")
+    return 0
+
+
+def _acl_source(args) -> dict:
+    given = {k: v for k, v in (("csv", args.csv), ("mrnet", args.mrnet), ("kneemri", args.kneemri)) if v}
+    if len(given) + bool(args.synthetic) != 1:
+        raise MskaiError("Give exactly one of --csv, --mrnet, --kneemri or --synthetic N")
+    return given
+
+
+def _acl_preprocessing(args):
+    from mskai.acl.preprocess import AclPreprocessing
+
+    return AclPreprocessing(intensity=args.intensity, slices=args.slices,
+                            depth=args.depth if args.depth else (10 if args.slices == "nmf" else 16),
+                            size=args.size, field_mm=args.field_mm or None, foreground_mask=args.foreground_mask,
+                            kmeans_channel=args.kmeans_channel, joint_crop=args.joint_crop)
+
+
+def cmd_train_acl(args):
+    """Cases are split by subject (train/val/test) before anything is prepared; the package goes to --output."""
+    from mskai.acl.infer import bone_segmenter_for
+    from mskai.acl.preprocess import fit_histogram_landmarks
+    from mskai.acl.run import case_sets
+    from mskai.acl.train import PreparedSet, TrainAclConfig, train_acl
+
+    source = _acl_source(args)
+    config = TrainAclConfig(classes=args.classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            patience=args.patience, pooling=args.pooling,
+                            layers=tuple(int(v) for v in args.layers.split(",")),
+                            widths=tuple(int(v) for v in args.widths.split(",")), balance=args.balance,
+                            augment=not args.no_augment, seed=args.seed, threads=args.threads)
+    preprocessing = _acl_preprocessing(args)
+    sets = case_sets(source, args.classes, args.seed, args.synthetic)
+    if preprocessing.intensity == "histogram":  # landmarks learned on training cases only
+        preprocessing.landmarks = fit_histogram_landmarks(load() for _, load, _, _ in sets["train"][:60])
+    segmenter = bone_segmenter_for(preprocessing)
+    cache = None if args.no_cache else Path("build") / "acl_cache"
+    train = PreparedSet.build(sets["train"], preprocessing, cache, segmenter)
+    val = PreparedSet.build(sets["val"], preprocessing, cache, segmenter)
+    described = (f"synthetic sagittal knees ({len(train.labels)} training, {len(val.labels)} validation) on real OAI "
+                 "bone shapes of training subjects" if args.synthetic else f"{next(iter(source))} dataset")
+    result = train_acl(train, val, config, preprocessing, args.output, package_id=args.id, version=args.version,
+                       demo=bool(args.synthetic) or args.demo, training_data=described,
+                       backbone_weights=args.backbone_weights)
+    best = result["best"]
+    print(f"Best epoch {best['epoch']}: validation AUC {best['auc']}, macro F1 {best['macro_f1']:.3f}; "
+          f"package written to {args.output}")
+    return 0
+
+
+def cmd_evaluate_acl(args):
+    from mskai.acl.infer import TASK
+    from mskai.acl.metrics import format_table
+    from mskai.acl.run import case_sets, evaluate_package
+    from mskai.models.registry import find_model
+
+    package = find_model(args.model, task=TASK)
+    classes = "four" if len(package.metadata["classes"]) == 4 else "binary"
+    sets = case_sets(_acl_source(args), classes, args.seed, args.synthetic)
+    items = sets["test"] if args.split == "test" else sets["train"] + sets["val"] + sets["test"]
+    report = evaluate_package(package, items, args.output, n_boot=args.bootstrap,
+                              cache_dir=None if args.no_cache else Path("build") / "acl_cache")
+    print(format_table(report))
+    print(f"Wrote evaluation.json, roc.png and confusion.png to {args.output}")
+    return 0
+
+
+def _add_acl_data_arguments(p):
+    p.add_argument("--csv", help="CSV of series path, label[, subject]")
+    p.add_argument("--mrnet", help="MRNet-v1.0 folder (train/sagittal/NNNN.npy + train-acl.csv)")
+    p.add_argument("--kneemri", help="KneeMRI folder (metadata.csv + .pck volumes)")
+    p.add_argument("--synthetic", type=int, help="N synthetic training cases (held-out cases on other subjects)")
+    p.add_argument("--seed", type=int, default=0, help="split and synthetic seed")
+    p.add_argument("--no-cache", action="store_true", help="do not cache prepared cases under build/acl_cache")
+
+
 def cmd_evaluate(args):
     import contextlib
 
@@ -486,6 +575,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                    help="one line per series (bar), JSON lines (json) or nothing")
     p.set_defaults(func=cmd_batch_segment)
+
+    p = top.add_parser("classify", help="classify the ACL on the sagittal series of a study (or a series, database)")
+    p.add_argument("source", help="study or series folder, Slicer DICOM database, or a sagittal .nrrd/.nii.gz volume")
+    p.add_argument("-o", "--output", required=True, help="output folder: report.json, cam.nrrd, key_slice.png")
+    p.add_argument("--series", help="use this series (UID or the number `mskai dicom ls` shows) instead of choosing")
+    p.add_argument("--model", default="mskai-acl-demo", help="ACL model id[@version] or package path")
+    p.add_argument("--show-descriptions", action="store_true",
+                   help="name the chosen series by its description (free text that may identify the patient)")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="none")
+    p.set_defaults(func=cmd_classify)
+
+    p = top.add_parser("train-acl", help="train an ACL classifier package (MRNet-style) from a dataset or synthetic knees")
+    _add_acl_data_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="package folder to write")
+    p.add_argument("--classes", choices=["four", "binary"], default="four")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better val AUC")
+    p.add_argument("--pooling", choices=["max", "attention"], default="max")
+    p.add_argument("--layers", default="1,1,1,1", help="ResNet blocks per stage (2,2,2,2: ResNet-18)")
+    p.add_argument("--widths", default="16,32,64,128", help="channels per stage (64,128,256,512: ResNet-18)")
+    p.add_argument("--balance", choices=["sampler", "weights"], default="sampler")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--backbone-weights", help="safetensors file of ImageNet ResNet weights (torchvision layout)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--intensity", choices=["percentile", "histogram"], default="percentile")
+    p.add_argument("--slices", choices=["central", "nmf"], default="central")
+    p.add_argument("--depth", type=int, help="slices the network sees (16 central, 10 NMF)")
+    p.add_argument("--size", type=int, default=128, help="in-plane pixels")
+    p.add_argument("--field-mm", type=float, default=160.0, help="in-plane field of view (0: whole slice)")
+    p.add_argument("--foreground-mask", action="store_true")
+    p.add_argument("--kmeans-channel", action="store_true")
+    p.add_argument("--joint-crop", action="store_true", help="crop around the notch found by the bone model")
+    p.add_argument("--id", default="mskai-acl", help="package id")
+    p.add_argument("--version", default="0.1.0", help="package version")
+    p.add_argument("--demo", action="store_true", help="mark the package as a demo (always so for synthetic data)")
+    p.set_defaults(func=cmd_train_acl)
+
+    p = top.add_parser("evaluate-acl", help="evaluate an ACL package: per-class table, confusion matrix, AUC with CI")
+    _add_acl_data_arguments(p)
+    p.add_argument("--model", default="mskai-acl-demo", help="ACL model id[@version] or package path")
+    p.add_argument("-o", "--output", required=True, help="folder for evaluation.json, roc.png, confusion.png")
+    p.add_argument("--split", choices=["test", "all"], default="test",
+                   help="the held-out test part of the subject split (default) or every case")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC confidence intervals")
+    p.set_defaults(func=cmd_evaluate_acl)
 
     p = top.add_parser("evaluate", help="Dice, volume error, HD95 and surface distance per bone against a reference")
     p.add_argument("segmentation", help="label map (.nii.gz/.nrrd), .seg.nrrd or DICOM SEG")

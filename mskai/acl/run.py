@@ -1,0 +1,165 @@
+"""The ACL commands' work: classify a study into an output folder; gather training/evaluation cases from a CSV,
+the MRNet or KneeMRI layouts, or the synthetic generator; evaluate a package on held-out cases."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mskai import MskaiError
+
+
+def _input(source, series_key=None, show_descriptions=False):
+    """(Volume, reason): a volume file as it is, or the sagittal series chosen from a series/study/database."""
+    from mskai.io import read_volume_file, suffix_of
+
+    path = Path(source)
+    if path.is_file() and suffix_of(path) in (".nrrd", ".nii", ".nii.gz"):
+        if series_key:
+            raise MskaiError("--series applies to DICOM input, not to a volume file")
+        volume = read_volume_file(path)
+        return volume, f"volume file {path.name}"
+    from mskai.acl.series import choose_series
+    from mskai.dicom import read_volume, scan_source
+
+    report = scan_source(source)
+    studies = {s.study_uid for s in report.require_series(str(source)) if s.is_image}
+    if len(studies) > 1 and not series_key:
+        raise MskaiError(f"{source} holds {len(studies)} studies; choose a series with --series (see `mskai dicom ls`) "
+                         "or classify one study folder at a time")
+    plan, reason = choose_series(report, series_key, show_descriptions=show_descriptions)  # numbered as `dicom ls`
+    return read_volume(plan), reason
+
+
+def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=None, show_descriptions=False,
+                       progress=None) -> dict:
+    """Classify the ACL on the sagittal series of ``source`` and write report.json, cam.nrrd and key_slice.png
+    into ``output`` as one unit. Returns the report (which names no patient)."""
+    from mskai.acl.infer import TASK, classify_volume, key_slice_png
+    from mskai.io import atomic_output, output_folder, write_volume
+    from mskai.models.registry import find_model
+
+    progress = progress or (lambda stage, fraction: None)
+    with output_folder(output, "acl-classification") as staging:
+        package = find_model(model, task=TASK)
+        start = time.perf_counter()
+        progress("load", 0.0)
+        volume, reason = _input(source, series_key, show_descriptions)
+        load_s = time.perf_counter() - start
+        progress("classify", 0.0)
+        result = classify_volume(volume, package)
+        progress("write", 0.0)
+        write_volume(result.cam, staging / "cam.nrrd")
+        key_slice_png(volume, result, staging / "key_slice.png")
+        demo = package.metadata["demo"]
+        report = {
+            "model": {"id": package.id, "version": package.version, "demo": demo},
+            "notice": "Demo model trained on synthetic data: not for clinical use." if demo else "",
+            "series": {"reason": reason, "shape": list(volume.shape),
+                       "spacing_mm": [round(float(s), 4) for s in volume.spacing]},
+            "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()},
+            "predicted": result.predicted,
+            "key_slice": result.key_slice,
+            "key_slice_axis": result.slice_axis,
+            "key_slice_note": "0-based index along voxel axis key_slice_axis (0 = i, 1 = j, 2 = k) of the input; "
+                              "key_slice.png shows it",
+            "preprocessing": {k: v for k, v in result.notes.items() if k != "timings_s"},
+            "timings_s": {"load": round(load_s, 3), **{k: round(v, 3) for k, v in result.notes["timings_s"].items()}},
+            "files": {"cam": "cam.nrrd", "key_slice": "key_slice.png"},
+        }
+        with atomic_output(staging / "report.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        progress("write", 1.0)
+    return report
+
+
+# --- cases for training and evaluation ---------------------------------------------------------------------
+
+def synthetic_items(n: int, split: str, seed: int, classes: str = "four"):
+    """``n`` synthetic sagittal knees, grades balanced, on the real bone shapes of one subject split
+    ("train", "val" or "test": the OAI subject split of the bone model, never mixed)."""
+    from mskai.acl.synth import acl_shape_subjects, synthetic_acl_knee
+    from mskai.acl.train import to_binary
+
+    subjects = acl_shape_subjects(split)
+    items = []
+    for i in range(n):
+        grade = i % 4
+        case_seed = seed * 1_000_003 + i
+        load = (lambda grade=grade, case_seed=case_seed:
+                synthetic_acl_knee(grade, np.random.default_rng(case_seed), subjects=subjects))
+        label = grade if classes == "four" else to_binary(grade)
+        items.append((f"synthetic-{split}-{seed}-{i}-{grade}", load, label, f"{split}-{case_seed}"))
+    return items
+
+
+def dataset_items(args_source: dict, classes: str):
+    """Cases from exactly one of csv / mrnet / kneemri ({"csv": path} ...) as training items."""
+    from mskai.acl.data import read_csv, read_kneemri, read_mrnet
+    from mskai.acl.train import to_binary
+
+    kind, where = next(iter(args_source.items()))
+    n_classes = 4 if classes == "four" else 2
+    if kind == "csv":
+        cases = read_csv(where, classes=n_classes)
+    elif kind == "mrnet":
+        if classes != "binary":
+            raise MskaiError("MRNet labels ACL tears as yes/no: train it with --classes binary")
+        cases = read_mrnet(where, split="train") + read_mrnet(where, split="valid")
+    else:
+        cases = read_kneemri(where, classes=4)
+        if classes == "binary":
+            cases = [type(c)(c.source, to_binary(c.label), c.subject) for c in cases]
+    return cases
+
+
+def items_of(cases):
+    return [(c.source, c.load, c.label, c.subject) for c in cases]
+
+
+def case_sets(source: dict, classes: str, seed: int = 0, synthetic=None) -> dict:
+    """{"train", "val", "test"} item lists: synthetic cases on disjoint shape subjects (``synthetic``: number of
+    training cases; a quarter as many for validation and for test), or a dataset split by subject (70/15/15)."""
+    if synthetic:
+        n_held = max(8, synthetic // 4)
+        return {"train": synthetic_items(synthetic, "train", seed, classes),
+                "val": synthetic_items(n_held, "val", seed + 1, classes),
+                "test": synthetic_items(n_held, "test", seed + 2, classes)}
+    from mskai.acl.data import stratified_subject_split
+
+    parts = stratified_subject_split(dataset_items(source, classes), seed=seed)
+    return {name: items_of(cases) for name, cases in parts.items()}
+
+
+def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None, progress=print) -> dict:
+    """Per-class precision/recall/F1, confusion matrix, AUC with bootstrap CI of ``package`` on ``items``;
+    evaluation.json, roc.png and confusion.png in ``output`` (one unit)."""
+    import torch
+
+    from mskai.acl.infer import bone_segmenter_for, check_package, preprocessing_of
+    from mskai.acl.metrics import classification_report, confusion_png, roc_png
+    from mskai.acl.train import PreparedSet
+    from mskai.io import atomic_output, output_folder
+
+    check_package(package)
+    config = preprocessing_of(package)
+    classes = package.metadata["classes"]
+    with output_folder(output, "acl-evaluation") as staging:
+        data = PreparedSet.build(items, config, cache_dir, bone_segmenter_for(config), progress)
+        if data.labels.max() >= len(classes):
+            raise MskaiError(f"Labels go up to {data.labels.max()}, but {package.id} has {len(classes)} classes "
+                             f"({', '.join(classes)})")
+        net = package.build_network()
+        with torch.inference_mode():
+            probabilities = np.concatenate([torch.softmax(net(torch.from_numpy(data.images[i:i + 8].astype(np.float32))),
+                                                          dim=1).numpy() for i in range(0, len(data.labels), 8)])
+        report = classification_report(data.labels, probabilities, classes, n_boot=n_boot)
+        report["model"] = {"id": package.id, "version": package.version, "demo": package.metadata["demo"]}
+        with atomic_output(staging / "evaluation.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        roc_png(data.labels, probabilities, classes, staging / "roc.png")
+        confusion_png(report["confusion_matrix"], classes, staging / "confusion.png")
+    return report

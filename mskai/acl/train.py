@@ -1,0 +1,230 @@
+"""Train the MRNet-style ACL classifier: cases prepared once (cached), augmented on the fly, class-balanced,
+Adam with a cosine schedule, early stopping on the validation AUC; writes a model package, a JSON log, curves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mskai import MskaiError, check_range
+from mskai.acl.infer import BINARY_CLASSES, FOUR_CLASSES, TASK
+
+
+@dataclass
+class TrainAclConfig:
+    classes: str = "four"  # "four" (healthy, minor strain, partial, complete) or "binary" (intact, torn)
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 8  # epochs without a better validation AUC before stopping
+    pooling: str = "max"
+    layers: tuple = (1, 1, 1, 1)
+    widths: tuple = (16, 32, 64, 128)
+    balance: str = "sampler"  # "sampler" (balanced batches) or "weights" (class-weighted loss)
+    augment: bool = True
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.classes not in ("four", "binary"):
+            raise MskaiError(f"classes must be four or binary, not {self.classes!r}")
+        if self.balance not in ("sampler", "weights"):
+            raise MskaiError(f"balance must be sampler or weights, not {self.balance!r}")
+        check_range("epochs", self.epochs, 1, 10000, integer=True)
+        check_range("batch size", self.batch_size, 1, 1024, integer=True)
+        check_range("learning rate", self.lr, 1e-7, 1.0)
+        check_range("patience", self.patience, 1, 10000, integer=True)
+
+    @property
+    def class_names(self) -> tuple:
+        return FOUR_CLASSES if self.classes == "four" else BINARY_CLASSES
+
+
+def to_binary(label: int) -> int:
+    """Four grades -> intact (healthy, minor strain) / torn (partial or complete rupture), as the seeds did."""
+    return int(label >= 2)
+
+
+@dataclass
+class PreparedSet:
+    """Prepared network inputs (float16, cases x C x K x H x W) and labels, made once and cached on disk."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    subjects: list = field(default_factory=list)
+
+    @classmethod
+    def build(cls, items, config, cache_dir=None, bone_segmenter=None, progress=print) -> "PreparedSet":
+        """items: [(key, load() -> Volume, label, subject)]; key names the case in the cache (with the config)."""
+        from mskai.acl.preprocess import prepare
+
+        stamp = hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+        images, labels, subjects = [], [], []
+        start = time.perf_counter()
+        for n, (key, load, label, subject) in enumerate(items, 1):
+            cached = Path(cache_dir) / stamp / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy" \
+                if cache_dir else None
+            if cached is not None and cached.is_file():
+                image = np.load(cached, allow_pickle=False)
+            else:
+                try:
+                    image = prepare(load(), config, bone_segmenter).image.astype(np.float16)
+                except MskaiError as exc:
+                    raise MskaiError(f"Case {key}: {exc}") from None
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(cached, image, allow_pickle=False)
+            images.append(image)
+            labels.append(int(label))
+            subjects.append(subject)
+            if progress and (n % 100 == 0 or n == len(items)):
+                progress(f"prepared {n}/{len(items)} cases ({time.perf_counter() - start:.0f} s)")
+        if not images:
+            raise MskaiError("No cases to train on")
+        return cls(np.stack(images), np.asarray(labels, dtype=np.int64), subjects)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random in-plane shift, rotation and scale, left-right mirroring (slice order), gamma and noise."""
+    b = batch.shape[0]
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    angle = (rand(b) - 0.5) * math.radians(20)
+    scale = 1 + (rand(b) - 0.5) * 0.2
+    shift = (rand(b, 2) - 0.5) * 0.15
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) / scale, -torch.sin(angle) / scale
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) / scale, torch.cos(angle) / scale
+    theta[:, :, 2] = shift
+    c, k, h, w = batch.shape[1:]
+    grid = F.affine_grid(theta, (b, c * k, h, w), align_corners=False)
+    out = F.grid_sample(batch.reshape(b, c * k, h, w), grid, align_corners=False, padding_mode="zeros")
+    out = out.reshape(b, c, k, h, w)
+    mirror = rand(b) < 0.5
+    out[mirror] = out[mirror].flip(2)
+    image = out[:, :1].clamp(min=0)
+    gamma = torch.exp((rand(b) - 0.5) * 0.5).view(b, 1, 1, 1, 1)
+    image = image ** gamma + 0.02 * torch.randn(image.shape, generator=generator)
+    return torch.cat([image, out[:, 1:]], dim=1)
+
+
+def _scores(net, images, labels, batch_size) -> tuple[float, np.ndarray]:
+    net.eval()
+    losses, probabilities = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size].astype(np.float32))
+            logits = net(x)
+            losses.append(F.cross_entropy(logits, torch.from_numpy(labels[start:start + batch_size]),
+                                          reduction="sum").item())
+            probabilities.append(torch.softmax(logits, dim=1).numpy())
+    return sum(losses) / len(images), np.concatenate(probabilities)
+
+
+def _epoch_entry(epoch, train_loss, val_loss, labels, probabilities, class_names, seconds) -> dict:
+    from mskai.acl.metrics import classification_report
+
+    report = classification_report(labels, probabilities, class_names, n_boot=0)
+    mean = lambda key: float(np.mean([c[key] for c in report["per_class"] if c[key] is not None] or [0]))  # noqa: E731
+    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "accuracy": report["accuracy"],
+            "macro_precision": mean("precision"), "macro_recall": mean("recall"), "macro_f1": report["macro_f1"],
+            "auc": report.get("auc_positive", report["macro_auc"]), "seconds": round(seconds, 1)}
+
+
+def network_spec(config: TrainAclConfig, in_channels: int) -> dict:
+    return {"class": "MRNetStyle", "args": {"in_channels": in_channels, "n_classes": len(config.class_names),
+                                            "layers": list(config.layers), "widths": list(config.widths),
+                                            "pooling": config.pooling}}
+
+
+def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, preprocessing, out_dir, *,
+              package_id="mskai-acl", version="0.1.0", demo=True, training_data="", init_state=None,
+              backbone_weights=None, progress=print) -> dict:
+    """Train, keep the state with the best validation AUC, write the package into ``out_dir``; returns the log."""
+    from mskai.acl.metrics import training_curves_png
+    from mskai.io import atomic_output
+    from mskai.models.networks import build_network
+    from mskai.models.package import save_package
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    n_classes = len(config.class_names)
+    for name, part in (("training", train), ("validation", val)):
+        if part.labels.min() < 0 or part.labels.max() >= n_classes:
+            raise MskaiError(f"The {name} labels must be 0..{n_classes - 1} for {config.classes} classes")
+    spec = network_spec(config, train.images.shape[1])
+    net = build_network(spec, init_state)
+    if backbone_weights:
+        from mskai.acl.model import load_backbone
+
+        load_backbone(net, backbone_weights)
+    counts = np.bincount(train.labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    loss_weights = torch.tensor(weights, dtype=torch.float32) if config.balance == "weights" else None
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log, best, best_state, stale = [], -1.0, None, 0
+    steps = max(1, len(train.labels) // config.batch_size)
+    for epoch in range(1, config.epochs + 1):
+        start, net = time.perf_counter(), net.train()
+        if config.balance == "sampler":  # every class equally often
+            order = torch.multinomial(torch.tensor(weights[train.labels]), steps * config.batch_size, replacement=True,
+                                      generator=generator).numpy()
+        else:
+            order = torch.randperm(len(train.labels), generator=generator).numpy()[:steps * config.batch_size]
+        losses = []
+        for step in range(steps):
+            index = np.sort(order[step * config.batch_size:(step + 1) * config.batch_size])
+            x = torch.from_numpy(train.images[index].astype(np.float32))
+            x = augment(x, generator) if config.augment else x
+            loss = F.cross_entropy(net(x), torch.from_numpy(train.labels[index]), weight=loss_weights)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        scheduler.step()
+        val_loss, probabilities = _scores(net, val.images, val.labels, config.batch_size)
+        entry = _epoch_entry(epoch, float(np.mean(losses)), val_loss, val.labels, probabilities, config.class_names,
+                             time.perf_counter() - start)
+        log.append(entry)
+        score = entry["auc"] if entry["auc"] is not None else entry["macro_f1"]
+        if score > best:
+            best, best_state, stale = score, {k: v.detach().clone() for k, v in net.state_dict().items()}, 0
+        else:
+            stale += 1
+        if progress:
+            progress(f"epoch {epoch}: train loss {entry['train_loss']:.3f}, val loss {val_loss:.3f}, "
+                     f"accuracy {entry['accuracy']:.3f}, macro F1 {entry['macro_f1']:.3f}, AUC {entry['auc']}")
+        with atomic_output(out_dir / "training_log.json") as tmp:
+            tmp.write_text(json.dumps({"config": asdict(config), "preprocessing": preprocessing.to_json(),
+                                       "log": log}, indent=2))
+        training_curves_png(log, out_dir / "training_curves.png")
+        if stale >= config.patience:
+            break
+    best_entry = max(log, key=lambda e: e["auc"] if e["auc"] is not None else e["macro_f1"])
+    metadata = {
+        "id": package_id, "version": version, "task": TASK, "demo": demo,
+        "title": "ACL classifier (demo)" if demo else "ACL classifier",
+        "description": f"MRNet-style ACL classifier ({', '.join(config.class_names)}) on sagittal knee MR.",
+        "licence": "Apache-2.0", "training_data": training_data,
+        "classes": list(config.class_names),
+        "input": {"modality": "MR", "plane": "sagittal"},
+        "preprocessing": preprocessing.to_json(),
+        "network": spec,
+        "metrics": {"validation": {k: best_entry[k] for k in ("epoch", "accuracy", "macro_f1", "auc")},
+                    "train_cases": int(len(train.labels)), "validation_cases": int(len(val.labels))},
+    }
+    save_package(out_dir, metadata, best_state)
+    return {"log": log, "best": best_entry}
