@@ -351,8 +351,8 @@ def cmd_train_acl(args):
         preprocessing.landmarks = fit_histogram_landmarks(load() for _, load, _, _ in sets["train"][:60])
     segmenter = bone_segmenter_for(preprocessing)
     cache = None if args.no_cache else Path("build") / "acl_cache"
-    train = PreparedSet.build(sets["train"], preprocessing, cache, segmenter)
-    val = PreparedSet.build(sets["val"], preprocessing, cache, segmenter)
+    train = PreparedSet.build(sets["train"], preprocessing, cache, segmenter, workers=args.workers)
+    val = PreparedSet.build(sets["val"], preprocessing, cache, segmenter, workers=args.workers)
     described = (f"synthetic sagittal knees ({len(train.labels)} training, {len(val.labels)} validation) on real OAI "
                  "bone shapes of training subjects" if args.synthetic else f"{next(iter(source))} dataset")
     result = train_acl(train, val, config, preprocessing, args.output, package_id=args.id, version=args.version,
@@ -375,8 +375,12 @@ def cmd_evaluate_acl(args):
     sets = case_sets(_acl_source(args), classes, args.seed, args.synthetic)
     items = sets["test"] if args.split == "test" else sets["train"] + sets["val"] + sets["test"]
     report = evaluate_package(package, items, args.output, n_boot=args.bootstrap,
-                              cache_dir=None if args.no_cache else Path("build") / "acl_cache")
+                              cache_dir=None if args.no_cache else Path("build") / "acl_cache", workers=args.workers)
     print(format_table(report))
+    if "binary" in report:
+        ci = report["binary"]["auc_positive_ci"]
+        print(f"Torn (partial or complete) vs intact: AUC {report['binary']['auc_positive']:.3f}"
+              + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
     print(f"Wrote evaluation.json, roc.png and confusion.png to {args.output}")
     return 0
 
@@ -388,6 +392,7 @@ def _add_acl_data_arguments(p):
     p.add_argument("--synthetic", type=int, help="N synthetic training cases (held-out cases on other subjects)")
     p.add_argument("--seed", type=int, default=0, help="split and synthetic seed")
     p.add_argument("--no-cache", action="store_true", help="do not cache prepared cases under build/acl_cache")
+    p.add_argument("--workers", type=int, default=1, help="processes preparing cases (not with --joint-crop)")
 
 
 def cmd_evaluate(args):
@@ -479,6 +484,25 @@ def cmd_synth_knee(args):
     if args.truth:
         write_volume(labels, args.truth)
         print(f"Wrote its true bone labels to {args.truth}")
+    return 0
+
+
+def cmd_synth_acl(args):
+    from mskai.acl.synth import GRADES, acl_shape_subjects, write_acl_study
+
+    planes = [p.strip() for p in args.planes.split(",") if p.strip()]
+    bad = [p for p in planes if p not in ("sagittal", "coronal", "axial")]
+    if bad or not planes:
+        raise MskaiError(f"--planes takes sagittal, coronal and/or axial, not {','.join(bad) or 'nothing'}")
+    try:
+        subjects = acl_shape_subjects(args.split)
+        written = write_acl_study(args.folder, args.grade, args.seed, planes=planes, subjects=subjects)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MskaiError(str(exc)) from None
+    for plane, paths in written.items():
+        print(f"Wrote {len(paths)} file(s) of a synthetic {plane} knee series to {Path(paths[0]).parent}")
+    print(f"ACL grade {args.grade} ({GRADES[args.grade]}), seed {args.seed}, knee shapes of the OAI {args.split} "
+          "subjects. Synthetic: demo, not for clinical use.")
     return 0
 
 
@@ -676,6 +700,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="also write the true bone label map here (.nii.gz / .nrrd)")
     p.add_argument("--labels", help="another knee label map (pymskt encoding) to render from")
     p.set_defaults(func=cmd_synth_knee)
+    p = synth.add_parser("acl", help="write a synthetic knee MR study with an ACL of a given grade (a series per plane)")
+    p.add_argument("folder")
+    p.add_argument("--grade", type=int, choices=range(4), required=True,
+                   help="0 healthy, 1 minor strain, 2 partial rupture, 3 complete rupture")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--planes", default="sagittal", help="comma-separated: sagittal, coronal, axial")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test",
+                   help="OAI subjects whose knee shapes may be used (test: never trained on)")
+    p.set_defaults(func=cmd_synth_acl)
     return parser
 
 

@@ -3,6 +3,7 @@ the MRNet or KneeMRI layouts, or the synthetic generator; evaluate a package on 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -81,19 +82,24 @@ def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=Non
 def synthetic_items(n: int, split: str, seed: int, classes: str = "four"):
     """``n`` synthetic sagittal knees, grades balanced, on the real bone shapes of one subject split
     ("train", "val" or "test": the OAI subject split of the bone model, never mixed)."""
-    from mskai.acl.synth import acl_shape_subjects, synthetic_acl_knee
+    from mskai.acl.synth import acl_shape_subjects
     from mskai.acl.train import to_binary
 
-    subjects = acl_shape_subjects(split)
+    subjects = tuple(acl_shape_subjects(split))
     items = []
     for i in range(n):
         grade = i % 4
         case_seed = seed * 1_000_003 + i
-        load = (lambda grade=grade, case_seed=case_seed:
-                synthetic_acl_knee(grade, np.random.default_rng(case_seed), subjects=subjects))
+        load = functools.partial(synthetic_acl_knee_seeded, grade, case_seed, subjects)  # picklable: worker processes
         label = grade if classes == "four" else to_binary(grade)
         items.append((f"synthetic-{split}-{seed}-{i}-{grade}", load, label, f"{split}-{case_seed}"))
     return items
+
+
+def synthetic_acl_knee_seeded(grade: int, seed: int, subjects):
+    from mskai.acl.synth import synthetic_acl_knee
+
+    return synthetic_acl_knee(grade, np.random.default_rng(seed), subjects=list(subjects))
 
 
 def dataset_items(args_source: dict, classes: str):
@@ -134,7 +140,7 @@ def case_sets(source: dict, classes: str, seed: int = 0, synthetic=None) -> dict
     return {name: items_of(cases) for name, cases in parts.items()}
 
 
-def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None, progress=print) -> dict:
+def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None, progress=print, workers=1) -> dict:
     """Per-class precision/recall/F1, confusion matrix, AUC with bootstrap CI of ``package`` on ``items``;
     evaluation.json, roc.png and confusion.png in ``output`` (one unit)."""
     import torch
@@ -148,7 +154,7 @@ def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None,
     config = preprocessing_of(package)
     classes = package.metadata["classes"]
     with output_folder(output, "acl-evaluation") as staging:
-        data = PreparedSet.build(items, config, cache_dir, bone_segmenter_for(config), progress)
+        data = PreparedSet.build(items, config, cache_dir, bone_segmenter_for(config), progress, workers)
         if data.labels.max() >= len(classes):
             raise MskaiError(f"Labels go up to {data.labels.max()}, but {package.id} has {len(classes)} classes "
                              f"({', '.join(classes)})")
@@ -157,6 +163,14 @@ def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None,
             probabilities = np.concatenate([torch.softmax(net(torch.from_numpy(data.images[i:i + 8].astype(np.float32))),
                                                           dim=1).numpy() for i in range(0, len(data.labels), 8)])
         report = classification_report(data.labels, probabilities, classes, n_boot=n_boot)
+        if len(classes) == 4:  # the binary question (torn: partial or complete rupture) answered by the same model
+            from mskai.acl.train import to_binary
+
+            torn = np.stack([probabilities[:, :2].sum(1), probabilities[:, 2:].sum(1)], axis=1)
+            binary = classification_report(np.array([to_binary(v) for v in data.labels]), torn, ["intact", "torn"],
+                                           n_boot=n_boot)
+            report["binary"] = {k: binary[k] for k in ("accuracy", "macro_f1", "auc_positive", "auc_positive_ci",
+                                                       "confusion_matrix")}
         report["model"] = {"id": package.id, "version": package.version, "demo": package.metadata["demo"]}
         with atomic_output(staging / "evaluation.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))

@@ -63,34 +63,56 @@ class PreparedSet:
     subjects: list = field(default_factory=list)
 
     @classmethod
-    def build(cls, items, config, cache_dir=None, bone_segmenter=None, progress=print) -> "PreparedSet":
-        """items: [(key, load() -> Volume, label, subject)]; key names the case in the cache (with the config)."""
-        from mskai.acl.preprocess import prepare
+    def build(cls, items, config, cache_dir=None, bone_segmenter=None, progress=print, workers=1) -> "PreparedSet":
+        """items: [(key, load() -> Volume, label, subject)]; key names the case in the cache (with the config).
 
-        stamp = hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:12]
-        images, labels, subjects = [], [], []
-        start = time.perf_counter()
-        for n, (key, load, label, subject) in enumerate(items, 1):
-            cached = Path(cache_dir) / stamp / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy" \
-                if cache_dir else None
-            if cached is not None and cached.is_file():
-                image = np.load(cached, allow_pickle=False)
-            else:
-                try:
-                    image = prepare(load(), config, bone_segmenter).image.astype(np.float16)
-                except MskaiError as exc:
-                    raise MskaiError(f"Case {key}: {exc}") from None
-                if cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(cached, image, allow_pickle=False)
-            images.append(image)
-            labels.append(int(label))
-            subjects.append(subject)
-            if progress and (n % 100 == 0 or n == len(items)):
-                progress(f"prepared {n}/{len(items)} cases ({time.perf_counter() - start:.0f} s)")
-        if not images:
+        workers > 1 prepares in that many processes (``load`` must then be picklable, and no bone segmenter).
+        """
+        if not items:
             raise MskaiError("No cases to train on")
-        return cls(np.stack(images), np.asarray(labels, dtype=np.int64), subjects)
+        stamp = hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+        jobs = [(key, load, config, bone_segmenter,
+                 Path(cache_dir) / stamp / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy" if cache_dir else None)
+                for key, load, _, _ in items]
+        start, images = time.perf_counter(), []
+        if workers > 1 and bone_segmenter is None:
+            import concurrent.futures
+            import multiprocessing
+
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for image in pool.map(_prepared_image, jobs, chunksize=4):
+                    images.append(image)
+                    _report(progress, len(images), len(jobs), start)
+        else:
+            for job in jobs:
+                images.append(_prepared_image(job))
+                _report(progress, len(images), len(jobs), start)
+        return cls(np.stack(images), np.asarray([int(i[2]) for i in items], dtype=np.int64), [i[3] for i in items])
+
+
+def _report(progress, n, total, start):
+    if progress and (n % 100 == 0 or n == total):
+        progress(f"prepared {n}/{total} cases ({time.perf_counter() - start:.0f} s)")
+
+
+def _prepared_image(job) -> np.ndarray:
+    """One case's network input (float16), from the cache when it is there."""
+    from mskai.acl.preprocess import prepare
+
+    key, load, config, bone_segmenter, cached = job
+    if cached is not None and cached.is_file():
+        return np.load(cached, allow_pickle=False)
+    try:
+        image = prepare(load(), config, bone_segmenter).image.astype(np.float16)
+    except MskaiError as exc:
+        raise MskaiError(f"Case {key}: {exc}") from None
+    if cached is not None:
+        from mskai.io import atomic_output
+
+        with atomic_output(cached) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, image, allow_pickle=False)
+    return image
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
