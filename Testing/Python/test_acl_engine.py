@@ -145,3 +145,30 @@ def test_a_csv_with_a_missing_file_and_an_unknown_label_is_refused_before_any_wo
     result = run_mskai("train-acl", "--csv", tmp_path / "cases.csv", "-o", tmp_path / "pkg", ok=False)
     assert result.returncode == 1 and "line 2" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "pkg").exists()
+
+
+def test_classify_takes_a_single_series_and_a_slicer_database_too(study, tiny_acl_package, tmp_path):
+    from mskai.dicom import index_folder
+
+    single = run_mskai("classify", study / "sagittal", "-o", tmp_path / "one", "--model", tiny_acl_package)
+    index_folder(study, tmp_path / "db")
+    database = run_mskai("classify", tmp_path / "db", "-o", tmp_path / "db_out", "--model", tiny_acl_package)
+    reports = [json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "db_out")]
+    assert reports[0]["probabilities"] == reports[1]["probabilities"]  # the same series, found both ways
+    assert "sagittal" in single.stdout and "sagittal" in database.stdout
+
+
+def test_too_few_slices_and_a_4d_file_are_refused_saying_what_is_needed(tiny_acl_package, tmp_path):
+    import nibabel as nib
+
+    from mskai.io import write_volume
+    from mskai.synth.phantom import phantom
+
+    write_volume(phantom(shape=(64, 64, 5), plane="sagittal"), tmp_path / "five.nrrd")
+    result = run_mskai("classify", tmp_path / "five.nrrd", "-o", tmp_path / "a", "--model", tiny_acl_package, ok=False)
+    assert result.returncode == 1 and "8" in result.stderr and "slices" in result.stderr
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 16, 3), np.float32), np.eye(4)), str(tmp_path / "four_d.nii.gz"))
+    result = run_mskai("classify", tmp_path / "four_d.nii.gz", "-o", tmp_path / "b", "--model", tiny_acl_package,
+                       ok=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

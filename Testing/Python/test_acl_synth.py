@@ -44,9 +44,9 @@ def test_labels_and_subject_split(synth):
     from mskai.synth.real_shapes import oai_subjects, split_subjects
 
     assert synth.GRADES == ("healthy", "minor strain", "partial rupture", "complete rupture")
-    assert [synth.binary_label(g) for g in range(4)] == [0, 0, 1, 1]
+    assert [synth.to_binary(g) for g in range(4)] == [0, 0, 1, 1]
     with pytest.raises(ValueError):
-        synth.binary_label(4)
+        synth.synthetic_acl_knee(4, np.random.default_rng(0))
     split = split_subjects(oai_subjects(OAI))
     for name in ("train", "val", "test"):
         assert synth.acl_shape_subjects(name, OAI) == split[name]  # the bone model's split, test kept out

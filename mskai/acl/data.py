@@ -53,12 +53,9 @@ from pathlib import Path
 import numpy as np
 
 from mskai import MskaiError
+from mskai.acl import CLASS_NAMES
 from mskai.volume import Volume
 
-CLASS_NAMES = {
-    4: ("healthy", "minor strain", "partial rupture", "complete rupture"),
-    2: ("intact", "torn"),
-}
 KNEEMRI_LABELS = {4: {0: 0, 1: 2, 2: 3}, 2: {0: 0, 1: 1, 2: 1}}
 
 ASSUMED_SPACING = {"mrnet": (3.0, 0.625, 0.625), "kneemri": (3.0, 0.5, 0.5), "array": (3.0, 0.5, 0.5)}

@@ -14,8 +14,6 @@ from mskai import MskaiError
 from mskai.volume import Volume
 
 TASK = "acl-classification"
-FOUR_CLASSES = ("healthy", "minor strain", "partial rupture", "complete rupture")
-BINARY_CLASSES = ("intact", "torn")
 
 
 @dataclass

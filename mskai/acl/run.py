@@ -82,8 +82,8 @@ def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=Non
 def synthetic_items(n: int, split: str, seed: int, classes: str = "four"):
     """``n`` synthetic sagittal knees, grades balanced, on the real bone shapes of one subject split
     ("train", "val" or "test": the OAI subject split of the bone model, never mixed)."""
+    from mskai.acl import to_binary
     from mskai.acl.synth import acl_shape_subjects
-    from mskai.acl.train import to_binary
 
     subjects = tuple(acl_shape_subjects(split))
     items = []
@@ -104,8 +104,8 @@ def synthetic_acl_knee_seeded(grade: int, seed: int, subjects):
 
 def dataset_items(args_source: dict, classes: str):
     """Cases from exactly one of csv / mrnet / kneemri ({"csv": path} ...) as training items."""
+    from mskai.acl import to_binary
     from mskai.acl.data import read_csv, read_kneemri, read_mrnet
-    from mskai.acl.train import to_binary
 
     kind, where = next(iter(args_source.items()))
     n_classes = 4 if classes == "four" else 2
@@ -164,7 +164,7 @@ def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None,
                                                           dim=1).numpy() for i in range(0, len(data.labels), 8)])
         report = classification_report(data.labels, probabilities, classes, n_boot=n_boot)
         if len(classes) == 4:  # the binary question (torn: partial or complete rupture) answered by the same model
-            from mskai.acl.train import to_binary
+            from mskai.acl import to_binary
 
             torn = np.stack([probabilities[:, :2].sum(1), probabilities[:, 2:].sum(1)], axis=1)
             binary = classification_report(np.array([to_binary(v) for v in data.labels]), torn, ["intact", "torn"],

@@ -24,7 +24,7 @@ view and slice count.
 Grades (``GRADES``; label = index): 0 healthy, 1 minor strain (thickened, oedematous, continuous fibres),
 2 partial rupture (thinned, a partial gap across part of the band, some fluid), 3 complete rupture (a gap
 across the whole band, a wavy sagging distal stump, a short or absent femoral stump, fluid in the notch, a
-joint effusion). Binary (``binary_label``): intact = 0 (healthy, strain) versus torn = 1 (partial, complete),
+joint effusion). Binary (``mskai.acl.to_binary``): intact = 0 (healthy, strain) versus torn = 1 (partial, complete),
 as MRNet's "ACL tear" counts partial tears as tears. Effusion also occurs with intact ligaments (less often),
 so it is a hint, not a give-away.
 
@@ -45,11 +45,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from mskai.acl import GRADES, to_binary  # the task's one class table
+from mskai.synth import SHARED_DATA
 from mskai.volume import Volume
 
-GRADES = ("healthy", "minor strain", "partial rupture", "complete rupture")
-BINARY_CLASSES = ("intact", "torn")
-SHARED_DATA = Path(os.environ.get("MSKAI_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 OAI_FOLDER = SHARED_DATA / "oai_knee_bone_masks"
 REPO = Path(__file__).resolve().parents[2]
 SPLIT_CACHE = REPO / "build" / "oai_splits"
@@ -84,12 +83,6 @@ PLANE_AXES = {  # directions of the i, j, k axes (columns) in LPS before the obl
     "coronal": np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float).T,
     "axial": np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float).T,
 }
-
-
-def binary_label(grade: int) -> int:
-    """0 intact (healthy, minor strain) or 1 torn (partial or complete rupture)."""
-    _check_grade(grade)
-    return int(grade >= 2)
 
 
 def _check_grade(grade):
@@ -1289,7 +1282,7 @@ def acquire(case: KneeCase, plane: str = "sagittal", with_masks: bool = False):
     out = Volume(array, acq.affine_lps, label=f"synthetic {plane} knee",
                  meta={"modality": "MR", "plane": plane, "protocol": acq.protocol,
                        "series_description": f"SYNTHETIC {acq.protocol} {plane} knee",
-                       "grade": case.grade, "grade_name": GRADES[case.grade], "torn": binary_label(case.grade),
+                       "grade": case.grade, "grade_name": GRADES[case.grade], "torn": to_binary(case.grade),
                        "side": case.side, "subject": anat.subject})
     if not with_masks:
         return out
@@ -1311,7 +1304,7 @@ def acquire(case: KneeCase, plane: str = "sagittal", with_masks: bool = False):
 def synthetic_acl_knee(grade: int, rng: np.random.Generator, subjects=None, shape_folder=None, with_masks=False):
     """A synthetic oblique-sagittal knee MR Volume whose ACL has the grade (0..3, see GRADES).
 
-    grade: 0 healthy, 1 minor strain, 2 partial rupture, 3 complete rupture (``binary_label``: torn = 2, 3).
+    grade: 0 healthy, 1 minor strain, 2 partial rupture, 3 complete rupture (``mskai.acl.to_binary``: torn = 2, 3).
     rng: numpy Generator; the same state, grade and subjects give the same volume.
     subjects: OAI subject ids the knee shape may come from (default: ``acl_shape_subjects("train")``).
     shape_folder: folder of the OAI masks (default ../shared/data/oai_knee_bone_masks).

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from mskai import MskaiError, check_range
-from mskai.acl.infer import BINARY_CLASSES, FOUR_CLASSES, TASK
+from mskai.acl import BINARY_CLASSES, GRADES
+from mskai.acl.infer import TASK
 
 
 @dataclass
@@ -46,12 +47,7 @@ class TrainAclConfig:
 
     @property
     def class_names(self) -> tuple:
-        return FOUR_CLASSES if self.classes == "four" else BINARY_CLASSES
-
-
-def to_binary(label: int) -> int:
-    """Four grades -> intact (healthy, minor strain) / torn (partial or complete rupture), as the seeds did."""
-    return int(label >= 2)
+        return GRADES if self.classes == "four" else BINARY_CLASSES
 
 
 @dataclass

@@ -9,20 +9,19 @@ TCIA's Pelvic Reference Data; keep ../shared/data/NOTICE.md with anything derive
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from mskai.synth import SHARED_DATA
 from mskai.synth.real_shapes import RAS_TO_LPS
 from mskai.synth.synthseg import (AIR, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, OTHER, OTHER_MARROW, VESSEL,
                                   LowerLimbPhantom, TissueMapSource, synthetic_case)
 
 PELVIS_SUBJECTS = ("001", "002", "004", "005")
-PELVIS_FOLDER = Path(os.environ.get("MSKAI_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
-                     ) / "pelvis_thigh_labels"
+PELVIS_FOLDER = SHARED_DATA / "pelvis_thigh_labels"
 # map value -> (marrow tissue, owner = product bone label); sacrum and spine look like bone but are background
 HIP_BONE, FEMUR, SACRUM, SPINE = 1, 2, 3, 4
 BONE_TISSUES = {SACRUM: (OTHER_MARROW, 0), SPINE: (OTHER_MARROW, 0), HIP_BONE: (MARROW[4], 4), FEMUR: (MARROW[2], 2)}
