@@ -1,9 +1,10 @@
-"""The batch runner: segment every matching series of a Slicer DICOM database or folder tree, one folder each.
+"""The batch runner: every matching series (segmentation) or study (ACL classification) of a Slicer DICOM database
+or folder tree, one output folder each.
 
-Shared by `mskai batch segment` and the AutoSegMSK module's processDatabase. Each series is written into its
-own folder under the output, swapped in whole when complete (an interrupted series leaves nothing); resume skips
-the series whose folder is complete; a failing series is recorded with its error and the batch goes on. Folder
-names and reports use pseudonyms of the Series Instance UIDs, never patient data, unless identifiers are asked for.
+Shared by `mskai batch segment|classify` and the modules' processDatabase. Each unit is written into its own
+folder under the output, swapped in whole when complete (an interrupted unit leaves nothing); resume skips the
+units whose folder is complete; a failing unit is recorded with its error and the batch goes on. Folder names and
+reports use pseudonyms of the UIDs, never patient data, unless identifiers are asked for.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from mskai import MskaiError
 from mskai.io import OUTPUT_MARKER, atomic_output
 
 BATCH_MARKER = ".mskai-batch.json"
-REPORT_FIELDS = ("series", "status", "error", "seconds", "volume", "output")
 
 
 def series_key(uid: str) -> str:
     """A stable pseudonym for a series: the same series always maps to the same folder; the UID is not shown."""
     return "series-" + hashlib.sha256(uid.encode()).hexdigest()[:16]
+
+
+def study_key(uid: str) -> str:
+    return "study-" + hashlib.sha256(uid.encode()).hexdigest()[:16]
 
 
 def series_summary(series) -> dict:
@@ -44,22 +48,49 @@ def _check_output(folder: Path):
     (folder / BATCH_MARKER).write_text(json.dumps({"kind": "batch"}))
 
 
-def write_batch_report(entries: list[dict], folder: Path, identifiers: bool = False) -> dict:
-    """report.json ({"done", "skipped", "failed", "series"}) and report.csv (one row per series), atomically."""
-    fields = REPORT_FIELDS + (("series_uid",) if identifiers else ())
+def write_batch_report(entries: list[dict], folder: Path, fields, unit: str = "series", rows_key: str = "series") -> dict:
+    """report.json ({"done", "skipped", "failed", <rows_key>}) and report.csv (one row per unit), atomically."""
     rows = [{k: e.get(k) for k in fields} for e in entries]
-    summary = {"done": [e["series"] for e in entries if e["status"] == "done"],
-               "skipped": [e["series"] for e in entries if e["status"] == "skipped"],
-               "failed": [{"series": e["series"], "error": e["error"]} for e in entries if e["status"] == "failed"]}
+    summary = {"done": [e[unit] for e in entries if e["status"] == "done"],
+               "skipped": [e[unit] for e in entries if e["status"] == "skipped"],
+               "failed": [{unit: e[unit], "error": e["error"]} for e in entries if e["status"] == "failed"]}
     with atomic_output(folder / "report.json") as tmp:
-        tmp.write_text(json.dumps({**summary, "series": rows}, indent=2))
+        tmp.write_text(json.dumps({**summary, rows_key: rows}, indent=2))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer = csv.DictWriter(buffer, fieldnames=list(fields))
     writer.writeheader()
     writer.writerows(rows)
     with atomic_output(folder / "report.csv") as tmp:
         tmp.write_text(buffer.getvalue())
     return summary
+
+
+def _run_units(units, output: Path, *, unit: str, rows_key: str, fields, resume, identifiers, progress) -> dict:
+    """units: [(key, uid, work(folder) -> dict of report fields)]; one folder per key, one report row per unit."""
+    fields = tuple(fields) + ((f"{unit}_uid",) if identifiers else ())
+    _check_output(output)
+    entries = []
+    for n, (key, uid, work) in enumerate(units, 1):
+        entry = {unit: key, "status": "", "error": None, "seconds": None, "output": key}
+        if identifiers:
+            entry[f"{unit}_uid"] = uid
+        if resume and (output / key / OUTPUT_MARKER).is_file():
+            entry["status"] = "skipped"
+        else:
+            start = time.perf_counter()
+            try:
+                entry.update(work(output / key) or {})
+                entry["status"] = "done"
+            except MskaiError as exc:
+                entry.update(status="failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - one bad unit never stops the batch
+                entry.update(status="failed", error=f"{exc.__class__.__name__}: {exc}")
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+        entries.append(entry)
+        summary = write_batch_report(entries, output, fields, unit, rows_key)  # after each: an interrupt loses nothing
+        if progress:
+            progress(entry, n, len(units))
+    return summary if entries else write_batch_report([], output, fields, unit, rows_key)
 
 
 def _load_first_volume(series):
@@ -92,33 +123,54 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
     chosen = [s for s in report.require_series(str(source)) if s.is_image
               and (modality is None or s.modality == modality)
               and (series_filter is None or series_filter(series_summary(s)))]
-    _check_output(output)
-    entries = []
-    for n, series in enumerate(chosen, 1):
-        key = series_key(series.uid)
-        entry = {"series": key, "status": "", "error": None, "seconds": None, "volume": None, "output": key}
-        if identifiers:
-            entry["series_uid"] = series.uid
-        if resume and (output / key / OUTPUT_MARKER).is_file():
-            entry["status"] = "skipped"
-        else:
-            start = time.perf_counter()
-            try:
-                def load(series=series, entry=entry):
-                    volume = _load_first_volume(series)
-                    entry["volume"] = volume.label
-                    return volume
 
-                kwargs = {"formats": formats} if formats else {}
-                segment_to_folder(load, package, output / key, options=segment_options, **kwargs)
-                entry["status"] = "done"
-            except MskaiError as exc:
-                entry.update(status="failed", error=str(exc))
-            except Exception as exc:  # noqa: BLE001 - one bad series never stops the batch
-                entry.update(status="failed", error=f"{exc.__class__.__name__}: {exc}")
-            entry["seconds"] = round(time.perf_counter() - start, 2)
-        entries.append(entry)
-        summary = write_batch_report(entries, output, identifiers)  # after every series: an interrupt loses nothing
-        if progress:
-            progress(entry, n, len(chosen))
-    return summary if entries else write_batch_report([], output, identifiers)
+    def work(series):
+        def run(folder):
+            found = {}
+
+            def load():
+                volume = _load_first_volume(series)
+                found["volume"] = volume.label
+                return volume
+
+            segment_to_folder(load, package, folder, options=segment_options,
+                              **({"formats": formats} if formats else {}))
+            return found
+        return run
+
+    units = [(series_key(s.uid), s.uid, work(s)) for s in chosen]
+    return _run_units(units, output, unit="series", rows_key="series",
+                      fields=("series", "status", "error", "seconds", "volume", "output"), resume=resume,
+                      identifiers=identifiers, progress=progress)
+
+
+def run_batch_classify(source, output, *, resume: bool = True, model=None, identifiers: bool = False,
+                       progress=None) -> dict:
+    """Classify the ACL of each study of ``source``: the study's sagittal series is chosen as `mskai classify` does,
+    into ``output``/study-<pseudonym>/; report rows: study, chosen series (pseudonyms), predicted class and one
+    probability column per class. A study without a usable sagittal series fails with the reason."""
+    from mskai.acl.infer import TASK
+    from mskai.acl.run import classify_to_folder
+    from mskai.dicom import scan_source
+    from mskai.models.registry import find_model
+
+    output = Path(output).resolve()
+    package = find_model(model or "mskai-acl-demo", task=TASK)
+    classes = package.metadata["classes"]
+    report = scan_source(source)
+    studies = {}
+    for series in report.require_series(str(source)):
+        if series.is_image:
+            studies.setdefault(series.study_uid, []).append(series)
+
+    def work(series_list):
+        def run(folder):
+            result = classify_to_folder(None, folder, model=package, series_list=series_list)
+            return {"series": series_key(result["series_uid"]), "predicted": result["predicted"],
+                    **{f"p_{name}": result["probabilities"][name] for name in classes}}
+        return run
+
+    units = [(study_key(uid), uid, work(series_list)) for uid, series_list in studies.items()]
+    fields = ("study", "status", "error", "seconds", "series", "predicted", *(f"p_{c}" for c in classes), "output")
+    return _run_units(units, output, unit="study", rows_key="studies", fields=fields, resume=resume,
+                      identifiers=identifiers, progress=progress)

@@ -274,31 +274,51 @@ def cmd_segment(args):
     return 0
 
 
+def _batch_progress(mode, unit):
+    """One line per finished unit on stderr: human text, or JSON for the Slicer modules' launcher."""
+    def show(entry, n, total):
+        if mode == "json":
+            print(json.dumps({"stage": "batch", "progress": round(n / total, 4), unit: entry[unit],
+                              "status": entry["status"]}), file=sys.stderr, flush=True)
+        elif mode == "bar":
+            error = f": {entry['error']}" if entry["error"] else ""
+            seconds = f" in {entry['seconds']:.1f} s" if entry["seconds"] is not None else ""
+            print(f"[{n}/{total}] {entry[unit]} {entry['status']}{seconds}{error}", file=sys.stderr, flush=True)
+    return show
+
+
+def _finish_batch(run, output):
+    try:
+        summary = run()
+    except KeyboardInterrupt:
+        print("mskai: error: interrupted; finished units are kept and listed in report.json, run again with "
+              "--resume to do the rest", file=sys.stderr)
+        return 130
+    print(f"{len(summary['done'])} done, {len(summary['skipped'])} skipped (already done), "
+          f"{len(summary['failed'])} failed; report: {Path(output) / 'report.json'}")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_batch_classify(args):
+    """The ACL of every study: its sagittal series chosen as `mskai classify` does; failures reported."""
+    from mskai.batch import run_batch_classify
+
+    return _finish_batch(lambda: run_batch_classify(args.source, args.output, resume=args.resume, model=args.model,
+                                                    identifiers=args.show_identifiers,
+                                                    progress=_batch_progress(args.progress, "study")), args.output)
+
+
 def cmd_batch_segment(args):
     """Every matching series into its own folder; failures are reported and the batch goes on."""
     from mskai.batch import run_batch
     from mskai.segment.outputs import parse_formats
 
-    def show(entry, n, total):
-        if args.progress == "json":  # for the Slicer module's launcher
-            print(json.dumps({"stage": "batch", "progress": round(n / total, 4), "series": entry["series"],
-                              "status": entry["status"]}), file=sys.stderr, flush=True)
-        elif args.progress == "bar":
-            error = f": {entry['error']}" if entry["error"] else ""
-            seconds = f" in {entry['seconds']:.1f} s" if entry["seconds"] is not None else ""
-            print(f"[{n}/{total}] {entry['series']} {entry['status']}{seconds}{error}", file=sys.stderr, flush=True)
-
-    try:
-        summary = run_batch(args.source, args.output, resume=args.resume, modality=args.modality or None,
-                            model=args.model, identifiers=args.show_identifiers, progress=show,
-                            formats=parse_formats(args.formats), options=_segment_options(args))
-    except KeyboardInterrupt:
-        print("mskai: error: interrupted; finished series are kept and listed in report.json, run again with "
-              "--resume to do the rest", file=sys.stderr)
-        return 130
-    print(f"{len(summary['done'])} done, {len(summary['skipped'])} skipped (already done), "
-          f"{len(summary['failed'])} failed; report: {Path(args.output) / 'report.json'}")
-    return 1 if summary["failed"] else 0
+    formats, options = parse_formats(args.formats), _segment_options(args)
+    return _finish_batch(lambda: run_batch(args.source, args.output, resume=args.resume,
+                                           modality=args.modality or None, model=args.model,
+                                           identifiers=args.show_identifiers,
+                                           progress=_batch_progress(args.progress, "series"), formats=formats,
+                                           options=options), args.output)
 
 
 def cmd_classify(args):
@@ -599,6 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                    help="one line per series (bar), JSON lines (json) or nothing")
     p.set_defaults(func=cmd_batch_segment)
+    p = batch.add_parser("classify", help="classify the ACL of each study (its sagittal series), with a report")
+    p.add_argument("source", help="Slicer DICOM database (folder or ctkDICOM.sql) or a folder tree of DICOM files")
+    p.add_argument("-o", "--output", required=True, help="output folder: one sub-folder per study, report.json/.csv")
+    p.add_argument("--resume", action="store_true", help="skip studies whose output folder is complete")
+    p.add_argument("--model", default="mskai-acl-demo", help="ACL model id[@version] or package path")
+    p.add_argument("--show-identifiers", action="store_true",
+                   help="also put each Study Instance UID in the report (it identifies the examination)")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                   help="one line per study (bar), JSON lines (json) or nothing")
+    p.set_defaults(func=cmd_batch_classify)
 
     p = top.add_parser("classify", help="classify the ACL on the sagittal series of a study (or a series, database)")
     p.add_argument("source", help="study or series folder, Slicer DICOM database, or a sagittal .nrrd/.nii.gz volume")

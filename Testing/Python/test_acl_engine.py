@@ -172,3 +172,30 @@ def test_too_few_slices_and_a_4d_file_are_refused_saying_what_is_needed(tiny_acl
                        ok=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_batch_classify_a_database_one_row_per_study_then_resume(study, tiny_acl_package, tmp_path):
+    import csv
+
+    from mskai.acl.synth import write_acl_study
+    from mskai.dicom import index_folder
+
+    write_acl_study(tmp_path / "coronal_only", grade=0, seed=9, planes=("coronal",))
+    index_folder(study, tmp_path / "db")
+    index_folder(tmp_path / "coronal_only", tmp_path / "db")
+    out = tmp_path / "out"
+    first = run_mskai("batch", "classify", tmp_path / "db", "-o", out, "--model", tiny_acl_package, ok=False)
+    assert first.returncode == 1 and "1 done, 0 skipped (already done), 1 failed" in first.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert "no sagittal series: found coronal" in report["failed"][0]["error"]
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    done = next(r for r in rows if r["status"] == "done")
+    assert done["study"].startswith("study-") and done["series"].startswith("series-")
+    assert abs(sum(float(done[f"p_{c}"]) for c in ("healthy", "minor strain", "partial rupture",
+                                                    "complete rupture")) - 1) < 1e-3
+    assert (out / done["study"] / "cam.nrrd").is_file()
+    written = "".join(p.read_text(errors="ignore") for p in out.rglob("*.json")) + (out / "report.csv").read_text()
+    assert "SYNTH" not in written
+    again = run_mskai("batch", "classify", tmp_path / "db", "-o", out, "--model", tiny_acl_package, "--resume",
+                      ok=False)
+    assert "0 done, 1 skipped (already done), 1 failed" in again.stdout

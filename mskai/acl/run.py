@@ -13,42 +13,49 @@ import numpy as np
 from mskai import MskaiError
 
 
-def _input(source, series_key=None, show_descriptions=False):
-    """(Volume, reason): a volume file as it is, or the sagittal series chosen from a series/study/database."""
+def _input(source, series_key=None, show_descriptions=False, series_list=None):
+    """(Volume, reason, series UID or None): a volume file as it is, or the sagittal series chosen from a
+    series/study/database (or from ``series_list``, the already scanned series of one study)."""
+    from mskai.acl.series import choose_series
+    from mskai.dicom import read_volume, scan_source
     from mskai.io import read_volume_file, suffix_of
 
+    if series_list is not None:
+        plan, reason = choose_series(series_list, show_descriptions=show_descriptions)
+        return read_volume(plan), reason, plan.series.uid
     path = Path(source)
     if path.is_file() and suffix_of(path) in (".nrrd", ".nii", ".nii.gz"):
         if series_key:
             raise MskaiError("--series applies to DICOM input, not to a volume file")
         volume = read_volume_file(path)
-        return volume, f"volume file {path.name}"
-    from mskai.acl.series import choose_series
-    from mskai.dicom import read_volume, scan_source
-
+        return volume, f"volume file {path.name}", None
     report = scan_source(source)
     studies = {s.study_uid for s in report.require_series(str(source)) if s.is_image}
     if len(studies) > 1 and not series_key:
         raise MskaiError(f"{source} holds {len(studies)} studies; choose a series with --series (see `mskai dicom ls`) "
                          "or classify one study folder at a time")
     plan, reason = choose_series(report, series_key, show_descriptions=show_descriptions)  # numbered as `dicom ls`
-    return read_volume(plan), reason
+    return read_volume(plan), reason, plan.series.uid
 
 
 def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=None, show_descriptions=False,
-                       progress=None) -> dict:
-    """Classify the ACL on the sagittal series of ``source`` and write report.json, cam.nrrd and key_slice.png
-    into ``output`` as one unit. Returns the report (which names no patient)."""
+                       progress=None, series_list=None) -> dict:
+    """Classify the ACL on the sagittal series of ``source`` (or of ``series_list``, one study's scanned series)
+    and write report.json, cam.nrrd and key_slice.png into ``output`` as one unit.
+
+    model: an id[@version], a package path, or a loaded package. Returns the report as written (it names no
+    patient) plus, in memory only, "series_uid": the chosen series' UID (None for a volume file).
+    """
     from mskai.acl.infer import TASK, classify_volume, key_slice_png
     from mskai.io import atomic_output, output_folder, write_volume
     from mskai.models.registry import find_model
 
     progress = progress or (lambda stage, fraction: None)
     with output_folder(output, "acl-classification") as staging:
-        package = find_model(model, task=TASK)
+        package = model if hasattr(model, "metadata") else find_model(model, task=TASK)
         start = time.perf_counter()
         progress("load", 0.0)
-        volume, reason = _input(source, series_key, show_descriptions)
+        volume, reason, series_uid = _input(source, series_key, show_descriptions, series_list)
         load_s = time.perf_counter() - start
         progress("classify", 0.0)
         result = classify_volume(volume, package)
@@ -74,7 +81,7 @@ def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=Non
         with atomic_output(staging / "report.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         progress("write", 1.0)
-    return report
+    return {**report, "series_uid": series_uid}
 
 
 # --- cases for training and evaluation ---------------------------------------------------------------------
