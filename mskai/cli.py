@@ -533,6 +533,17 @@ def _add_series_arguments(p, volume_help):
                    help="resample unequally spaced slices onto an even grid instead of refusing")
 
 
+def _add_batch_arguments(p, unit):
+    units = {"series": "series", "study": "studies"}[unit]
+    p.add_argument("source", help="Slicer DICOM database (folder or ctkDICOM.sql) or a folder tree of DICOM files")
+    p.add_argument("-o", "--output", required=True, help=f"output folder: one sub-folder per {unit}, report.json/.csv")
+    p.add_argument("--resume", action="store_true", help=f"skip {units} whose output folder is complete")
+    p.add_argument("--show-identifiers", action="store_true",
+                   help=f"also put each {unit.title()} Instance UID in the report (it identifies the examination)")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                   help=f"one line per {unit} (bar), JSON lines (json) or nothing")
+
+
 def _add_segment_options(p):
     """Model, device, speed, slab, clean-up, output formats and confidence: shared by segment and batch segment."""
     p.add_argument("--model", default="mskai-bones-demo", help="model id[@version] or package path")
@@ -609,25 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch = top.add_parser("batch", help="process every series of a DICOM database or folder tree").add_subparsers(
         dest="batch_command", required=True)
     p = batch.add_parser("segment", help="segment each series into its own folder (pseudonymous names), with a report")
-    p.add_argument("source", help="Slicer DICOM database (folder or ctkDICOM.sql) or a folder tree of DICOM files")
-    p.add_argument("-o", "--output", required=True, help="output folder: one sub-folder per series, report.json/.csv")
-    p.add_argument("--resume", action="store_true", help="skip series whose output folder is complete")
+    _add_batch_arguments(p, "series")
     p.add_argument("--modality", default="MR", help="only series of this modality ('' for all; default MR)")
-    p.add_argument("--show-identifiers", action="store_true",
-                   help="also put each Series Instance UID in the report (it identifies the examination)")
     _add_segment_options(p)
-    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                   help="one line per series (bar), JSON lines (json) or nothing")
     p.set_defaults(func=cmd_batch_segment)
     p = batch.add_parser("classify", help="classify the ACL of each study (its sagittal series), with a report")
-    p.add_argument("source", help="Slicer DICOM database (folder or ctkDICOM.sql) or a folder tree of DICOM files")
-    p.add_argument("-o", "--output", required=True, help="output folder: one sub-folder per study, report.json/.csv")
-    p.add_argument("--resume", action="store_true", help="skip studies whose output folder is complete")
+    _add_batch_arguments(p, "study")
     p.add_argument("--model", default="mskai-acl-demo", help="ACL model id[@version] or package path")
-    p.add_argument("--show-identifiers", action="store_true",
-                   help="also put each Study Instance UID in the report (it identifies the examination)")
-    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                   help="one line per study (bar), JSON lines (json) or nothing")
     p.set_defaults(func=cmd_batch_classify)
 
     p = top.add_parser("classify", help="classify the ACL on the sagittal series of a study (or a series, database)")
