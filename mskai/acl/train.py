@@ -193,7 +193,17 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log, best, best_state, stale = [], -1.0, None, 0
+    metadata = {
+        "id": package_id, "version": version, "task": TASK, "demo": demo,
+        "title": "ACL classifier (demo)" if demo else "ACL classifier",
+        "description": f"MRNet-style ACL classifier ({', '.join(config.class_names)}) on sagittal knee MR.",
+        "licence": "Apache-2.0", "training_data": training_data,
+        "classes": list(config.class_names),
+        "input": {"modality": "MR", "plane": "sagittal"},
+        "preprocessing": preprocessing.to_json(),
+        "network": spec,
+    }
+    log, best, best_entry, stale = [], -1.0, None, 0
     steps = max(1, len(train.labels) // config.batch_size)
     for epoch in range(1, config.epochs + 1):
         start, net = time.perf_counter(), net.train()
@@ -218,10 +228,6 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
                              time.perf_counter() - start)
         log.append(entry)
         score = entry["auc"] if entry["auc"] is not None else entry["macro_f1"]
-        if score > best:
-            best, best_state, stale = score, {k: v.detach().clone() for k, v in net.state_dict().items()}, 0
-        else:
-            stale += 1
         if progress:
             progress(f"epoch {epoch}: train loss {entry['train_loss']:.3f}, val loss {val_loss:.3f}, "
                      f"accuracy {entry['accuracy']:.3f}, macro F1 {entry['macro_f1']:.3f}, AUC {entry['auc']}")
@@ -229,20 +235,13 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
             tmp.write_text(json.dumps({"config": asdict(config), "preprocessing": preprocessing.to_json(),
                                        "log": log}, indent=2))
         training_curves_png(log, out_dir / "training_curves.png")
+        if score > best:  # the package always holds the best state so far: a long run can be stopped at any time
+            best, best_entry, stale = score, entry, 0
+            metadata["metrics"] = {"validation": {k: entry[k] for k in ("epoch", "accuracy", "macro_f1", "auc")},
+                                   "train_cases": int(len(train.labels)), "validation_cases": int(len(val.labels))}
+            save_package(out_dir, metadata, net.state_dict())
+        else:
+            stale += 1
         if stale >= config.patience:
             break
-    best_entry = max(log, key=lambda e: e["auc"] if e["auc"] is not None else e["macro_f1"])
-    metadata = {
-        "id": package_id, "version": version, "task": TASK, "demo": demo,
-        "title": "ACL classifier (demo)" if demo else "ACL classifier",
-        "description": f"MRNet-style ACL classifier ({', '.join(config.class_names)}) on sagittal knee MR.",
-        "licence": "Apache-2.0", "training_data": training_data,
-        "classes": list(config.class_names),
-        "input": {"modality": "MR", "plane": "sagittal"},
-        "preprocessing": preprocessing.to_json(),
-        "network": spec,
-        "metrics": {"validation": {k: best_entry[k] for k in ("epoch", "accuracy", "macro_f1", "auc")},
-                    "train_cases": int(len(train.labels)), "validation_cases": int(len(val.labels))},
-    }
-    save_package(out_dir, metadata, best_state)
     return {"log": log, "best": best_entry}
