@@ -1,15 +1,29 @@
-"""ACLClassifier: anterior cruciate ligament classification of sagittal knee MR (Slicer glue over mskai)."""
+"""ACLClassifier: anterior cruciate ligament classification of sagittal knee MR (the Qt widget, module class and
+self-test).
 
+The logic lives in ACLClassifierLib (MRML glue, no Qt) and the work runs in the mskai engine's own process. The Slicer
+glue both modules need has one home: AutoSegMSKLib (engine job, nodes) and, for the widget's generic parts (engine
+packages check and install, parameter node wiring, progress, cancel), AutoSegMSKWidget, borrowed below.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import qt
 import slicer
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 import mskai
+from AutoSegMSK import AutoSegMSKWidget, guiAction, modelKey
+from mskai import dependencies
+
+EVIDENCE_ATTRIBUTE = "ACLClassifier.evidence"  # ACLClassifierLib.results.EVIDENCE: the result selector lists these
 
 
 class ACLClassifier(ScriptedLoadableModule):
@@ -17,34 +31,352 @@ class ACLClassifier(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         parent.title = "ACLClassifier"
         parent.categories = ["Quantification"]
+        parent.dependencies = ["AutoSegMSK"]  # the shared Slicer glue (AutoSegMSKLib) ships with it
         parent.contributors = ["SlicerAutoSegMSK developers"]
         parent.helpText = (
-            "Classifies the anterior cruciate ligament on the sagittal knee series (healthy, minor strain, "
-            "partial or complete rupture) and shows a heat map of the evidence. " + mskai.DEMO_NOTICE
-        )
-        parent.acknowledgementText = "Sample knee data: pymskt project (MIT licence)."
+            "Classifies the anterior cruciate ligament on the sagittal knee series (healthy, minor strain, partial or "
+            f"complete rupture) and shows a heat map of the evidence.<p><b>{mskai.DEMO_NOTICE}</b></p><ol>"
+            "<li>Choose a sagittal volume, or pick a study from the DICOM list: the sagittal series is chosen for "
+            "you and the module says which and why.</li><li>Pick the model and press Classify: it runs in the "
+            "background; Cancel stops it.</li><li>Read the verdict and the probabilities (table, bar chart); the "
+            "evidence map is shown over the slices, which jump to the key slice; step through the slices with the "
+            "strongest evidence.</li><li>Save the report (JSON, CSV), the evidence map and a PNG of the key slice."
+            "</li></ol>Whole databases: the Batch section, or ACLClassifierLogic.processDatabase in the Python "
+            "console (see the README).")
+        parent.acknowledgementText = (
+            "The demo model is trained on synthetic sagittal knees rendered from femur/tibia masks of Osteoarthritis "
+            "Initiative knees (wilsonkchung/knee-osteoarthritis-classification-using-bone-distance, Apache-2.0) and "
+            "the pymskt knee sample data (MIT). See NOTICE.md.")
+
+
+@parameterNodeWrapper
+class ACLClassifierParameterNode:
+    """What the user chose, saved with the scene. model: "id@version"; result: the evidence volume shown."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""
+    result: vtkMRMLScalarVolumeNode
+    showOverlay: bool = True
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+
+
+def parameterNode():
+    """The module's singleton parameter node of slicer.mrmlScene (created when absent)."""
+    helper = ScriptedLoadableModuleLogic()
+    helper.moduleName = "ACLClassifier"
+    return ACLClassifierParameterNode(helper.getParameterNode())
 
 
 class ACLClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    # Widget glue both modules share, from its one home (AutoSegMSK.py). These use self.ui.statusLabel,
+    # progressBar, installDependenciesButton and modelComboBox, self.timer, self.job, self._parameterNode,
+    # self.getLogic(), self.initializeParameterNode(), self.updateGui() and self.onFinished().
+    cleanup = AutoSegMSKWidget.cleanup
+    enter = AutoSegMSKWidget.enter
+    exit = AutoSegMSKWidget.exit
+    onSceneStartClose = AutoSegMSKWidget.onSceneStartClose
+    onSceneEndClose = AutoSegMSKWidget.onSceneEndClose
+    setParameterNode = AutoSegMSKWidget.setParameterNode
+    confirm = staticmethod(AutoSegMSKWidget.confirm)
+    checkDependencies = AutoSegMSKWidget.checkDependencies
+    installDependencies = AutoSegMSKWidget.installDependencies
+    onInstallDependencies = AutoSegMSKWidget.onInstallDependencies
+    databaseDirectory = staticmethod(AutoSegMSKWidget.databaseDirectory)
+    onModelSelected = AutoSegMSKWidget.onModelSelected
+    onPoll = AutoSegMSKWidget.onPoll
+    onProgress = AutoSegMSKWidget.onProgress
+    onCancel = AutoSegMSKWidget.onCancel
+    onBatchFinished = AutoSegMSKWidget.onBatchFinished
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic, self.job, self._models, self._askedToInstall = None, None, [], False
+        self._parameterNode, self._parameterNodeGuiTag = None, None
+        self._evidence, self._evidenceIndex = [], 0
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/ACLClassifier.ui"))
         self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
+        ui.resultSelector.addAttribute("vtkMRMLScalarVolumeNode", EVIDENCE_ATTRIBUTE, "true")
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.ui.statusLabel.text = mskai.DEMO_NOTICE
-        self.logic = ACLClassifierLogic()
+        ui.installDependenciesButton.visible = False
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.onPoll)
+        for button, slot in ((ui.applyButton, self.onApply), (ui.cancelButton, self.onCancel),
+                             (ui.installDependenciesButton, self.onInstallDependencies),
+                             (ui.refreshStudiesButton, self.onRefreshStudies), (ui.loadStudyButton, self.onLoadStudy),
+                             (ui.keySliceButton, self.onKeySlice), (ui.nextEvidenceButton, self.onNextEvidence),
+                             (ui.showChartButton, self.onShowChart), (ui.saveButton, self.onSave),
+                             (ui.processDatabaseButton, self.onProcessDatabase)):
+            button.connect("clicked(bool)", slot)
+        ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        ui.dicomStudyTable.connect("itemSelectionChanged()", self.updateGui)
+        ui.showOverlayCheckBox.connect("toggled(bool)", self.onShowOverlay)
+        ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+        ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.checkDependencies(ask=False)
 
+    def initializeParameterNode(self):
+        self.setParameterNode(parameterNode())
+        p = self._parameterNode
+        if not p.inputVolume:
+            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if self._models and p.model not in map(modelKey, self._models):
+            p.model = modelKey(self._models[0])
 
-class ACLClassifierLogic(ScriptedLoadableModuleLogic):
-    """Runs the mskai engine; holds no widget references."""
+    def getLogic(self):
+        """The logic, made once the engine's packages are present (ACLClassifierLib imports them)."""
+        if self.logic is None:
+            if dependencies.missing_requirements():
+                raise ValueError("Install the engine's Python packages first (the Install button of the Run section).")
+            from ACLClassifierLib import ACLClassifierLogic
 
-    def engineVersion(self):
-        """Version of the mskai engine this module drives."""
-        return mskai.__version__
+            self.logic = ACLClassifierLogic(slicer.mrmlScene)
+            self._models = self.logic.models()
+            for model in self._models:
+                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
+            self.ui.statusLabel.text = ("Select a sagittal volume, or pick a study from the DICOM database."
+                                        if self._models else "No ACL model is installed.")
+            if self._parameterNode:
+                self.initializeParameterNode()
+        return self.logic
+
+    def currentResult(self):
+        """The shown result (dict, see ACLClassifierLogic.resultOf), or None."""
+        p = self._parameterNode
+        if not (self.logic and p and self.logic.isResult(p.result)):
+            return None
+        return self.logic.resultOf(p.result)
+
+    def inputMessage(self, volume):
+        if not (volume and self.logic):
+            return ""
+        plane = self.logic.planeOf(volume)
+        if plane == "sagittal":
+            return "Plane: sagittal."
+        return (f"This volume is {plane}: the ACL classifier reads sagittal slices. Choose the sagittal series, or "
+                "pick a study below and the sagittal series is chosen for you.")
+
+    def updateGui(self, caller=None, event=None):
+        p, ui, running = self._parameterNode, self.ui, self.job is not None
+        if not p:
+            return
+        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(p.model)
+        model = next((m for m in self._models if modelKey(m) == p.model), None)
+        ui.modelDescriptionLabel.text = model["description"] if model else ""
+        ui.demoBadgeLabel.visible = bool(model and model["demo"])
+        ui.inputPlaneLabel.text = self.inputMessage(p.inputVolume)
+        ui.applyButton.enabled = bool(p.inputVolume) and not running
+        ui.cancelButton.enabled = running
+        ui.inputCollapsibleButton.enabled = ui.modelCollapsibleButton.enabled = not running
+        ui.processDatabaseButton.enabled = not running
+        ui.loadStudyButton.enabled = bool(ui.dicomStudyTable.selectedItems())
+        result = self.currentResult()
+        for widget in (ui.showOverlayCheckBox, ui.opacitySliderWidget, ui.keySliceButton, ui.nextEvidenceButton,
+                       ui.showChartButton, ui.saveButton):
+            widget.enabled = bool(result)
+        ui.verdictLabel.text = (f"ACL: {self.logic.verdict(result['probabilities'], result['predicted'])}"
+                                if result else "No result yet.")
+        ui.resultReasonLabel.text = f"Series: {result['seriesReason']}" if result else ""
+
+    @guiAction("Failed to list the DICOM database.", waitCursor=True)
+    def onRefreshStudies(self):
+        rows, table = self.getLogic().databaseStudies(self.databaseDirectory()), self.ui.dicomStudyTable
+        table.setRowCount(0)
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, key in enumerate(("patient", "study", "date", "series", "modalities")):
+                item = qt.QTableWidgetItem(str(row[key]))
+                item.setData(qt.Qt.UserRole, row["studyUID"])
+                table.setItem(r, c, item)
+        table.resizeColumnsToContents()
+        self.ui.statusLabel.text = f"{len(rows)} studies in the DICOM database."
+
+    @guiAction("Failed to pick the sagittal series of the study.", waitCursor=True)
+    def onLoadStudy(self):
+        uid = self.ui.dicomStudyTable.selectedItems()[0].data(qt.Qt.UserRole)
+        volume, reason = self.getLogic().loadStudy(self.databaseDirectory(), uid)
+        self._parameterNode.inputVolume = volume
+        self.ui.seriesReasonLabel.text = f"Picked: {reason}"
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+
+    @guiAction("Failed to start the classification.")
+    def onApply(self):
+        p = self._parameterNode
+        if not self.checkDependencies(ask=True):
+            return
+        if not p.inputVolume:
+            raise ValueError("Select a sagittal input volume first.")
+        self.job = self.getLogic().startClassification(p.inputVolume, model=p.model or None,
+                                                       onProgress=self.onProgress, onFinished=self.onFinished)
+        self.onProgress("starting", 0.0)
+        self.ui.statusLabel.text = "Classifying in the background: Slicer stays usable."
+        self.timer.start()
+        self.updateGui()
+
+    def onFinished(self, result):
+        self.timer.stop()
+        self.job = None
+        if "error" in result:
+            self.onProgress("failed", 0.0)
+            self.ui.statusLabel.text = f"Classification failed: {result['error']}"
+            slicer.util.errorDisplay(f"Classification failed:\n\n{result['error']}", windowTitle="ACLClassifier")
+        elif result.get("cancelled"):
+            self.onProgress("cancelled", 0.0)
+            self.ui.statusLabel.text = "Cancelled: the scene is as it was."
+        else:
+            parameterNode().result = result["cam"]  # also when the module is not shown
+            self.onProgress("done", 1.0)
+            demo = result["report"].get("model", {}).get("demo", True)
+            self.ui.statusLabel.text = (f"Done: {self.logic.verdict(result['probabilities'], result['predicted'])}. "
+                                        + (mskai.DEMO_NOTICE if demo else ""))
+            self.onResultChanged(result["cam"])
+        self.updateGui()
+
+    @guiAction("Failed to show the result.")
+    def onResultChanged(self, node):
+        """Show a result: probabilities table, overlay with legend (when ticked), views on the key slice."""
+        self._evidence, self._evidenceIndex = [], 0
+        if not (self.logic and self.logic.isResult(node)):
+            self.ui.evidenceSliceLabel.text = ""
+            return
+        result = self.logic.resultOf(node)
+        self.ui.probabilitiesTableView.setMRMLTableNode(result["table"])
+        self._evidence = self.logic.evidenceSlices(node)
+        if self._parameterNode.showOverlay:
+            self.logic.showResult(node, opacity=self._parameterNode.opacity)
+        else:
+            self.logic.jumpToSlice(node, result["keySlice"])
+        self.showEvidenceIndex()
+
+    def showEvidenceIndex(self):
+        if not self._evidence:
+            self.ui.evidenceSliceLabel.text = ""
+            return
+        n = self._evidenceIndex
+        which = "the key slice" if n == 0 else f"number {n + 1} by evidence"
+        self.ui.evidenceSliceLabel.text = (f"Slice {self._evidence[n] + 1}: {which} "
+                                           f"(of {len(self._evidence)} slices with the strongest evidence)")
+
+    @guiAction("Failed to jump to the slice.")
+    def onKeySlice(self):
+        self._evidenceIndex = 0
+        self.logic.jumpToSlice(self._parameterNode.result, self._evidence[0])
+        self.showEvidenceIndex()
+
+    @guiAction("Failed to jump to the slice.")
+    def onNextEvidence(self):
+        if not self._evidence:
+            raise ValueError("This result has no slice with evidence.")
+        self._evidenceIndex = (self._evidenceIndex + 1) % len(self._evidence)
+        self.logic.jumpToSlice(self._parameterNode.result, self._evidence[self._evidenceIndex])
+        self.showEvidenceIndex()
+
+    @guiAction("Failed to show the evidence overlay.")
+    def onShowOverlay(self, checked):
+        cam = self._parameterNode.result if self._parameterNode else None
+        if not (self.logic and self.logic.isResult(cam)):
+            return
+        if checked:
+            self.logic.showResult(cam, opacity=self._parameterNode.opacity, jump=False)
+        else:
+            slicer.util.setSliceViewerLayers(foreground=None)
+            legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(cam)
+            if legend:
+                legend.SetVisibility(False)
+
+    def onOpacityChanged(self, value):
+        if self._parameterNode and self._parameterNode.showOverlay and self.currentResult():
+            slicer.util.setSliceViewerLayers(foregroundOpacity=value)
+
+    @guiAction("Failed to show the bar chart.")
+    def onShowChart(self):
+        slicer.modules.plots.logic().ShowChartInLayout(self.currentResult()["chart"])
+
+    @guiAction("Failed to save the result.", waitCursor=True)
+    def onSave(self):
+        folder = self.ui.saveFolderPathLineEdit.currentPath
+        if not folder:
+            raise ValueError("Choose a folder to save into.")
+        files = self.getLogic().saveResult(self._parameterNode.result, folder)
+        self.ui.saveFolderPathLineEdit.addCurrentPathToHistory()
+        self.ui.statusLabel.text = f"Saved {', '.join(Path(f).name for f in files)} to {folder}."
+
+    @guiAction("Failed to start the batch.")
+    def onProcessDatabase(self):
+        ui, p = self.ui, self._parameterNode
+        database, output = ui.batchDatabasePathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath
+        if not database or not output:
+            raise ValueError("Choose the DICOM database folder and the output folder.")
+        self.job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
+                                              model=p.model or None, onProgress=self.onProgress,
+                                              onFinished=self.onBatchFinished)
+        ui.statusLabel.text = f"Classifying every study of {database} in the background (Cancel keeps those done)."
+        self.timer.start()
+        self.updateGui()
 
 
 class ACLClassifierTest(ScriptedLoadableModuleTest):
-    def runTest(self):
+    def setUp(self):
         slicer.mrmlScene.Clear()
-        self.assertTrue(ACLClassifierLogic().engineVersion())
+
+    def runTest(self):
+        self.setUp()
+        self.test_ClassifySyntheticStudy()
+
+    def test_ClassifySyntheticStudy(self):
+        """The headless tests' scenario in the application: synthetic knee studies in a DICOM database (one
+        sagittal, one coronal), the sagittal series picked and classified, the evidence shown on the slice views."""
+        missing = dependencies.missing_requirements()
+        if missing:
+            self.delayDisplay(f"Skipped: install the engine's packages first ({', '.join(map(str, missing))}).")
+            return
+        from ACLClassifierLib import ACLClassifierLogic
+        from AutoSegMSKLib.nodes import same_geometry
+        from mskai import MskaiError
+        from mskai.dicom import index_folder
+        from mskai.engine import EngineJob
+
+        logic = ACLClassifierLogic(slicer.mrmlScene)
+        models = logic.models()
+        if not models:
+            self.delayDisplay("Skipped: no ACL model is installed.")
+            return
+        model = next((m for m in models if m["id"] == "mskai-acl-demo"), models[0])
+        self.delayDisplay("Writing synthetic knee studies (a sagittal and a coronal series)")
+        folder = Path(tempfile.mkdtemp(prefix="ACLClassifierTest-"))
+        try:
+            for plane in ("sagittal", "coronal"):
+                job = EngineJob(["synth", "knee", folder / plane, "--plane", plane, "--seed", "7",
+                                 "--spacing", "0.6", "0.6", "3.0"]).start()
+                job.wait()
+                self.assertEqual(job.state, "done", job.error)
+            index_folder(folder, folder / "db")
+            studies = logic.databaseStudies(folder / "db")
+            self.assertEqual(len(studies), 2)
+            picked, refused = [], []
+            for study in studies:
+                try:
+                    picked.append(logic.loadStudy(folder / "db", study["studyUID"]))
+                except MskaiError as error:
+                    refused.append(str(error))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        (volume, reason), = picked
+        self.assertIn("the only sagittal series", reason)
+        self.assertIn("no sagittal series: found coronal", refused[0])
+        self.assertEqual(logic.planeOf(volume), "sagittal")
+        self.delayDisplay("Classifying")
+        result = logic.classifyVolume(volume, model=modelKey(model))
+        self.assertAlmostEqual(sum(result["probabilities"].values()), 1.0, places=3)
+        self.assertTrue(same_geometry(result["cam"], volume))
+        self.assertTrue(0 <= result["keySlice"] < volume.GetImageData().GetDimensions()[result["keySliceAxis"]])
+        logic.showResult(result["cam"])
+        self.delayDisplay(f"Test passed: {logic.verdict(result['probabilities'], result['predicted'])}")

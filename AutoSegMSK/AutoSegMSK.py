@@ -446,14 +446,15 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.start()
         self.updateGui()
 
-    def onBatchFinished(self, result):
+    def onBatchFinished(self, result):  # shared with ACLClassifierWidget
         self.timer.stop()
         self.job = None
         if "error" in result:
             self.ui.statusLabel.text = f"Batch failed: {result['error']}"
-            slicer.util.errorDisplay(f"Batch failed:\n\n{result['error']}", windowTitle="AutoSegMSK")
+            slicer.util.errorDisplay(f"Batch failed:\n\n{result['error']}",
+                                     windowTitle=type(self).__name__.removesuffix("Widget"))
         elif result.get("cancelled"):
-            self.ui.statusLabel.text = "Batch cancelled: finished series are kept; run it again with Resume."
+            self.ui.statusLabel.text = "Batch cancelled: finished ones are kept; run it again with Resume."
         else:
             self.ui.statusLabel.text = (f"Batch: {len(result['done'])} done, {len(result['skipped'])} skipped, "
                                         f"{len(result['failed'])} failed; report.json and report.csv in "

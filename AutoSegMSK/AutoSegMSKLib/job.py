@@ -1,4 +1,10 @@
-"""One segmentation run of the engine in a background process, and its result brought into the scene."""
+"""The engine run in a background process, and its result brought into the scene: the Slicer glue both modules share.
+
+``VolumeEngineJob`` runs one `mskai <command>` on a volume node (temporary folder, the node written to a fixed-name
+NRRD, EngineJob, progress forwarded by ``poll()``, output loaded into the scene all or nothing, cleanup, cancel);
+``EngineBatchJob`` runs one `mskai batch <command>` over a DICOM database. AutoSegMSK's SegmentationJob/BatchJob and
+ACLClassifierLib's job build on them; the process launcher itself is ``mskai.engine.EngineJob`` (pure Python).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,153 @@ from .segmentations import add_confidence_node, least_certain, load_segmentation
 
 CONFIDENCE_REFERENCE = "AutoSegMSK.confidence"  # node reference: segmentation -> its confidence map
 LEAST_CERTAIN = "AutoSegMSK.leastCertain"  # segmentation attribute: bone names, least certain first
+
+
+def installed_models(task: str) -> list[dict]:
+    """Installed model packages of ``task`` ("segmentation", "acl-classification"): id, version, description,
+    demo flag and a display title that says DEMO - not for clinical use where it applies."""
+    from mskai.models.registry import list_models
+
+    return [{"id": p.id, "version": p.version, "description": p.metadata.get("description", ""),
+             "demo": bool(p.metadata["demo"]),
+             "title": f"{p.id} {p.version}" + (" (DEMO - not for clinical use)" if p.metadata["demo"] else "")}
+            for p in list_models(task=task)]
+
+
+class VolumeEngineJob:
+    """`mskai <command> input.nrrd -o <output> --progress json <arguments>` on a volume node, in another process.
+
+    The node is written to a private temporary folder under a fixed name (node names may name the patient).
+    ``poll()`` (from a GUI timer) forwards progress as ``onProgress(stage, fraction)`` and, once the engine has
+    finished, calls ``load(output_folder, keep)`` to bring its files into the scene: ``keep(node)`` records each
+    node it adds, and if loading fails every recorded node is removed again (all or nothing). Then it calls
+    ``onFinished(result)`` once: load's dict, or {"error": message}, or {"cancelled": True}. The temporary folder
+    is removed in every case.
+    """
+
+    failure = "The engine failed"  # the message when the engine ends without a one-line error of its own
+
+    def __init__(self, scene, volumeNode, command, arguments, load, onProgress=None, onFinished=None,
+                 prefix="mskai-"):
+        self.scene, self.volumeNode = scene, volumeNode
+        self.onProgress, self.onFinished, self._load_output = onProgress, onFinished, load
+        self.result = None
+        volume = volume_from_node(volumeNode)  # a bad input fails here, before anything is written
+        self._work = Path(tempfile.mkdtemp(prefix=prefix))
+        try:
+            source = write_volume(volume, self._work / "input.nrrd")  # a fixed name: node names may name the patient
+            self._output = self._work / "result"
+            self._engine = EngineJob([*([command] if isinstance(command, str) else command), str(source),
+                                      "-o", str(self._output), "--progress", "json", *arguments],
+                                     output=self._output)
+            self._engine.start()
+        except BaseException:
+            shutil.rmtree(self._work, ignore_errors=True)
+            raise
+
+    def poll(self) -> bool:
+        """Forward new progress; True once the job has finished (then ``result`` is set)."""
+        if self.result is not None:
+            return True
+        for event in self._engine.poll():
+            if self.onProgress and "stage" in event:
+                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
+        if self._engine.running:
+            return False
+        self._engine.wait()
+        if self._engine.state == "done":
+            self._finish(self._load)
+        elif self._engine.state == "cancelled":
+            self._finish(lambda: {"cancelled": True})
+        else:
+            self._finish(lambda: {"error": self._engine.error or self.failure})
+        return True
+
+    def wait(self, poll_s: float = 0.1) -> dict:
+        """Block until finished; returns the result."""
+        while not self.poll():
+            time.sleep(poll_s)
+        return self.result
+
+    def cancel(self):
+        """End the engine process tree; the scene is left as it was."""
+        if self.result is None:
+            self._engine.cancel()
+            self.poll()
+
+    def _finish(self, make_result):
+        try:
+            self.result = make_result()
+        except MskaiError as exc:
+            self.result = {"error": str(exc)}
+        finally:
+            shutil.rmtree(self._work, ignore_errors=True)
+        if self.onFinished:
+            self.onFinished(self.result)
+
+    def _load(self) -> dict:
+        """Bring the engine's files into the scene, all or nothing."""
+        added = []
+        try:
+            return self._load_output(self._output, added.append)
+        except BaseException:
+            for node in reversed(added):
+                if self.scene.IsNodePresent(node):
+                    remove_node(self.scene, node)
+            raise
+
+
+class EngineBatchJob:
+    """`mskai batch <command>` over a DICOM database in another process: the module's GUI stays usable.
+
+    ``poll()`` calls ``onProgress("batch", fraction)`` per unit (series or study) and, once, ``onFinished(summary)``
+    with the batch report ({"done", "skipped", "failed"}), or {"error": message}, or {"cancelled": True}. A cancelled
+    batch keeps the units it finished (a later run with resume does the rest) and leaves no half-written unit.
+    """
+
+    def __init__(self, command, databaseDir, outputDir, resume=True, arguments=(), onProgress=None, onFinished=None):
+        self.output = Path(outputDir).resolve()
+        self.onProgress, self.onFinished, self.result = onProgress, onFinished, None
+        self._engine = EngineJob(["batch", command, str(databaseDir), "-o", str(self.output), "--progress", "json",
+                                  *(["--resume"] if resume else []), *arguments]).start()
+
+    def poll(self) -> bool:
+        if self.result is not None:
+            return True
+        for event in self._engine.poll():
+            if self.onProgress:
+                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
+        if self._engine.running:
+            return False
+        self._engine.wait()
+        report = self.output / "report.json"
+        if self._engine.state == "cancelled":
+            self.result = {"cancelled": True}
+        elif report.is_file() and self._engine.returncode in (0, 1):  # 1: some units failed, the batch finished
+            summary = json.loads(report.read_text())
+            self.result = {key: summary[key] for key in ("done", "skipped", "failed")}
+        else:
+            self.result = {"error": self._engine.error or "The batch engine failed"}
+        if self.onFinished:
+            self.onFinished(self.result)
+        return True
+
+    def cancel(self):
+        if self.result is None:
+            self._engine.cancel()
+            remove_half_written(self.output)
+            self.poll()
+
+
+def remove_half_written(folder: Path):
+    """Remove the staging folders that a killed batch left beside its unit folders."""
+    from mskai.io import _remove_stale
+
+    for entry in folder.glob(".*.mskai-*"):
+        _remove_stale(folder, f".{entry.name[1:].split('.mskai-')[0]}.mskai-")
+
+
+# --- AutoSegMSK's jobs -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -50,7 +203,7 @@ class SegmentationOptions:
         return args + [flag for flag, on in flags.items() if on]
 
 
-class SegmentationJob:
+class SegmentationJob(VolumeEngineJob):
     """Runs `mskai segment` on a volume node in another process; ``poll()`` (from a GUI timer) reports progress and,
     once finished, adds the result to the scene and calls ``onFinished(result)``.
 
@@ -58,139 +211,40 @@ class SegmentationJob:
     {"cancelled": True}. Nothing is added to the scene unless the run succeeds.
     """
 
+    failure = "The segmentation engine failed"
+
     def __init__(self, scene, volumeNode, options: SegmentationOptions, onProgress=None, onFinished=None):
-        self.scene, self.volumeNode, self.options = scene, volumeNode, options
-        self.onProgress, self.onFinished = onProgress, onFinished
-        self.result = None
+        self.options = options
         arguments = options.engine_arguments()  # bad options fail here, before anything is written
-        volume = volume_from_node(volumeNode)
-        self._work = Path(tempfile.mkdtemp(prefix="AutoSegMSK-"))
-        try:
-            source = write_volume(volume, self._work / "input.nrrd")  # a fixed name: node names may name the patient
-            self._output = self._work / "result"
-            self._engine = EngineJob(["segment", str(source), "-o", str(self._output), "--progress", "json",
-                                      "--formats", "seg.nrrd,report", *arguments], output=self._output)
-            self._engine.start()
-        except BaseException:
-            shutil.rmtree(self._work, ignore_errors=True)
-            raise
+        super().__init__(scene, volumeNode, "segment", ["--formats", "seg.nrrd,report", *arguments],
+                         self._load_segmentation, onProgress, onFinished, prefix="AutoSegMSK-")
 
-    def poll(self) -> bool:
-        """Forward new progress; True once the job has finished (then ``result`` is set)."""
-        if self.result is not None:
-            return True
-        for event in self._engine.poll():
-            if self.onProgress and "stage" in event:
-                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
-        if self._engine.running:
-            return False
-        self._engine.wait()
-        if self._engine.state == "done":
-            self._finish(self._load)
-        elif self._engine.state == "cancelled":
-            self._finish(lambda: {"cancelled": True})
-        else:
-            self._finish(lambda: {"error": self._engine.error or "The segmentation engine failed"})
-        return True
-
-    def wait(self, poll_s: float = 0.1) -> dict:
-        """Block until finished; returns the result."""
-        while not self.poll():
-            time.sleep(poll_s)
-        return self.result
-
-    def cancel(self):
-        """End the engine process tree; the scene is left as it was."""
-        if self.result is None:
-            self._engine.cancel()
-            self.poll()
-
-    def _finish(self, make_result):
-        try:
-            self.result = make_result()
-        except MskaiError as exc:
-            self.result = {"error": str(exc)}
-        finally:
-            shutil.rmtree(self._work, ignore_errors=True)
-        if self.onFinished:
-            self.onFinished(self.result)
-
-    def _load(self) -> dict:
-        """Bring the engine's files into the scene, all or nothing."""
+    def _load_segmentation(self, output: Path, keep) -> dict:
         scene, volume, name = self.scene, self.volumeNode, self.volumeNode.GetName()
-        report = json.loads((self._output / "report.json").read_text())
-        added = []
-        try:
-            segmentation = load_segmentation(scene, self._output / "segmentation.seg.nrrd", f"{name} bones", volume,
-                                              self.options.smoothing)
-            added.append(segmentation)
-            model = report["model"]
-            segmentation.SetAttribute("AutoSegMSK.model", f"{model['id']}@{model['version']}")
-            segmentation.SetAttribute("AutoSegMSK.demo", str(bool(model["demo"])).lower())
-            confidence = None
-            if self.options.confidence:
-                confidence = add_confidence_node(scene, self._output / "confidence.nrrd", f"{name} confidence", volume)
-                added.append(confidence)
-            rows = statistics_rows(scene, segmentation, confidence)
-            table = new_table(scene, f"{name} bone statistics", rows)
-            added.append(table)
-            if confidence is not None:  # saved with the scene: the module finds them again for any result
-                segmentation.SetNodeReferenceID(CONFIDENCE_REFERENCE, confidence.GetID())
-            segmentation.SetAttribute(LEAST_CERTAIN, ",".join(least_certain(rows)))
-        except BaseException:
-            for node in reversed(added):
-                remove_node(scene, node)
-            raise
+        report = json.loads((output / "report.json").read_text())
+        segmentation = load_segmentation(scene, output / "segmentation.seg.nrrd", f"{name} bones", volume,
+                                          self.options.smoothing)
+        keep(segmentation)
+        model = report["model"]
+        segmentation.SetAttribute("AutoSegMSK.model", f"{model['id']}@{model['version']}")
+        segmentation.SetAttribute("AutoSegMSK.demo", str(bool(model["demo"])).lower())
+        confidence = None
+        if self.options.confidence:
+            confidence = add_confidence_node(scene, output / "confidence.nrrd", f"{name} confidence", volume)
+            keep(confidence)
+        rows = statistics_rows(scene, segmentation, confidence)
+        table = new_table(scene, f"{name} bone statistics", rows)
+        keep(table)
+        if confidence is not None:  # saved with the scene: the module finds them again for any result
+            segmentation.SetNodeReferenceID(CONFIDENCE_REFERENCE, confidence.GetID())
+        segmentation.SetAttribute(LEAST_CERTAIN, ",".join(least_certain(rows)))
         return {"segmentation": segmentation, "confidence": confidence, "table": table,
                 "leastCertain": least_certain(rows), "report": report}
 
 
-class BatchJob:
-    """`mskai batch segment` over a DICOM database in another process: the module's GUI stays usable.
-
-    ``poll()`` calls ``onProgress("batch", fraction)`` per series and, once, ``onFinished(summary)`` with the
-    batch report ({"done", "skipped", "failed"}), or {"error": message}, or {"cancelled": True}. A cancelled batch
-    keeps the series it finished (a later run with resume does the rest) and leaves no half-written series.
-    """
+class BatchJob(EngineBatchJob):
+    """`mskai batch segment` over a DICOM database in another process (see EngineBatchJob)."""
 
     def __init__(self, databaseDir, outputDir, resume=True, onProgress=None, onFinished=None, **options):
         arguments = SegmentationOptions(**options).engine_arguments()
-        self.output = Path(outputDir).resolve()
-        self.onProgress, self.onFinished, self.result = onProgress, onFinished, None
-        self._engine = EngineJob(["batch", "segment", str(databaseDir), "-o", str(self.output), "--progress", "json",
-                                  *(["--resume"] if resume else []), *arguments]).start()
-
-    def poll(self) -> bool:
-        if self.result is not None:
-            return True
-        for event in self._engine.poll():
-            if self.onProgress:
-                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
-        if self._engine.running:
-            return False
-        self._engine.wait()
-        report = self.output / "report.json"
-        if self._engine.state == "cancelled":
-            self.result = {"cancelled": True}
-        elif report.is_file() and self._engine.returncode in (0, 1):  # 1: some series failed, the batch finished
-            summary = json.loads(report.read_text())
-            self.result = {key: summary[key] for key in ("done", "skipped", "failed")}
-        else:
-            self.result = {"error": self._engine.error or "The batch engine failed"}
-        if self.onFinished:
-            self.onFinished(self.result)
-        return True
-
-    def cancel(self):
-        if self.result is None:
-            self._engine.cancel()
-            remove_half_written(self.output)
-            self.poll()
-
-
-def remove_half_written(folder: Path):
-    """Remove the staging folders that a killed batch left beside its series folders."""
-    from mskai.io import _remove_stale
-
-    for entry in folder.glob(".*.mskai-*"):
-        _remove_stale(folder, f".{entry.name[1:].split('.mskai-')[0]}.mskai-")
+        super().__init__("segment", databaseDir, outputDir, resume, arguments, onProgress, onFinished)

@@ -7,7 +7,7 @@ from pathlib import Path
 from mskai import MskaiError
 
 from . import segmentations as seg
-from .job import CONFIDENCE_REFERENCE, LEAST_CERTAIN, BatchJob, SegmentationJob, SegmentationOptions
+from .job import CONFIDENCE_REFERENCE, LEAST_CERTAIN, BatchJob, SegmentationJob, SegmentationOptions, installed_models
 from .nodes import new_table, show_overlay
 
 
@@ -28,12 +28,7 @@ class AutoSegMSKLogic:
     @staticmethod
     def models() -> list[dict]:
         """Installed bone models: id, version, description, demo flag and a display title."""
-        from mskai.models.registry import list_models
-
-        return [{"id": p.id, "version": p.version, "description": p.metadata.get("description", ""),
-                 "demo": bool(p.metadata["demo"]),
-                 "title": f"{p.id} {p.version}" + (" (DEMO - not for clinical use)" if p.metadata["demo"] else "")}
-                for p in list_models(task="segmentation")]
+        return installed_models("segmentation")
 
     @staticmethod
     def databaseSeries(databaseDir, modality="MR") -> list[dict]:

@@ -82,8 +82,9 @@ def same_geometry(a, b, tolerance_mm=1e-3) -> bool:
 
 
 def place_beside(scene, node, reference):
-    """Put ``node`` in the subject hierarchy under the study (the parent) of ``reference``, and under the same
-    parent transform, so it overlays the input and is exported with its study (DICOM SEG needs that)."""
+    """Put ``node`` in the subject hierarchy under the study (the parent) of ``reference``, and (when it can be
+    transformed) under the same parent transform, so it overlays the input and is exported with its study (DICOM
+    SEG needs that). Tables and charts go beside their volume too."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     reference_item = hierarchy.GetItemByDataNode(reference)
     parent = hierarchy.GetItemParent(reference_item) if reference_item else hierarchy.GetSceneItemID()
@@ -92,7 +93,42 @@ def place_beside(scene, node, reference):
         hierarchy.SetItemParent(item, parent)
     else:
         hierarchy.CreateItem(parent, node)
-    node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+    if node.IsA("vtkMRMLTransformableNode"):
+        node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+
+
+def voxel_slice_centre_ras(node, axis: int, index: int) -> np.ndarray:
+    """World RAS of the centre of voxel slice ``index`` across IJK ``axis`` of a volume node (with the node's parent
+    transform, when it has one)."""
+    ijk = (np.array(node.GetImageData().GetDimensions(), dtype=float) - 1) / 2
+    ijk[axis] = index
+    ras = (ijk_to_ras(node) @ np.append(ijk, 1.0))[:3]
+    parent = node.GetParentTransformNode()
+    if parent is not None:
+        to_world = vtk.vtkGeneralTransform()
+        parent.GetTransformToWorld(to_world)
+        ras = np.array(to_world.TransformPoint(*ras))
+    return ras
+
+
+def jump_slices(scene, ras):
+    """Centre every slice view of the scene on a RAS point (each view's slice then passes through it).
+    A scene without slice views (a script, a test) is left alone."""
+    for slice_node in _nodes(scene, "vtkMRMLSliceNode"):
+        slice_node.JumpSliceByCentering(*(float(v) for v in ras))
+
+
+def dicom_study_item(scene, study_uid: str, study_name: str, patient_name: str = ""):
+    """The subject hierarchy item of a DICOM study (found by its UID, as Slicer's DICOM loading makes it; else made,
+    under a patient item, so nodes placed there are exported with their study)."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    uid_name = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName()
+    item = hierarchy.GetItemByUID(uid_name, study_uid)
+    if not item:
+        patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), patient_name or "Patient")
+        item = hierarchy.CreateStudyItem(patient, study_name or "Study")
+        hierarchy.SetItemUID(item, uid_name, study_uid)
+    return item
 
 
 def new_table(scene, name: str, rows: list[dict]):
@@ -129,12 +165,9 @@ def table_rows(table) -> list[dict]:
             for r in range(data.GetNumberOfRows())]
 
 
-def confidence_colors(scene):
-    """The colour table of confidence overlays: red (uncertain) through yellow to green (certain).
-
-    Made once per scene, so the overlay looks the same inside and outside the Slicer application.
-    """
-    name = "mskai confidence"
+def color_table(scene, name: str, rgb):
+    """A 256-entry colour table ``name`` with colours ``rgb(t)`` for t in [0, 1], made once per scene, so an overlay
+    looks the same inside and outside the Slicer application."""
     existing = scene.GetFirstNodeByName(name)
     if existing is not None:
         return existing
@@ -142,10 +175,13 @@ def confidence_colors(scene):
     colors.SetTypeToUser()
     colors.SetNumberOfColors(256)
     for n in range(256):
-        t = n / 255
-        red, green = (1.0, 2 * t) if t < 0.5 else (2 * (1 - t), 1.0)
-        colors.SetColor(n, f"{t:.2f}", red, green, 0.0, 1.0)
+        colors.SetColor(n, f"{n / 255:.2f}", *rgb(n / 255), 1.0)
     return colors
+
+
+def confidence_colors(scene):
+    """The colour table of confidence overlays: red (uncertain) through yellow to green (certain)."""
+    return color_table(scene, "mskai confidence", lambda t: (1.0, 2 * t, 0.0) if t < 0.5 else (2 * (1 - t), 1.0, 0.0))
 
 
 def show_overlay(scene, background, foreground, opacity=0.4):

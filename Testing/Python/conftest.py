@@ -99,3 +99,46 @@ def tiny_package(tmp_path):
     from mskai.models.package import load_package
 
     return load_package(make_package(tmp_path / "tiny-package"))
+
+
+def make_acl_package(folder, classes=None, size=48, depth=8, widths=(8, 8, 16, 16), pooling="max", seed=0, **metadata):
+    """A small but real ACL classifier package on disk (MRNet-style network, random weights), with the metadata
+    `mskai train-acl` writes: fast to make, so every test module can have its own. pooling "attention" spreads the
+    Grad-CAM over several slices (max pooling puts it on one)."""
+    import torch
+
+    from mskai.acl import GRADES
+    from mskai.acl.infer import TASK
+    from mskai.acl.model import MRNetStyle
+    from mskai.acl.preprocess import AclPreprocessing
+    from mskai.acl.train import TrainAclConfig, network_spec
+    from mskai.models.package import save_package
+
+    classes = list(classes or GRADES)
+    config = TrainAclConfig(classes="four" if len(classes) == 4 else "binary", widths=tuple(widths), pooling=pooling)
+    preprocessing = AclPreprocessing(size=size, depth=depth, field_mm=140)
+    spec = network_spec(config, preprocessing.channels)
+    torch.manual_seed(seed)
+    net = MRNetStyle(**spec["args"])
+    meta = {"id": "test-acl", "version": "1.0.0", "task": TASK, "demo": True, "licence": "test",
+            "training_data": "none (test package, random weights)", "classes": classes,
+            "input": {"modality": "MR", "plane": "sagittal"}, "preprocessing": preprocessing.to_json(),
+            "network": spec}
+    meta.update(metadata)
+    return save_package(folder, meta, net.state_dict())
+
+
+def mrml_scene_with_views():
+    """A real (slicer-core) MRML scene laid out like the application's: the Red, Yellow and Green slice views with
+    their orientation presets and composite nodes, and the colour legend node class the application registers."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    for view, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slice_node.SetLayoutName(view)
+        slice_node.SetOrientation(orientation)
+        scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode").SetLayoutName(view)
+    return scene

@@ -1,39 +1,79 @@
-"""AutoSegMSK's widget without Qt: the .ui file and AutoSegMSK.py agree, imports stay within what Slicer provides,
-the parameter node binds to widgets that can represent it, and every logic call exists in AutoSegMSKLib."""
+"""The two modules' widgets without Qt: each .ui file and <Module>.py agree, imports stay within what Slicer
+provides, the parameter node binds to widgets that can represent it, every logic call exists in <Module>Lib, and the
+widget glue ACLClassifier borrows from AutoSegMSK finds its widgets. Then the widgets' flows with test doubles for Qt
+and the Slicer application only (FakeWidget, FakeUi, _fake_slicer): AutoSegMSK's with a stand-in logic, ACLClassifier's
+with its real logic on a real slicer-core scene and the real engine."""
 
 import ast
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "AutoSegMSK" / "AutoSegMSK.py"
-UI = REPO / "AutoSegMSK" / "Resources" / "UI" / "AutoSegMSK.ui"
-LOGIC = REPO / "AutoSegMSK" / "AutoSegMSKLib" / "logic.py"
 
 # What 3D Slicer's Python provides to a scripted module, besides the standard library and this extension's own code.
-ALLOWED_IMPORTS = {"qt", "ctk", "vtk", "slicer", "slicer.ScriptedLoadableModule", "slicer.util",
-                   "slicer.parameterNodeWrapper", "AutoSegMSKLib", "mskai", "mskai.dependencies"}
-# Imported inside methods only: Slicer modules, and what needs the engine's packages.
-LAZY_IMPORTS = {"AutoSegMSKLib", "AutoSegMSKLib.nodes", "DICOMLib", "PyTorchUtils", "mskai.engine",
-                "mskai.segment.labels"}
+SLICER_IMPORTS = {"qt", "ctk", "vtk", "slicer", "slicer.ScriptedLoadableModule", "slicer.util",
+                  "slicer.parameterNodeWrapper", "mskai", "mskai.dependencies"}
 # Widget classes the parameter node wrapper can connect to each parameter type (slicer.parameterNodeWrapper).
 CONNECTABLE = {"bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
                "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox", "qMRMLSliderWidget"},
                "choice": {"QComboBox", "ctkComboBox"}, "node": {"qMRMLNodeComboBox"}}
 
 
-@pytest.fixture(scope="module")
-def ui():
-    return ET.parse(UI).getroot()
+@dataclass(frozen=True)
+class ModuleSpec:
+    name: str
+    imports: frozenset  # module-level imports besides SLICER_IMPORTS and the standard library
+    lazy: frozenset  # imported inside methods only: Slicer modules, and what needs the engine's packages
+    calls: frozenset  # logic methods the widget must call
+    unbound: frozenset  # parameter node fields the widget syncs by hand
+
+    @property
+    def module(self) -> Path:
+        return REPO / self.name / f"{self.name}.py"
+
+    @property
+    def ui(self) -> Path:
+        return REPO / self.name / "Resources" / "UI" / f"{self.name}.ui"
+
+    @property
+    def logic(self) -> Path:
+        return REPO / self.name / f"{self.name}Lib" / "logic.py"
+
+
+SPECS = [
+    ModuleSpec("AutoSegMSK", frozenset({"AutoSegMSKLib"}),
+               frozenset({"AutoSegMSKLib", "AutoSegMSKLib.nodes", "DICOMLib", "PyTorchUtils", "mskai.engine",
+                          "mskai.segment.labels"}),
+               frozenset({"startSegmentation", "segmentVolume", "exportModels", "compare", "startBatch"}),
+               frozenset({"model"})),
+    # ACLClassifier borrows the generic widget glue from the AutoSegMSK module file (one home, see the README).
+    ModuleSpec("ACLClassifier", frozenset({"AutoSegMSK"}),
+               frozenset({"ACLClassifierLib", "AutoSegMSKLib.nodes", "mskai.dicom", "mskai.engine"}),
+               frozenset({"startClassification", "classifyVolume", "loadStudy", "databaseStudies", "showResult",
+                          "jumpToSlice", "evidenceSlices", "saveResult", "startBatch", "verdict", "planeOf"}),
+               frozenset({"model"})),
+]
+
+
+@pytest.fixture(scope="module", params=SPECS, ids=lambda spec: spec.name)
+def spec(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def tree():
-    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+def ui(spec):
+    return ET.parse(spec.ui).getroot()
+
+
+@pytest.fixture(scope="module")
+def tree(spec):
+    return ast.parse(spec.module.read_text(), filename=str(spec.module))
 
 
 def _widgets(ui):
@@ -42,6 +82,31 @@ def _widgets(ui):
 
 def _class(tree, name):
     return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+
+
+def _ui_names(node):
+    """Every <name> in self.ui.<name> and ui.<name> under ``node``."""
+    used = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Attribute):
+            owner = n.value
+            if (isinstance(owner, ast.Attribute) and owner.attr == "ui" and isinstance(owner.value, ast.Name)
+                    and owner.value.id == "self") or (isinstance(owner, ast.Name) and owner.id == "ui"):
+                used.add(n.attr)
+    return used
+
+
+def _borrowed(widget):
+    """{name: (source class, attribute)} of class-level `name = Other.attr` / `name = staticmethod(Other.attr)`."""
+    found = {}
+    for node in widget.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = node.value
+            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "staticmethod":
+                value = value.args[0]
+            if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name):
+                found[node.targets[0].id] = (value.value.id, value.attr)
+    return found
 
 
 def test_ui_parses_with_unique_names_and_declared_custom_widgets(ui):
@@ -63,40 +128,50 @@ def test_every_mrml_widget_gets_the_scene(ui):
     assert mrml and mrml == receivers
 
 
-def test_every_ui_name_the_module_uses_exists(ui, tree):
-    used = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
-            owner = node.value
-            if (isinstance(owner, ast.Attribute) and owner.attr == "ui" and isinstance(owner.value, ast.Name)
-                    and owner.value.id == "self") or (isinstance(owner, ast.Name) and owner.id == "ui"):
-                used.add(node.attr)
+def test_every_ui_name_the_module_uses_exists(spec, ui, tree):
+    used = _ui_names(tree)
     assert used, "no self.ui.<name> found"
     missing = used - set(_widgets(ui))
-    assert not missing, f"used in AutoSegMSK.py, absent from the .ui: {sorted(missing)}"
+    assert not missing, f"used in {spec.name}.py, absent from the .ui: {sorted(missing)}"
 
 
-def test_module_compiles_and_imports_only_what_slicer_provides(tree):
-    compile(MODULE.read_text(), str(MODULE), "exec")
+def test_borrowed_widget_glue_exists_and_finds_its_widgets(spec, ui, tree):
+    """Methods taken from another module's widget (the shared glue's one home) exist there, and every ui name they
+    use exists in this module's .ui too."""
+    borrowed = _borrowed(_class(tree, f"{spec.name}Widget"))
+    if spec.name == "ACLClassifier":
+        assert {"checkDependencies", "installDependencies", "onPoll", "onCancel", "setParameterNode"} <= set(borrowed)
+    for name, (owner, attribute) in borrowed.items():
+        source = REPO / owner.removesuffix("Widget") / f"{owner.removesuffix('Widget')}.py"
+        method = next((f for f in _class(ast.parse(source.read_text()), owner).body
+                       if isinstance(f, ast.FunctionDef) and f.name == attribute), None)
+        assert method is not None, f"{owner} has no {attribute}"
+        missing = _ui_names(method) - set(_widgets(ui))
+        assert not missing, f"{name} (from {owner}) uses {sorted(missing)}, absent from {spec.name}.ui"
+
+
+def test_module_compiles_and_imports_only_what_slicer_provides(spec, tree):
+    compile(spec.module.read_text(), str(spec.module), "exec")
     for node in tree.body:
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
             [node.module] if isinstance(node, ast.ImportFrom) else [])
         for name in names:
             top = name.split(".")[0]
-            assert top in sys.stdlib_module_names or name in ALLOWED_IMPORTS, f"module-level import of {name}"
-            # AutoSegMSKLib imports the engine's packages: at module level it would stop the module from loading
+            assert top in sys.stdlib_module_names or name in SLICER_IMPORTS | spec.imports, \
+                f"module-level import of {name}"
+            # <Module>Lib imports the engine's packages: at module level it would stop the module from loading
             # in a Slicer that does not have them yet, before it could offer to install them.
-            assert top != "AutoSegMSKLib"
+            assert not top.endswith("Lib")
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.col_offset > 0:
-            assert node.module in LAZY_IMPORTS | ALLOWED_IMPORTS, node.module
+            assert node.module in spec.lazy | SLICER_IMPORTS | spec.imports, node.module
 
 
-def test_module_classes_and_slots_exist(tree):
-    for name in ("AutoSegMSK", "AutoSegMSKWidget", "AutoSegMSKTest", "AutoSegMSKParameterNode"):
+def test_module_classes_and_slots_exist(spec, tree):
+    for name in (spec.name, f"{spec.name}Widget", f"{spec.name}Test", f"{spec.name}ParameterNode"):
         _class(tree, name)
-    widget = _class(tree, "AutoSegMSKWidget")
-    methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
+    widget = _class(tree, f"{spec.name}Widget")
+    methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)} | set(_borrowed(widget))
     referenced = {n.attr for n in ast.walk(widget) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
                   and n.value.id == "self" and n.attr.startswith("on")}
     assert referenced and referenced <= methods, sorted(referenced - methods)
@@ -116,22 +191,22 @@ def _logic_calls(tree):
     return calls
 
 
-def test_logic_calls_exist_in_the_logic_and_it_accepts_their_keywords(tree):
+def test_logic_calls_exist_in_the_logic_and_it_accepts_their_keywords(spec, tree):
     calls = _logic_calls(tree)
-    assert {"startSegmentation", "segmentVolume", "exportModels", "compare", "startBatch"} <= {m for m, _ in calls}
-    logic = _class(ast.parse(LOGIC.read_text()), "AutoSegMSKLogic")
+    assert spec.calls <= {m for m, _ in calls}, sorted(spec.calls - {m for m, _ in calls})
+    logic = _class(ast.parse(spec.logic.read_text()), f"{spec.name}Logic")
     signatures = {f.name: f.args for f in logic.body if isinstance(f, ast.FunctionDef)}
     for method, keywords in calls:
-        assert method in signatures, f"AutoSegMSKLogic has no {method}"
+        assert method in signatures, f"{spec.name}Logic has no {method}"
         args = signatures[method]
         accepted = {a.arg for a in args.args + args.kwonlyargs}
         assert args.kwarg or keywords <= accepted, f"{method} does not take {sorted(keywords - accepted)}"
 
 
-def _parameter_fields(tree):
-    """name -> kind (bool, float, choice, node, str) of AutoSegMSKParameterNode's annotated fields."""
+def _parameter_fields(tree, spec):
+    """name -> kind (bool, float, choice, node, str) of the parameter node's annotated fields."""
     fields = {}
-    for node in _class(tree, "AutoSegMSKParameterNode").body:
+    for node in _class(tree, f"{spec.name}ParameterNode").body:
         if isinstance(node, ast.AnnAssign):
             text = ast.unparse(node.annotation)
             kind = ("choice" if "Choice(" in text else "float" if "float" in text else "bool" if text == "bool"
@@ -140,8 +215,8 @@ def _parameter_fields(tree):
     return fields
 
 
-def test_parameter_node_binds_to_widgets_that_can_show_it(ui, tree):
-    fields = _parameter_fields(tree)
+def test_parameter_node_binds_to_widgets_that_can_show_it(spec, ui, tree):
+    fields = _parameter_fields(tree, spec)
     bound = {}
     for w in ui.iter("widget"):
         for prop in w.findall("property"):
@@ -151,8 +226,17 @@ def test_parameter_node_binds_to_widgets_that_can_show_it(ui, tree):
     assert set(bound) <= set(fields), sorted(set(bound) - set(fields))
     for name, cls in bound.items():
         assert cls in CONNECTABLE[fields[name]], f"{name} ({fields[name]}) cannot bind to a {cls}"
-    # the two parameters the widget syncs by hand: the model combo (its items come from the logic) and none else
-    assert set(fields) - set(bound) == {"model"}
+    # the parameters the widget syncs by hand: the model combo (its items come from the logic) and none else
+    assert set(fields) - set(bound) == spec.unbound
+
+
+def test_the_result_selector_lists_the_evidence_nodes_the_lib_marks(monkeypatch):
+    for folder in ("ACLClassifier", "AutoSegMSK"):
+        monkeypatch.syspath_prepend(str(REPO / folder))
+    from ACLClassifierLib.results import EVIDENCE
+
+    source = (REPO / "ACLClassifier" / "ACLClassifier.py").read_text()
+    assert f'EVIDENCE_ATTRIBUTE = "{EVIDENCE}"' in source
 
 
 def test_pyflakes_is_clean_over_the_whole_code_base():
@@ -188,7 +272,26 @@ class FakeUi:
         return widget
 
 
-def _fake_slicer(monkeypatch, calls):
+class FakeTableItem:
+    """A QTableWidgetItem: text and role data."""
+
+    def __init__(self, text):
+        self._text, self._data = text, {}
+
+    def text(self):
+        return self._text
+
+    def setData(self, role, value):
+        self._data[role] = value
+
+    def data(self, role):
+        return self._data[role]
+
+
+def _fake_slicer(monkeypatch, calls, scene=None, real=None, dicomDatabase=None):
+    """Stand-ins for Qt and the Slicer application (util, app, modules, the DICOM database, the scripted module
+    bases and the parameter node wrapper). real: the slicer-core module, whose MRML classes the fake `slicer` then
+    carries, with ``scene`` (a real vtkMRMLScene) as slicer.mrmlScene. Returns the doubles tests look at."""
     import contextlib
     import types
 
@@ -264,15 +367,23 @@ def _fake_slicer(monkeypatch, calls):
                   loadUI=lambda path: FakeWidget("uiWidget"), childWidgetVariables=lambda widget: FakeUi(),
                   confirmOkCancelDisplay=lambda text, title=None: calls.append(("confirm", text)) or False,
                   errorDisplay=lambda text, **kwargs: calls.append(("errorDisplay", text)),
-                  pip_install=lambda requirements: calls.append(("pip_install", requirements)))
-    scene = types.SimpleNamespace(StartCloseEvent=1, EndCloseEvent=2, GetFirstNodeByClass=lambda cls: "volume")
-    module("slicer", util=util, mrmlScene=scene, app=types.SimpleNamespace(testingEnabled=lambda: False),
-           modules=types.SimpleNamespace(), vtkMRMLScalarVolumeNode=object, vtkMRMLSegmentationNode=object)
+                  pip_install=lambda requirements: calls.append(("pip_install", requirements)),
+                  setSliceViewerLayers=lambda **layers: calls.append(("setSliceViewerLayers", layers)))
+    plots = FakeWidget("plotsLogic")
+    mrml = {k: getattr(real, k) for k in dir(real) if k.startswith("vtk")} if real else {
+        "vtkMRMLScalarVolumeNode": object, "vtkMRMLSegmentationNode": object}
+    if scene is None:
+        scene = types.SimpleNamespace(StartCloseEvent=1, EndCloseEvent=2, GetFirstNodeByClass=lambda cls: "volume")
+    module("slicer", **mrml, util=util, mrmlScene=scene, app=types.SimpleNamespace(testingEnabled=lambda: False),
+           modules=types.SimpleNamespace(plots=types.SimpleNamespace(logic=lambda: plots)),
+           dicomDatabase=dicomDatabase)
     module("slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, Choice=lambda c: c,
            WithinRange=lambda low, high: (low, high))
     module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=Base, ScriptedLoadableModuleLogic=Base,
            ScriptedLoadableModuleWidget=Base, ScriptedLoadableModuleTest=object)
-    module("qt", QTimer=lambda: FakeWidget("timer"))
+    module("qt", QTimer=lambda: FakeWidget("timer"), QTableWidgetItem=FakeTableItem,
+           Qt=types.SimpleNamespace(UserRole=32))
+    return types.SimpleNamespace(plots=plots)
 
 
 class FakeLogic:
@@ -401,3 +512,139 @@ def test_finished_run_fills_the_result_section(widget):
     assert w.ui.exportModelsButton.enabled and w.ui.showConfidenceCheckBox.enabled
     w.onSegmentationChanged(segmentation)
     assert ("addItems", (["fibula", "patella"],)) in w.ui.leastCertainListWidget.calls
+
+
+# --- ACLClassifier's widget: its real logic on a real slicer-core scene, the real engine; Qt/app doubles only ---
+
+def _load_module(name, path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def acl(monkeypatch, model_dirs):
+    """ACLClassifierWidget set up on a real scene with slice views; a small real ACL package installed as the user's
+    model "test-acl@1.0.0" (the engine process finds it through the same MSKAI_MODELS_DIR)."""
+    import importlib
+    import types
+
+    from conftest import make_acl_package, mrml_scene_with_views
+    from mskai import dependencies
+
+    for folder in ("ACLClassifier", "AutoSegMSK"):
+        monkeypatch.syspath_prepend(str(REPO / folder))
+    import slicer
+
+    importlib.import_module("ACLClassifierLib")  # the real Lib, imported with the real slicer-core before the doubles
+
+    make_acl_package(model_dirs / "user" / "test-acl-1.0.0", pooling="attention")
+    scene, calls = mrml_scene_with_views(), []
+    database = types.SimpleNamespace(isOpen=True, databaseDirectory="")
+    doubles = _fake_slicer(monkeypatch, calls, scene=scene, real=slicer, dicomDatabase=database)
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements=None: [])
+    monkeypatch.setitem(sys.modules, "AutoSegMSK", _load_module("AutoSegMSK", MODULE))  # the borrowed glue
+    module = _load_module("ACLClassifier_under_test", REPO / "ACLClassifier" / "ACLClassifier.py")
+    w = module.ACLClassifierWidget()
+    w.setup()
+    return types.SimpleNamespace(w=w, calls=calls, scene=scene, database=database, plots=doubles.plots,
+                                 tmp=model_dirs)
+
+
+def test_acl_widget_lists_the_model_with_its_demo_badge_and_names_a_wrong_plane(acl):
+    from AutoSegMSKLib.nodes import add_volume_node
+    from mskai import MskaiError
+    from mskai.synth.phantom import phantom
+
+    w, calls = acl.w, acl.calls
+    assert w.ui.modelComboBox.items == [("test-acl 1.0.0 (DEMO - not for clinical use)", "test-acl@1.0.0")]
+    assert w._parameterNode.model == "test-acl@1.0.0" and w.ui.demoBadgeLabel.visible
+    assert w.ui.verdictLabel.text == "No result yet." and not w.ui.saveButton.enabled
+    coronal = add_volume_node(acl.scene, phantom(shape=(48, 48, 12), plane="coronal"), "knee COR")
+    w._parameterNode.inputVolume = coronal
+    assert w.ui.inputPlaneLabel.text.startswith("This volume is coronal: the ACL classifier reads sagittal slices")
+    with pytest.raises(MskaiError):
+        w.onApply()
+    assert any(c[0] == "errorDisplay" and "'knee COR' is coronal" in c[1] for c in calls)
+    assert w.job is None and ("start", ()) not in w.timer.calls
+
+
+def test_acl_widget_classifies_in_the_background_and_cancel_leaves_the_scene_alone(acl):
+    from AutoSegMSKLib.nodes import add_volume_node
+    from mskai.synth.phantom import phantom
+
+    w = acl.w
+    w._parameterNode.inputVolume = add_volume_node(acl.scene, phantom(shape=(64, 56, 16)), "knee SAG")
+    assert w.ui.inputPlaneLabel.text == "Plane: sagittal." and w.ui.applyButton.enabled
+    count = acl.scene.GetNumberOfNodes()
+    w.onApply()
+    assert w.job is not None and ("start", ()) in w.timer.calls
+    assert w.ui.cancelButton.enabled and not w.ui.applyButton.enabled and not w.ui.inputCollapsibleButton.enabled
+    w.onCancel()
+    assert w.job is None and w.ui.statusLabel.text == "Cancelled: the scene is as it was."
+    assert acl.scene.GetNumberOfNodes() == count and w.ui.applyButton.enabled
+
+
+def test_acl_widget_picks_a_study_classifies_shows_steps_and_saves(acl):
+    import time
+
+    from pydicom.uid import generate_uid
+
+    from mskai.dicom import index_folder
+    from mskai.synth.dicom_writer import write_series
+    from mskai.synth.phantom import phantom
+
+    w, calls, tmp = acl.w, acl.calls, acl.tmp
+    study = generate_uid()
+    for n, plane in enumerate(("coronal", "sagittal")):
+        write_series(phantom(shape=(64, 56, 16), plane=plane, seed=n), tmp / "in" / plane, series_number=n + 1,
+                     patient=("DOE^JANE", "PID-1"), study_uid=study, description=f"SYN {plane}")
+    index_folder(tmp / "in", tmp / "db")
+    acl.database.databaseDirectory = str(tmp / "db")
+    w.onRefreshStudies()
+    items = {args[:2]: args[2] for name, args in w.ui.dicomStudyTable.calls if name == "setItem"}
+    assert items[(0, 0)].text() == "DOE^JANE" and items[(0, 3)].text() == "2" and len(items) == 5
+    w.ui.dicomStudyTable.selectedItems = lambda: [items[(0, 1)]]
+    w.onLoadStudy()
+    volume = w._parameterNode.inputVolume
+    assert volume.GetName() == "2: SYN sagittal" and w.ui.inputPlaneLabel.text == "Plane: sagittal."
+    assert w.ui.seriesReasonLabel.text.startswith("Picked: picked series #2 (sagittal, 16 slices")
+    assert ("setSliceViewerLayers", {"background": volume, "fit": True}) in calls
+
+    w.onApply()
+    deadline = time.time() + 120
+    while w.job is not None and time.time() < deadline:  # what the QTimer does in the application
+        w.onPoll()
+        time.sleep(0.1)
+    cam = w._parameterNode.result
+    assert cam is not None, w.ui.statusLabel.text
+    result = w.logic.resultOf(cam)
+    assert w.ui.verdictLabel.text == f"ACL: {w.logic.verdict(result['probabilities'], result['predicted'])}"
+    assert w.ui.statusLabel.text.startswith("Done: ") and "not be used for clinical" in w.ui.statusLabel.text
+    assert w.ui.resultReasonLabel.text == f"Series: {w.ui.seriesReasonLabel.text[len('Picked: '):]}"
+    assert ("setMRMLTableNode", (result["table"],)) in w.ui.probabilitiesTableView.calls
+    composite = acl.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+    assert composite.GetForegroundVolumeID() == cam.GetID() and composite.GetBackgroundVolumeID() == volume.GetID()
+    import slicer
+
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(cam)
+    assert legend.GetVisibility()
+    assert w.ui.evidenceSliceLabel.text.startswith(f"Slice {result['keySlice'] + 1}: the key slice")
+    assert all(b.enabled for b in (w.ui.nextEvidenceButton, w.ui.saveButton, w.ui.showChartButton))
+    w.onNextEvidence()
+    assert "number 2 by evidence" in w.ui.evidenceSliceLabel.text
+    w.onKeySlice()
+    assert "the key slice" in w.ui.evidenceSliceLabel.text
+    w.onShowOverlay(False)
+    assert ("setSliceViewerLayers", {"foreground": None}) in calls and not legend.GetVisibility()
+    w.onShowChart()
+    assert ("ShowChartInLayout", (result["chart"],)) in acl.plots.calls
+
+    w.ui.saveFolderPathLineEdit.currentPath = str(tmp / "saved")
+    w.onSave()
+    assert sorted(p.name for p in (tmp / "saved").iterdir() if not p.name.startswith(".")) == \
+        ["cam.nrrd", "key_slice.png", "report.csv", "report.json"]
+    assert w.ui.statusLabel.text.startswith("Saved report.json, report.csv, cam.nrrd, key_slice.png")

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mskai import MskaiError
 from mskai.volume import Volume
@@ -54,6 +53,8 @@ def classify_volume(volume: Volume, package, network=None, bone_segmenter=None) 
 
     Deterministic: the same volume and package give the same numbers. network: an already built network (batch use).
     """
+    import torch
+
     from mskai.acl.cam import grad_cam
     from mskai.acl.preprocess import check_sagittal, prepare
 

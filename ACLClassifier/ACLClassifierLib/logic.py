@@ -1,0 +1,195 @@
+"""ACLClassifierLogic: what the ACLClassifier module does, on any MRML scene (Slicer's, or slicer-core's in tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+
+from AutoSegMSKLib.job import EngineBatchJob, installed_models
+from AutoSegMSKLib.nodes import add_volume_node, dicom_study_item, ijk_to_ras
+from mskai import MskaiError
+from mskai.volume import LPS_TO_RAS
+
+from . import results
+from .job import ClassificationJob
+
+TASK = "acl-classification"  # mskai.acl.infer.TASK (that module imports PyTorch)
+DEFAULT_MODEL = "mskai-acl-demo"
+
+
+class ACLClassifierLogic:
+    """Classifies the anterior cruciate ligament on sagittal knee MR with the mskai engine; no widget references.
+
+    scene: a vtkMRMLScene (``slicer.mrmlScene`` in the application).
+    model (for classifyVolume, startClassification, startBatch, processDatabase): an ACL model id[@version] or a
+    package path; None: the bundled demo model (mskai-acl-demo).
+    """
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    # --- models and inputs ---------------------------------------------------------------------------
+
+    @staticmethod
+    def models() -> list[dict]:
+        """Installed ACL models: id, version, description, demo flag and a display title."""
+        return installed_models(TASK)
+
+    @staticmethod
+    def databaseStudies(databaseDir) -> list[dict]:
+        """The studies of a Slicer DICOM database (from its index only: fast): studyUID, patient, study
+        (description), date, series (count), modalities. For display in the user's own Slicer, never written out."""
+        from mskai.dicom import DicomDatabase
+
+        rows = []
+        with DicomDatabase(databaseDir) as database:
+            for patient in database.patients():
+                for study in database.studies(patient["UID"]):
+                    series = database.series(study["StudyInstanceUID"])
+                    rows.append({"studyUID": study["StudyInstanceUID"],
+                                 "patient": patient["PatientsName"] or patient["PatientID"] or "",
+                                 "study": study["StudyDescription"] or "", "date": study["StudyDate"] or "",
+                                 "series": len(series),
+                                 "modalities": ", ".join(sorted({s["Modality"] or "?" for s in series}))})
+        return rows
+
+    def loadStudy(self, databaseDir, studyUID, showDescriptions=False):
+        """Pick the sagittal series of a study in a DICOM database as `mskai classify` does (mskai.acl.series:
+        sagittal, then PD > T2 > T1, fat suppression, slices, pixels, echo time) and load it into the scene.
+
+        Returns (volume node, reason): the reason names the series by number and says why it won, without patient
+        data (quoting its description only with ``showDescriptions``). The node is placed under the study in the
+        subject hierarchy and remembers the reason (the saved report gives it). MskaiError when the study has no
+        usable sagittal series, naming the planes it has.
+        """
+        from mskai.acl.series import choose_series
+        from mskai.dicom import DicomDatabase, read_volume
+
+        with DicomDatabase(databaseDir) as database:
+            uids = [s["SeriesInstanceUID"] for s in database.series(studyUID) if database.files(s["SeriesInstanceUID"])]
+            if not uids:
+                raise MskaiError("The study has no images in the DICOM database")
+            study = next((s for p in database.patients() for s in database.studies(p["UID"])
+                          if s["StudyInstanceUID"] == studyUID), {})
+            patient = next((p for p in database.patients() if p["UID"] == study.get("PatientsUID")), {})
+            scan = database.scan(uids)
+        plan, reason = choose_series(scan, show_descriptions=showDescriptions)
+        volume = read_volume(plan)
+        series = plan.series
+        name = f"{series.number}: " if series.number is not None else ""
+        name += (series.description or "sagittal MR") + (f" ({plan.label})" if plan.label != "volume" else "")
+        node = add_volume_node(self.scene, volume, name)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        study_name = study.get("StudyDescription") or study.get("StudyDate") or ""
+        study_item = dicom_study_item(self.scene, studyUID, study_name,
+                                      patient.get("PatientsName") or patient.get("PatientID") or "")
+        hierarchy.CreateItem(study_item, node)
+        node.SetAttribute(results.SERIES_REASON, reason)
+        return node, reason
+
+    @staticmethod
+    def planeOf(volumeNode) -> str:
+        """The plane of a volume node's slices (its IJK i-j plane): sagittal, coronal, axial or oblique (near ...)."""
+        from mskai.dicom.plane import detect_plane
+
+        directions = (LPS_TO_RAS @ ijk_to_ras(volumeNode))[:3, :3]
+        directions = directions / np.linalg.norm(directions, axis=0)
+        return str(detect_plane(np.concatenate([directions[:, 0], directions[:, 1]])))
+
+    def checkInput(self, volumeNode):
+        """Refuse, before any work, what the ACL classifier cannot read: no scalar volume, or not sagittal (the
+        message names the plane). The engine checks the rest (slice count, size) with its own messages."""
+        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
+            raise MskaiError("Select a sagittal MR volume as input")
+        plane = self.planeOf(volumeNode)
+        if plane != "sagittal":
+            raise MskaiError(f"The ACL classifier reads sagittal slices; {volumeNode.GetName()!r} is {plane}. "
+                             "Choose the sagittal series of the study (or pick a study from the DICOM database).")
+
+    # --- classification ------------------------------------------------------------------------------
+
+    def startClassification(self, volumeNode, model=None, onProgress=None, onFinished=None) -> ClassificationJob:
+        """Start the engine on ``volumeNode`` in a background process and return at once.
+
+        Call ``job.poll()`` from a timer: it calls ``onProgress(stage, fraction)`` and, once, ``onFinished(result)``
+        (a dict as classifyVolume returns, or {"error": message}, or {"cancelled": True}). ``job.cancel()`` ends
+        the process and leaves the scene as it was. A non-sagittal input is refused here (MskaiError).
+        """
+        self.checkInput(volumeNode)
+        return ClassificationJob(self.scene, volumeNode, model, onProgress, onFinished)
+
+    def classifyVolume(self, volumeNode, model=None) -> dict:
+        """Classify ``volumeNode`` and block until done.
+
+        Returns {"probabilities" (class -> p), "predicted", "keySlice" (0-based voxel slice of the input along
+        "keySliceAxis", its IJK axis), "cam" (evidence volume node, float 0-1, on the input's grid), "table"
+        (probabilities table node), "chart" (bar chart node), "input", "report" (the engine's report),
+        "seriesReason"}. Raises MskaiError with the engine's message when the run fails.
+        """
+        result = self.startClassification(volumeNode, model=model).wait()
+        if "error" in result:
+            raise MskaiError(result["error"])
+        if result.get("cancelled"):
+            raise MskaiError("Classification cancelled")
+        return result
+
+    # --- results -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def isResult(node) -> bool:
+        """True for an evidence volume node made by this module (the result selector lists those)."""
+        return results.is_result(node)
+
+    @staticmethod
+    def resultOf(camNode) -> dict:
+        """The result an evidence node belongs to, read back from the scene (same keys as classifyVolume)."""
+        return results.result_of(camNode)
+
+    @staticmethod
+    def verdict(probabilities: dict, predicted: str) -> str:
+        """One line: predicted class and probability (and, for the four grades, the probability of a tear)."""
+        return results.verdict(probabilities, predicted)
+
+    def showResult(self, camNode, opacity=0.4, jump=True):
+        """Evidence as coloured foreground over the input in every slice view with a colour legend, views centred
+        on the key slice. Returns the legend display node (None in a scene without legend support)."""
+        return results.show_evidence(self.scene, camNode, opacity, jump)
+
+    @staticmethod
+    def evidenceSlices(camNode, count=5) -> list[int]:
+        """Voxel slices (along the key slice axis) with the strongest evidence, the key slice first."""
+        return results.evidence_slices(camNode, count)
+
+    def jumpToSlice(self, camNode, index):
+        """Centre every slice view on voxel slice ``index`` (along the key slice axis) of the result."""
+        results.jump_to_slice(self.scene, camNode, index)
+
+    @staticmethod
+    def saveResult(camNode, folder) -> list[str]:
+        """Write report.json, report.csv, cam.nrrd and key_slice.png (key slice with the overlay) into ``folder``,
+        one unit; returns the paths. ``folder`` must be new, empty or an earlier mskai output."""
+        return results.save_result(camNode, folder)
+
+    # --- batch ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def startBatch(databaseDir, outputDir, resume=True, model=None, onProgress=None, onFinished=None) -> EngineBatchJob:
+        """processDatabase in a background process (`mskai batch classify`), for the GUI: returns at once; poll the
+        job from a timer, ``job.cancel()`` stops it keeping the finished studies."""
+        return EngineBatchJob("classify", databaseDir, outputDir, resume, [f"--model={model}"] if model else [],
+                              onProgress, onFinished)
+
+    @staticmethod
+    def processDatabase(databaseDir, outputDir, resume=True, model=None) -> dict:
+        """Classify the ACL of every study of a DICOM database (its sagittal series chosen as for loadStudy), each
+        into ``outputDir``/study-<pseudonym>/ (report.json, cam.nrrd, key_slice.png).
+
+        Shares `mskai batch classify`'s runner: a failing study (no sagittal series, a broken one) is recorded with
+        its reason and the batch goes on; with ``resume`` finished studies are skipped. Returns {"done", "skipped",
+        "failed"}; ``outputDir``/report.csv has one row per study: study, series (pseudonyms), predicted and one
+        p_<class> column per class.
+        """
+        from mskai.batch import run_batch_classify
+
+        summary = run_batch_classify(databaseDir, outputDir, resume=resume, model=model or DEFAULT_MODEL)
+        return {key: summary[key] for key in ("done", "skipped", "failed")}
