@@ -248,9 +248,19 @@ def _otsu(values) -> float:
     return float(threshold_otsu(values, nbins=256)) + (hi - lo) / 512
 
 
+def foreground_threshold(values) -> float:
+    """The body/air threshold: Otsu on log intensities, so a small very bright class (a joint effusion, vessels)
+    cannot pull the split up to "fluid against the rest of the knee" as it does on linear intensities."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return 0.0
+    low = values.min()
+    return float(np.expm1(_otsu(np.log1p(values - low)))) + low
+
+
 def _landmarks(sample) -> np.ndarray:
     """The HIST_PERCENTILES of the sample's Otsu foreground, strictly increasing."""
-    fg = sample[sample > _otsu(sample)]
+    fg = sample[sample > foreground_threshold(sample)]
     if fg.size < 100:
         fg = sample
     lm = np.percentile(fg.astype(np.float64), HIST_PERCENTILES)
@@ -455,7 +465,7 @@ def prepare(volume: Volume, config: AclPreprocessing, bone_segmenter=None) -> Pr
     sample = _sample(can)
     intensity = _Intensity(sample, config)
     notes["intensity"] = intensity.note
-    threshold = _otsu(sample)  # raw units; the same threshold after the (monotonic) mapping is intensity(t)
+    threshold = foreground_threshold(sample)  # raw units; the same threshold after the (monotonic) mapping is intensity(t)
     threshold_norm = float(intensity(np.array([threshold]))[0])
 
     area = np.count_nonzero(can > threshold, axis=(1, 2)).astype(np.float64)
@@ -519,7 +529,7 @@ def prepare(volume: Volume, config: AclPreprocessing, bone_segmenter=None) -> Pr
         notes["input_slices"] = f"all {n} slices reduced to {k} NMF basis images"
     channels = [image.astype(np.float32)]
     if config.kmeans_channel:
-        fg_out = _filled(image > (threshold_norm if config.slices == "central" else _otsu(image)))
+        fg_out = _filled(image > (threshold_norm if config.slices == "central" else foreground_threshold(image)))
         channels.append(_kmeans_channel(image, fg_out, config, notes))
     out = np.ascontiguousarray(np.stack(channels), dtype=np.float32)
     return Prepared(out, notes, np.array([to_input(c) for c in rows]), np.asarray(weights, dtype=np.float64),
