@@ -343,10 +343,10 @@ def _acl_source(args) -> dict:
     return given
 
 
-def _acl_preprocessing(args):
+def _acl_preprocessing(args, landmarks=None):
     from mskai.acl.preprocess import AclPreprocessing
 
-    return AclPreprocessing(intensity=args.intensity, slices=args.slices,
+    return AclPreprocessing(intensity=args.intensity, landmarks=landmarks, slices=args.slices,
                             depth=args.depth if args.depth else (10 if args.slices == "nmf" else 16),
                             size=args.size, field_mm=args.field_mm or None, foreground_mask=args.foreground_mask,
                             kmeans_channel=args.kmeans_channel, joint_crop=args.joint_crop)
@@ -365,10 +365,11 @@ def cmd_train_acl(args):
                             layers=tuple(int(v) for v in args.layers.split(",")),
                             widths=tuple(int(v) for v in args.widths.split(",")), balance=args.balance,
                             augment=not args.no_augment, seed=args.seed, threads=args.threads)
-    preprocessing = _acl_preprocessing(args)
     sets = case_sets(source, args.classes, args.seed, args.synthetic)
-    if preprocessing.intensity == "histogram":  # landmarks learned on training cases only
-        preprocessing.landmarks = fit_histogram_landmarks(load() for _, load, _, _ in sets["train"][:60])
+    landmarks = None
+    if args.intensity == "histogram":  # learned on training cases only
+        landmarks = fit_histogram_landmarks([load() for _, load, _, _ in sets["train"][:60]])
+    preprocessing = _acl_preprocessing(args, landmarks)
     segmenter = bone_segmenter_for(preprocessing)
     cache = None if args.no_cache else Path("build") / "acl_cache"
     train = PreparedSet.build(sets["train"], preprocessing, cache, segmenter, workers=args.workers)

@@ -72,7 +72,8 @@ def tiny_acl_package(tmp_path_factory):
     """`mskai train-acl` end to end on a tiny synthetic set: a real (if untrained) ACL package."""
     out = tmp_path_factory.mktemp("acl") / "package"
     run_mskai("train-acl", "--synthetic", "8", "--epochs", "1", "--batch-size", "4", "--size", "48", "--depth", "8",
-              "--field-mm", "140", "--widths", "8,8,16,16", "--no-cache", "--id", "tiny-acl", "-o", out)
+              "--field-mm", "140", "--widths", "8,8,16,16", "--intensity", "histogram", "--no-cache",
+              "--id", "tiny-acl", "-o", out)
     return out
 
 
@@ -81,6 +82,7 @@ def test_train_acl_writes_a_demo_package_with_its_log_and_curves(tiny_acl_packag
     assert meta["task"] == "acl-classification" and meta["demo"] is True
     assert meta["classes"] == ["healthy", "minor strain", "partial rupture", "complete rupture"]
     assert meta["preprocessing"]["size"] == 48 and meta["network"]["class"] == "MRNetStyle"
+    assert meta["preprocessing"]["intensity"] == "histogram" and len(meta["preprocessing"]["landmarks"]) == 11
     assert "synthetic" in meta["training_data"]
     log = json.loads((tiny_acl_package / "training_log.json").read_text())["log"]
     assert len(log) == 1 and {"train_loss", "val_loss", "accuracy", "macro_f1", "auc"} <= set(log[0])
