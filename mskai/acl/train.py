@@ -75,7 +75,7 @@ class PreparedSet:
             import concurrent.futures
             import multiprocessing
 
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for image in pool.map(_prepared_image, jobs, chunksize=4):
                     images.append(image)
                     _report(progress, len(images), len(jobs), start)
