@@ -201,3 +201,15 @@ def test_batch_classify_a_database_one_row_per_study_then_resume(study, tiny_acl
     again = run_mskai("batch", "classify", tmp_path / "db", "-o", out, "--model", tiny_acl_package, "--resume",
                       ok=False)
     assert "0 done, 1 skipped (already done), 1 failed" in again.stdout
+
+
+def test_the_bundled_acl_demo_model_says_demo_and_classifies_the_real_knee_series(knee_dicom, tmp_path):
+    from mskai.models.registry import find_model
+
+    package = find_model("mskai-acl-demo")
+    assert package.metadata["demo"] is True and "synthetic" in package.metadata["training_data"]
+    assert package.source.parent.name == "Models" and (package.source / "NOTICE.md").is_file()
+    result = run_mskai("classify", knee_dicom, "-o", tmp_path / "out")  # the default model: the bundled demo
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "not for clinical use" in result.stderr and report["model"]["id"] == "mskai-acl-demo"
+    assert "echo" in report["series"]["reason"] and report["timings_s"]["classify_and_cam"] < 10
