@@ -9,15 +9,13 @@ reports use pseudonyms of the UIDs, never patient data, unless identifiers are a
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.io import OUTPUT_MARKER, atomic_output
+from mskai.io import OUTPUT_MARKER, atomic_output, write_csv
 
 BATCH_MARKER = ".mskai-batch.json"
 
@@ -56,12 +54,7 @@ def write_batch_report(entries: list[dict], folder: Path, fields, unit: str = "s
                "failed": [{unit: e[unit], "error": e["error"]} for e in entries if e["status"] == "failed"]}
     with atomic_output(folder / "report.json") as tmp:
         tmp.write_text(json.dumps({**summary, rows_key: rows}, indent=2))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields))
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_output(folder / "report.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_csv(folder / "report.csv", rows, fields)
     return summary
 
 

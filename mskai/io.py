@@ -92,6 +92,22 @@ def atomic_output(path):
         yield tmp
 
 
+def write_csv(path, rows, fields=None) -> Path:
+    """Rows (dicts) as a CSV file with a header, written atomically. fields: the columns, in order (default: the
+    first row's keys); keys of a row that are not columns are left out."""
+    import csv
+    import io
+
+    fields = list(fields if fields is not None else (rows[0] if rows else []))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_output(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return Path(path)
+
+
 OUTPUT_MARKER = ".mskai-output.json"
 
 

@@ -8,8 +8,6 @@ reopened scene still holds whole results.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import types
 from pathlib import Path
@@ -183,7 +181,7 @@ def save_result(camNode, folder) -> list[str]:
     the engine's own function) into ``folder`` as one unit. ``folder`` must be new, empty or an earlier mskai output
     (a folder of other files is refused). Nothing written names the patient."""
     from mskai.acl.infer import key_slice_png  # imports PyTorch: only when saving
-    from mskai.io import atomic_output, output_folder, write_volume
+    from mskai.io import atomic_output, output_folder, write_csv, write_volume
 
     result = result_of(camNode)
     if result["input"] is None:
@@ -200,12 +198,7 @@ def save_result(camNode, folder) -> list[str]:
                "key_slice": result["keySlice"], "key_slice_axis": result["keySliceAxis"],
                "model": f"{result['report']['model']['id']}@{result['report']['model']['version']}",
                "demo": result["report"]["model"]["demo"]}
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow(row)
-        with atomic_output(staging / "report.csv") as tmp:
-            tmp.write_text(buffer.getvalue())
+        write_csv(staging / "report.csv", [row])
         drawn = types.SimpleNamespace(key_slice=result["keySlice"], slice_axis=result["keySliceAxis"], cam=cam,
                                       probabilities=result["probabilities"], predicted=result["predicted"])
         key_slice_png(volume, drawn, staging / "key_slice.png")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mskai import MskaiError
 
 from . import segmentations as seg
@@ -104,7 +102,9 @@ class AutoSegMSKLogic:
         computed from the segmentation as it is now. Also written as CSV when ``csvPath`` is given."""
         rows = seg.statistics_rows(self.scene, segmentationNode, confidenceNode)
         if csvPath:
-            _write_csv(rows, csvPath)
+            from mskai.io import write_csv
+
+            write_csv(csvPath, rows)
         return new_table(self.scene, f"{segmentationNode.GetName()} statistics", rows)
 
     def compare(self, segmentationNode, referenceSegmentationNode):
@@ -152,16 +152,3 @@ class AutoSegMSKLogic:
 
         return run_batch(databaseDir, outputDir, resume=resume, series_filter=seriesFilter, model=model, **options)
 
-
-def _write_csv(rows, path):
-    import csv
-    import io
-
-    from mskai.io import atomic_output
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_output(Path(path)) as tmp:
-        tmp.write_text(buffer.getvalue())

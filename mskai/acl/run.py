@@ -150,11 +150,9 @@ def case_sets(source: dict, classes: str, seed: int = 0, synthetic=None) -> dict
 def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None, progress=print, workers=1) -> dict:
     """Per-class precision/recall/F1, confusion matrix, AUC with bootstrap CI of ``package`` on ``items``;
     evaluation.json, roc.png and confusion.png in ``output`` (one unit)."""
-    import torch
-
     from mskai.acl.infer import bone_segmenter_for, check_package, preprocessing_of
     from mskai.acl.metrics import classification_report, confusion_png, roc_png
-    from mskai.acl.train import PreparedSet
+    from mskai.acl.train import PreparedSet, scores
     from mskai.io import atomic_output, output_folder
 
     check_package(package)
@@ -166,9 +164,7 @@ def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None,
             raise MskaiError(f"Labels go up to {data.labels.max()}, but {package.id} has {len(classes)} classes "
                              f"({', '.join(classes)})")
         net = package.build_network()
-        with torch.inference_mode():
-            probabilities = np.concatenate([torch.softmax(net(torch.from_numpy(data.images[i:i + 8].astype(np.float32))),
-                                                          dim=1).numpy() for i in range(0, len(data.labels), 8)])
+        _, probabilities = scores(net, data.images, data.labels, batch_size=8)
         report = classification_report(data.labels, probabilities, classes, n_boot=n_boot)
         if len(classes) == 4:  # the binary question (torn: partial or complete rupture) answered by the same model
             from mskai.acl import to_binary

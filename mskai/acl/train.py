@@ -134,7 +134,8 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([image, out[:, 1:]], dim=1)
 
 
-def _scores(net, images, labels, batch_size) -> tuple[float, np.ndarray]:
+def scores(net, images, labels, batch_size) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and class probabilities of ``net`` on prepared images, batch by batch."""
     net.eval()
     losses, probabilities = [], []
     with torch.inference_mode():
@@ -223,7 +224,7 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
             optimiser.step()
             losses.append(loss.item())
         scheduler.step()
-        val_loss, probabilities = _scores(net, val.images, val.labels, config.batch_size)
+        val_loss, probabilities = scores(net, val.images, val.labels, config.batch_size)
         entry = _epoch_entry(epoch, float(np.mean(losses)), val_loss, val.labels, probabilities, config.class_names,
                              time.perf_counter() - start)
         log.append(entry)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from mskai import MskaiError, __version__
-from mskai.io import atomic_output, read_volume_file, suffix_of, write_volume
+from mskai.io import atomic_output, read_volume_file, suffix_of, write_csv, write_volume
 from mskai.segment.labels import ANATOMICAL_CATEGORY, BONES, terminology_tag
 from mskai.volume import Volume
 
@@ -172,16 +170,10 @@ def write_report(report: dict, folder) -> tuple[Path, Path]:
     folder = Path(folder)
     with atomic_output(folder / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    buffer = io.StringIO()
     fields = ["value", "name", "snomed_code", "voxels", "volume_ml", "surface_area_cm2", "bbox_lps_min_mm",
               "bbox_lps_max_mm", "mean_confidence", "p05_confidence", "uncertain_fraction"]
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    for row in report["bones"]:
-        writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items() if k in fields})
-    with atomic_output(folder / "report.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
-    return folder / "report.json", folder / "report.csv"
+    rows = [{k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items()} for row in report["bones"]]
+    return folder / "report.json", write_csv(folder / "report.csv", rows, fields)
 
 
 # --- reading segmentations back (evaluation, training labels) -------------------------------------------
