@@ -457,7 +457,7 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Batch cancelled: finished ones are kept; run it again with Resume."
         else:
             self.ui.statusLabel.text = (f"Batch: {len(result['done'])} done, {len(result['skipped'])} skipped, "
-                                        f"{len(result['failed'])} failed; report.json and report.csv in "
+                                        f"{len(result['failed'])} failed; manifest batch.json and batch.csv in "
                                         f"{self.ui.batchOutputPathLineEdit.currentPath}.")
         self.updateGui()
 

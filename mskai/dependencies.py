@@ -44,6 +44,8 @@ REQUIREMENTS = (
     "psutil>=5.9",
     "scikit-learn>=1.3",
     "scikit-image>=0.21",
+    "dask>=2024.1",
+    "distributed>=2024.1",
 )
 
 # Import names that differ from the distribution names (used only when a distribution has no metadata).
@@ -63,6 +65,7 @@ TYPICAL_MB = {
     "pyjpegls": 2, "nibabel": 3.5, "pynrrd": 0.1, "dicognito": 0.2, "dicom-anonymizer": 0.1,
     "torch": 200, "monai": 2.7, "scipy": 36, "vtk": 100, "slicerio": 0.1, "highdicom": 1,
     "safetensors": 0.5, "jsonschema": 0.5, "matplotlib": 8.5, "tqdm": 0.1, "psutil": 0.3, "scikit-learn": 13, "scikit-image": 15,
+    "dask": 7, "distributed": 10,  # with their own requirements (cloudpickle, msgpack, tornado, ...)
 }
 TORCH_CUDA_MB = 2500  # torch + the NVIDIA libraries pip pulls with a CUDA build
 UNKNOWN_MB = 5

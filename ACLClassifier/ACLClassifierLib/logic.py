@@ -180,16 +180,17 @@ class ACLClassifierLogic:
                               onProgress, onFinished)
 
     @staticmethod
-    def processDatabase(databaseDir, outputDir, resume=True, model=None) -> dict:
+    def processDatabase(databaseDir, outputDir, resume=True, model=None, cluster=None) -> dict:
         """Classify the ACL of every study of a DICOM database (its sagittal series chosen as for loadStudy), each
         into ``outputDir``/study-<pseudonym>/ (report.json, cam.nrrd, key_slice.png).
 
         Shares `mskai batch classify`'s runner: a failing study (no sagittal series, a broken one) is recorded with
         its reason and the batch goes on; with ``resume`` finished studies are skipped. Returns {"done", "skipped",
-        "failed"}; ``outputDir``/report.csv has one row per study: study, series (pseudonyms), predicted and one
-        p_<class> column per class.
+        "failed"}; ``outputDir``/batch.csv has one row per study: study, series (pseudonyms), predicted and one
+        p_<class> column per class. cluster: a ``mskai.cluster.ClusterOptions`` (default: a local Dask cluster).
         """
         from mskai.batch import run_batch_classify
 
-        summary = run_batch_classify(databaseDir, outputDir, resume=resume, model=model or DEFAULT_MODEL)
+        summary = run_batch_classify(databaseDir, outputDir, resume=resume, model=model or DEFAULT_MODEL,
+                                     cluster=cluster)
         return {key: summary[key] for key in ("done", "skipped", "failed")}

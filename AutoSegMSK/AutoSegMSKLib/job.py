@@ -143,7 +143,7 @@ class EngineBatchJob:
         if self._engine.running:
             return False
         self._engine.wait()
-        report = self.output / "report.json"
+        report = self.output / "batch.json"
         if self._engine.state == "cancelled":
             self.result = {"cancelled": True}
         elif report.is_file() and self._engine.returncode in (0, 1):  # 1: some units failed, the batch finished

@@ -141,14 +141,17 @@ class AutoSegMSKLogic:
         return BatchJob(databaseDir, outputDir, resume, onProgress, onFinished, **options)
 
     @staticmethod
-    def processDatabase(databaseDir, outputDir, resume=True, seriesFilter=None, model=None, **options) -> dict:
+    def processDatabase(databaseDir, outputDir, resume=True, seriesFilter=None, model=None, cluster=None,
+                        **options) -> dict:
         """Segment every MR image series of a DICOM database, each into its own folder under ``outputDir``.
 
         Shares `mskai batch segment`'s runner: a failing series is recorded and the batch goes on; with ``resume``
         finished series are skipped. seriesFilter: a callable taking a series summary dict, True to process it.
-        Returns {"done", "skipped", "failed"}, also written to ``outputDir``/report.json and report.csv.
+        cluster: a ``mskai.cluster.ClusterOptions`` (default: a local Dask cluster, one worker per core).
+        Returns {"done", "skipped", "failed", "pending"}, also written to ``outputDir``/batch.json and batch.csv.
         """
         from mskai.batch import run_batch
 
-        return run_batch(databaseDir, outputDir, resume=resume, series_filter=seriesFilter, model=model, **options)
+        return run_batch(databaseDir, outputDir, resume=resume, series_filter=seriesFilter, model=model,
+                         cluster=cluster, **options)
 

@@ -188,15 +188,15 @@ def test_batch_classify_a_database_one_row_per_study_then_resume(study, tiny_acl
     out = tmp_path / "out"
     first = run_mskai("batch", "classify", tmp_path / "db", "-o", out, "--model", tiny_acl_package, ok=False)
     assert first.returncode == 1 and "1 done, 0 skipped (already done), 1 failed" in first.stdout
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "batch.json").read_text())
     assert "no sagittal series: found coronal" in report["failed"][0]["error"]
-    rows = list(csv.DictReader((out / "report.csv").open()))
+    rows = list(csv.DictReader((out / "batch.csv").open()))
     done = next(r for r in rows if r["status"] == "done")
     assert done["study"].startswith("study-") and done["series"].startswith("series-")
     assert abs(sum(float(done[f"p_{c}"]) for c in ("healthy", "minor strain", "partial rupture",
                                                     "complete rupture")) - 1) < 1e-3
     assert (out / done["study"] / "cam.nrrd").is_file()
-    written = "".join(p.read_text(errors="ignore") for p in out.rglob("*.json")) + (out / "report.csv").read_text()
+    written = "".join(p.read_text(errors="ignore") for p in out.rglob("*.json")) + (out / "batch.csv").read_text()
     assert "SYNTH" not in written
     again = run_mskai("batch", "classify", tmp_path / "db", "-o", out, "--model", tiny_acl_package, "--resume",
                       ok=False)

@@ -249,8 +249,8 @@ def test_process_database_two_done_one_failed_then_all_skipped(tmp_path):
     report = AutoSegMSKLogic.processDatabase(tmp_path / "db", tmp_path / "out", model=str(package), device="cpu")
     assert len(report["done"]) == 2 and report["skipped"] == [] and len(report["failed"]) == 1
     assert report["failed"][0]["error"] and "Traceback" not in report["failed"][0]["error"]
-    written = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert written["done"] == report["done"] and (tmp_path / "out" / "report.csv").is_file()
+    written = json.loads((tmp_path / "out" / "batch.json").read_text())
+    assert written["done"] == report["done"] and (tmp_path / "out" / "batch.csv").is_file()
     for key in report["done"]:
         assert (tmp_path / "out" / key / "segmentation.seg.nrrd").is_file()
     text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "out").rglob("*.json")) + \

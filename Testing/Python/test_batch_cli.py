@@ -30,7 +30,7 @@ def test_batch_over_a_folder_tree_then_resume(tree, tmp_path):
                       "--formats", "seg.nrrd,report", ok=False)
     assert first.returncode == 1, first.stderr  # a failure is reported in the exit code, the batch still finished
     assert "2 done, 0 skipped (already done), 1 failed" in first.stdout and "Traceback" not in first.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "batch.json").read_text())
     assert len(report["done"]) == 2 and len(report["failed"]) == 1 and "slice" in report["failed"][0]["error"]
     for key in report["done"]:
         assert sorted(p.name for p in (out / key).iterdir()) == [".mskai-output.json", "report.csv", "report.json",
@@ -49,7 +49,7 @@ def test_batch_over_a_folder_tree_then_resume(tree, tmp_path):
     second = run_mskai("batch", "segment", source, "-o", out, "--model", package, "--device", "cpu",
                        "--formats", "seg.nrrd,report", "--resume", ok=False)
     assert "1 done, 1 skipped (already done), 1 failed" in second.stdout
-    again = json.loads((out / "report.json").read_text())
+    again = json.loads((out / "batch.json").read_text())
     assert again["done"] == [redo] and again["skipped"] == [report["done"][1]]
     assert (out / redo / "segmentation.seg.nrrd").is_file() and not stale.exists()
 
@@ -60,7 +60,7 @@ def test_batch_from_a_database_with_identifiers_on_request(tree, tmp_path):
     out = tmp_path / "out"
     run_mskai("batch", "segment", tmp_path / "db", "-o", out, "--model", package, "--device", "cpu",
               "--formats", "report", "--show-identifiers", ok=False)
-    rows = json.loads((out / "report.json").read_text())["series"]
+    rows = json.loads((out / "batch.json").read_text())["series"]
     assert len(rows) == 3 and all(r["series_uid"].startswith("1.") or r["series_uid"][0].isdigit() for r in rows)
 
 

@@ -1,0 +1,120 @@
+"""Where a batch runs: a Dask ``LocalCluster`` on this machine, or an existing Dask cluster (``tcp://host:port``).
+
+The batch runner submits one task per series to the client this module opens; Dask does the scheduling, the
+retries of tasks whose worker died (bounded by ``distributed.scheduler.allowed-failures``) and the memory limits.
+Local workers load this module as a preload (``dask_setup``): they ignore Ctrl-C (the client stops them) and
+keep Dask's log quiet. Workers of an existing cluster need mskai installed and the input and output folders at the
+same paths as the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mskai import MskaiError, check_range
+
+PRELOAD = "mskai.cluster"
+
+
+@dataclass
+class ClusterOptions:
+    workers: int | None = None  # local worker processes (None: one per core, as memory allows)
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"  # per local worker: "4GB", "auto" (the machine's memory shared), or "0" (none)
+    scheduler: str | None = None  # tcp://host:port of an existing cluster instead of a local one
+    retries: int = 2  # local cluster: times a task is run again after its worker died (then it is failed)
+
+    def __post_init__(self):
+        if self.workers is not None:
+            check_range("workers", self.workers, 1, 1024, integer=True)
+        check_range("threads per worker", self.threads_per_worker, 1, 256, integer=True)
+        check_range("retries", self.retries, 0, 100, integer=True)
+        if self.scheduler is not None and not str(self.scheduler).startswith(("tcp://", "tls://")):
+            raise MskaiError(f"--scheduler must be a Dask scheduler address such as tcp://host:8786, not "
+                             f"{self.scheduler!r}")
+        if self.memory_limit not in ("auto", "0"):
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(self.memory_limit)
+            except (ValueError, TypeError):
+                raise MskaiError(f"memory limit {self.memory_limit!r} is not a size such as 4GB") from None
+
+    def local_workers(self) -> int:
+        """Worker processes for a local cluster: as asked, else one per core with about 3 GB of memory each."""
+        if self.workers:
+            return self.workers
+        import psutil
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cores // self.threads_per_worker, psutil.virtual_memory().total // (3 * 2**30)))
+
+
+def dask_setup(worker=None):
+    """Preload of the local workers (processes of their own): Ctrl-C in the terminal reaches the whole process
+    group, and only the client acts on it (it closes the cluster); worker deaths go to the manifest, not the log."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _spawn_interpreter():
+    """Inside 3D Slicer sys.executable is the application: local workers must be started with PythonSlicer."""
+    import multiprocessing
+
+    from mskai.engine import python_executable
+
+    if Path(sys.executable or "").name.lower().startswith("slicer"):
+        multiprocessing.set_executable(python_executable())
+
+
+@contextlib.contextmanager
+def open_client(options: ClusterOptions, torch_threads: int | None = None):
+    """Yield (client, where): a client of a new local cluster (closed on exit) or of ``options.scheduler``.
+
+    where: {"scheduler": "local" or the address, "workers": count, "dashboard": link or None}.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # worker deaths and failed tasks are reported in the manifest
+    cluster = None
+    try:
+        if options.scheduler:
+            try:
+                client = Client(options.scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise MskaiError(f"Cannot reach the Dask scheduler at {options.scheduler}: {exc}") from None
+        else:
+            _spawn_interpreter()
+            limit = 0 if options.memory_limit == "0" else options.memory_limit
+            with dask.config.set({"distributed.scheduler.allowed-failures": options.retries}):
+                cluster = LocalCluster(n_workers=options.local_workers(), threads_per_worker=options.threads_per_worker,
+                                       processes=True, memory_limit=limit, preload=[PRELOAD],
+                                       dashboard_address=":0", scheduler_port=0,
+                                       env={"OMP_NUM_THREADS": str(torch_threads or 1)})
+            client = Client(cluster)
+        with client:
+            info = client.scheduler_info()
+            shown = "dashboard" in info.get("services", {}) and (options.scheduler or _has_bokeh())
+            dashboard = client.dashboard_link if shown else None  # without bokeh the page only says it is missing
+            yield client, {"scheduler": options.scheduler or "local", "workers": len(info.get("workers", {})),
+                           "dashboard": dashboard}
+    finally:
+        if cluster is not None:
+            cluster.close()
+        quiet.setLevel(level)
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
