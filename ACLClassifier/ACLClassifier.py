@@ -3,7 +3,7 @@ self-test).
 
 The logic lives in ACLClassifierLib (MRML glue, no Qt) and the work runs in the mskai engine's own process. The Slicer
 glue both modules need has one home: AutoSegMSKLib (engine job, nodes) and, for the widget's generic parts (engine
-packages check and install, parameter node wiring, progress, cancel), AutoSegMSKWidget, borrowed below.
+packages check and install, parameter node wiring, progress, cancel), AutoSegMSK.EngineWidgetMixin.
 """
 
 import shutil
@@ -20,7 +20,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import mskai
-from AutoSegMSK import AutoSegMSKWidget, guiAction, modelKey
+from AutoSegMSK import EngineWidgetMixin, guiAction, modelKey
 from mskai import dependencies
 
 EVIDENCE_ATTRIBUTE = "ACLClassifier.evidence"  # ACLClassifierLib.results.EVIDENCE: the result selector lists these
@@ -67,27 +67,7 @@ def parameterNode():
     return ACLClassifierParameterNode(helper.getParameterNode())
 
 
-class ACLClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    # Widget glue both modules share, from its one home (AutoSegMSK.py). These use self.ui.statusLabel,
-    # progressBar, installDependenciesButton and modelComboBox, self.timer, self.job, self._parameterNode,
-    # self.getLogic(), self.initializeParameterNode(), self.updateGui() and self.onFinished().
-    cleanup = AutoSegMSKWidget.cleanup
-    enter = AutoSegMSKWidget.enter
-    exit = AutoSegMSKWidget.exit
-    onSceneStartClose = AutoSegMSKWidget.onSceneStartClose
-    onSceneEndClose = AutoSegMSKWidget.onSceneEndClose
-    setParameterNode = AutoSegMSKWidget.setParameterNode
-    confirm = staticmethod(AutoSegMSKWidget.confirm)
-    checkDependencies = AutoSegMSKWidget.checkDependencies
-    installDependencies = AutoSegMSKWidget.installDependencies
-    onInstallDependencies = AutoSegMSKWidget.onInstallDependencies
-    databaseDirectory = staticmethod(AutoSegMSKWidget.databaseDirectory)
-    onModelSelected = AutoSegMSKWidget.onModelSelected
-    onPoll = AutoSegMSKWidget.onPoll
-    onProgress = AutoSegMSKWidget.onProgress
-    onCancel = AutoSegMSKWidget.onCancel
-    onBatchFinished = AutoSegMSKWidget.onBatchFinished
-
+class ACLClassifierWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)

@@ -87,40 +87,13 @@ def modelKey(model):
     return f"{model['id']}@{model['version']}"
 
 
-class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic, self.job, self._models, self._askedToInstall = None, None, [], False
-        self._parameterNode, self._parameterNodeGuiTag = None, None
+class EngineWidgetMixin:
+    """Widget glue both modules share: scene and parameter-node wiring, the engine packages' check and install,
+    the model choice, polling a background job, progress, cancel and the batch's end.
 
-    def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegMSK.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        ui.installDependenciesButton.visible = False
-        self.timer = qt.QTimer()
-        self.timer.setInterval(200)
-        self.timer.connect("timeout()", self.onPoll)
-        for button, slot in ((ui.applyButton, self.onApply), (ui.cancelButton, self.onCancel),
-                             (ui.installDependenciesButton, self.onInstallDependencies),
-                             (ui.refreshSeriesButton, self.onRefreshSeries), (ui.loadSeriesButton, self.onLoadSeries),
-                             (ui.segmentEditorButton, self.onCorrect), (ui.exportModelsButton, self.onExportModels),
-                             (ui.saveSegNrrdButton, self.onSaveSegNrrd), (ui.exportDicomSegButton, self.onDicomSeg),
-                             (ui.statisticsButton, self.onStatistics), (ui.saveStatisticsButton, self.onSaveStatistics),
-                             (ui.compareButton, self.onCompare), (ui.processDatabaseButton, self.onProcessDatabase)):
-            button.connect("clicked(bool)", slot)
-        ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
-        ui.dicomSeriesTable.connect("itemSelectionChanged()", self.updateGui)
-        ui.slabCheckBox.connect("toggled(bool)", self.onSlabToggled)
-        ui.showConfidenceCheckBox.connect("toggled(bool)", self.onShowConfidence)
-        ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.initializeParameterNode()
-        self.checkDependencies(ask=False)
+    Uses self.ui.statusLabel, progressBar, installDependenciesButton and modelComboBox, self.timer, self.job,
+    self._parameterNode, self.getLogic(), self.initializeParameterNode(), self.updateGui() and self.onFinished().
+    """
 
     def cleanup(self):
         self.timer.stop()
@@ -147,14 +120,6 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
-    def initializeParameterNode(self):
-        self.setParameterNode(parameterNode())
-        p = self._parameterNode
-        if not p.inputVolume:
-            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if self._models and p.model not in map(modelKey, self._models):
-            p.model = modelKey(self._models[0])
-
     def setParameterNode(self, node):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
@@ -165,46 +130,10 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGui)
             self.updateGui()
 
-    def updateGui(self, caller=None, event=None):
-        p, ui, running = self._parameterNode, self.ui, self.job is not None
-        if not p:
-            return
-        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(p.model)
-        model = next((m for m in self._models if modelKey(m) == p.model), None)
-        ui.modelDescriptionLabel.text = model["description"] if model else ""
-        ui.demoBadgeLabel.visible = bool(model and model["demo"])
-        ui.slabLowSpinBox.enabled = ui.slabHighSpinBox.enabled = p.slabEnabled
-        ui.fillHolesCheckBox.enabled = ui.anatomicalCheckBox.enabled = p.postprocess
-        ui.applyButton.enabled = bool(p.inputVolume) and not running
-        ui.cancelButton.enabled = running
-        ui.inputCollapsibleButton.enabled = ui.modelCollapsibleButton.enabled = not running
-        for button in (ui.segmentEditorButton, ui.exportModelsButton, ui.saveSegNrrdButton, ui.exportDicomSegButton,
-                       ui.statisticsButton, ui.saveStatisticsButton):
-            button.enabled = bool(p.segmentation)
-        ui.compareButton.enabled = bool(p.segmentation and p.referenceSegmentation)
-        ui.showConfidenceCheckBox.enabled = bool(self.logic and self.logic.confidenceNode(p.segmentation))
-        ui.loadSeriesButton.enabled = bool(ui.dicomSeriesTable.selectedItems())
-
     @staticmethod
     def confirm(text, title="AutoSegMSK"):
         """A confirmation never given automatically (in testing mode Slicer answers OK to every dialog)."""
         return not slicer.app.testingEnabled() and slicer.util.confirmOkCancelDisplay(text, title)
-
-    def getLogic(self):
-        """The logic, made once the engine's packages are present (AutoSegMSKLib imports them)."""
-        if self.logic is None:
-            if dependencies.missing_requirements():
-                raise ValueError("Install the engine's Python packages first (the Install button of the Run section).")
-            from AutoSegMSKLib import AutoSegMSKLogic
-
-            self.logic = AutoSegMSKLogic(slicer.mrmlScene)
-            self._models = self.logic.models()
-            for model in self._models:
-                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
-            self.ui.statusLabel.text = "Select an input volume." if self._models else "No model is installed."
-            if self._parameterNode:
-                self.initializeParameterNode()
-        return self.logic
 
     def checkDependencies(self, ask):
         """True when the engine's packages are present; else say what is missing and, with ask, offer to install."""
@@ -243,6 +172,121 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError("Slicer's DICOM database is not open: open it in the DICOM module first.")
         return slicer.dicomDatabase.databaseDirectory
 
+    def onModelSelected(self, index):
+        if self._parameterNode and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
+
+    def onPoll(self):
+        try:
+            if self.job is None or self.job.poll():
+                self.timer.stop()
+        except Exception as error:  # bringing the result into the scene failed: reported like an engine error
+            self.onFinished({"error": str(error)})
+
+    def onProgress(self, stage, fraction):
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.progressBar.format = f"{stage}: %p%"
+
+    def onCancel(self):
+        if self.job:
+            self.ui.statusLabel.text = "Cancelling..."
+            self.job.cancel()  # ends the engine's process tree; onFinished reports it
+
+    def onBatchFinished(self, result):
+        self.timer.stop()
+        self.job = None
+        if "error" in result:
+            self.ui.statusLabel.text = f"Batch failed: {result['error']}"
+            slicer.util.errorDisplay(f"Batch failed:\n\n{result['error']}",
+                                     windowTitle=type(self).__name__.removesuffix("Widget"))
+        elif result.get("cancelled"):
+            self.ui.statusLabel.text = "Batch cancelled: finished ones are kept; run it again with Resume."
+        else:
+            self.ui.statusLabel.text = (f"Batch: {len(result['done'])} done, {len(result['skipped'])} skipped, "
+                                        f"{len(result['failed'])} failed; manifest batch.json and batch.csv in "
+                                        f"{self.ui.batchOutputPathLineEdit.currentPath}.")
+        self.updateGui()
+
+
+class AutoSegMSKWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic, self.job, self._models, self._askedToInstall = None, None, [], False
+        self._parameterNode, self._parameterNodeGuiTag = None, None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegMSK.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        ui.installDependenciesButton.visible = False
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.onPoll)
+        for button, slot in ((ui.applyButton, self.onApply), (ui.cancelButton, self.onCancel),
+                             (ui.installDependenciesButton, self.onInstallDependencies),
+                             (ui.refreshSeriesButton, self.onRefreshSeries), (ui.loadSeriesButton, self.onLoadSeries),
+                             (ui.segmentEditorButton, self.onCorrect), (ui.exportModelsButton, self.onExportModels),
+                             (ui.saveSegNrrdButton, self.onSaveSegNrrd), (ui.exportDicomSegButton, self.onDicomSeg),
+                             (ui.statisticsButton, self.onStatistics), (ui.saveStatisticsButton, self.onSaveStatistics),
+                             (ui.compareButton, self.onCompare), (ui.processDatabaseButton, self.onProcessDatabase)):
+            button.connect("clicked(bool)", slot)
+        ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        ui.dicomSeriesTable.connect("itemSelectionChanged()", self.updateGui)
+        ui.slabCheckBox.connect("toggled(bool)", self.onSlabToggled)
+        ui.showConfidenceCheckBox.connect("toggled(bool)", self.onShowConfidence)
+        ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.checkDependencies(ask=False)
+
+    def initializeParameterNode(self):
+        self.setParameterNode(parameterNode())
+        p = self._parameterNode
+        if not p.inputVolume:
+            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if self._models and p.model not in map(modelKey, self._models):
+            p.model = modelKey(self._models[0])
+
+    def updateGui(self, caller=None, event=None):
+        p, ui, running = self._parameterNode, self.ui, self.job is not None
+        if not p:
+            return
+        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(p.model)
+        model = next((m for m in self._models if modelKey(m) == p.model), None)
+        ui.modelDescriptionLabel.text = model["description"] if model else ""
+        ui.demoBadgeLabel.visible = bool(model and model["demo"])
+        ui.slabLowSpinBox.enabled = ui.slabHighSpinBox.enabled = p.slabEnabled
+        ui.fillHolesCheckBox.enabled = ui.anatomicalCheckBox.enabled = p.postprocess
+        ui.applyButton.enabled = bool(p.inputVolume) and not running
+        ui.cancelButton.enabled = running
+        ui.inputCollapsibleButton.enabled = ui.modelCollapsibleButton.enabled = not running
+        for button in (ui.segmentEditorButton, ui.exportModelsButton, ui.saveSegNrrdButton, ui.exportDicomSegButton,
+                       ui.statisticsButton, ui.saveStatisticsButton):
+            button.enabled = bool(p.segmentation)
+        ui.compareButton.enabled = bool(p.segmentation and p.referenceSegmentation)
+        ui.showConfidenceCheckBox.enabled = bool(self.logic and self.logic.confidenceNode(p.segmentation))
+        ui.loadSeriesButton.enabled = bool(ui.dicomSeriesTable.selectedItems())
+
+    def getLogic(self):
+        """The logic, made once the engine's packages are present (AutoSegMSKLib imports them)."""
+        if self.logic is None:
+            if dependencies.missing_requirements():
+                raise ValueError("Install the engine's Python packages first (the Install button of the Run section).")
+            from AutoSegMSKLib import AutoSegMSKLogic
+
+            self.logic = AutoSegMSKLogic(slicer.mrmlScene)
+            self._models = self.logic.models()
+            for model in self._models:
+                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
+            self.ui.statusLabel.text = "Select an input volume." if self._models else "No model is installed."
+            if self._parameterNode:
+                self.initializeParameterNode()
+        return self.logic
+
     @guiAction("Failed to list the DICOM database.", waitCursor=True)
     def onRefreshSeries(self):
         rows, table = self.getLogic().databaseSeries(self.databaseDirectory()), self.ui.dicomSeriesTable
@@ -269,10 +313,6 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.inputVolume = volumes[0]
         slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
 
-    def onModelSelected(self, index):
-        if self._parameterNode and index >= 0:
-            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
-
     def onSlabToggled(self, checked):
         p, bounds = self._parameterNode, [0.0] * 6
         if checked and p and p.inputVolume:  # start from the volume's own S range
@@ -298,22 +338,6 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "Segmenting in the background: Slicer stays usable."
         self.timer.start()
         self.updateGui()
-
-    def onPoll(self):
-        try:
-            if self.job is None or self.job.poll():
-                self.timer.stop()
-        except Exception as error:  # bringing the result into the scene failed: reported like an engine error
-            self.onFinished({"error": str(error)})
-
-    def onProgress(self, stage, fraction):
-        self.ui.progressBar.value = round(100 * fraction)
-        self.ui.progressBar.format = f"{stage}: %p%"
-
-    def onCancel(self):
-        if self.job:
-            self.ui.statusLabel.text = "Cancelling..."
-            self.job.cancel()  # ends the engine's process tree; onFinished reports it
 
     def onFinished(self, result):
         self.timer.stop()
@@ -444,21 +468,6 @@ class AutoSegMSKWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               confidence=p.confidence)
         ui.statusLabel.text = f"Segmenting every MR series of {database} in the background (Cancel keeps those done)."
         self.timer.start()
-        self.updateGui()
-
-    def onBatchFinished(self, result):  # shared with ACLClassifierWidget
-        self.timer.stop()
-        self.job = None
-        if "error" in result:
-            self.ui.statusLabel.text = f"Batch failed: {result['error']}"
-            slicer.util.errorDisplay(f"Batch failed:\n\n{result['error']}",
-                                     windowTitle=type(self).__name__.removesuffix("Widget"))
-        elif result.get("cancelled"):
-            self.ui.statusLabel.text = "Batch cancelled: finished ones are kept; run it again with Resume."
-        else:
-            self.ui.statusLabel.text = (f"Batch: {len(result['done'])} done, {len(result['skipped'])} skipped, "
-                                        f"{len(result['failed'])} failed; manifest batch.json and batch.csv in "
-                                        f"{self.ui.batchOutputPathLineEdit.currentPath}.")
         self.updateGui()
 
 

@@ -96,17 +96,13 @@ def _ui_names(node):
     return used
 
 
-def _borrowed(widget):
-    """{name: (source class, attribute)} of class-level `name = Other.attr` / `name = staticmethod(Other.attr)`."""
-    found = {}
-    for node in widget.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            value = node.value
-            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "staticmethod":
-                value = value.args[0]
-            if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name):
-                found[node.targets[0].id] = (value.value.id, value.attr)
-    return found
+def _shared(widget) -> dict:
+    """{name: FunctionDef} of the widget glue both modules share (AutoSegMSK.EngineWidgetMixin), when ``widget``
+    inherits it."""
+    if "EngineWidgetMixin" not in {base.id for base in widget.bases if isinstance(base, ast.Name)}:
+        return {}
+    mixin = _class(ast.parse((REPO / "AutoSegMSK" / "AutoSegMSK.py").read_text()), "EngineWidgetMixin")
+    return {f.name: f for f in mixin.body if isinstance(f, ast.FunctionDef)}
 
 
 def test_ui_parses_with_unique_names_and_declared_custom_widgets(ui):
@@ -135,19 +131,13 @@ def test_every_ui_name_the_module_uses_exists(spec, ui, tree):
     assert not missing, f"used in {spec.name}.py, absent from the .ui: {sorted(missing)}"
 
 
-def test_borrowed_widget_glue_exists_and_finds_its_widgets(spec, ui, tree):
-    """Methods taken from another module's widget (the shared glue's one home) exist there, and every ui name they
-    use exists in this module's .ui too."""
-    borrowed = _borrowed(_class(tree, f"{spec.name}Widget"))
-    if spec.name == "ACLClassifier":
-        assert {"checkDependencies", "installDependencies", "onPoll", "onCancel", "setParameterNode"} <= set(borrowed)
-    for name, (owner, attribute) in borrowed.items():
-        source = REPO / owner.removesuffix("Widget") / f"{owner.removesuffix('Widget')}.py"
-        method = next((f for f in _class(ast.parse(source.read_text()), owner).body
-                       if isinstance(f, ast.FunctionDef) and f.name == attribute), None)
-        assert method is not None, f"{owner} has no {attribute}"
+def test_shared_widget_glue_finds_its_widgets(spec, ui, tree):
+    """Both widgets inherit the shared glue, and every ui name it uses exists in each module's .ui."""
+    shared = _shared(_class(tree, f"{spec.name}Widget"))
+    assert {"checkDependencies", "installDependencies", "onPoll", "onCancel", "setParameterNode"} <= set(shared)
+    for name, method in shared.items():
         missing = _ui_names(method) - set(_widgets(ui))
-        assert not missing, f"{name} (from {owner}) uses {sorted(missing)}, absent from {spec.name}.ui"
+        assert not missing, f"{name} (EngineWidgetMixin) uses {sorted(missing)}, absent from {spec.name}.ui"
 
 
 def test_module_compiles_and_imports_only_what_slicer_provides(spec, tree):
@@ -171,7 +161,7 @@ def test_module_classes_and_slots_exist(spec, tree):
     for name in (spec.name, f"{spec.name}Widget", f"{spec.name}Test", f"{spec.name}ParameterNode"):
         _class(tree, name)
     widget = _class(tree, f"{spec.name}Widget")
-    methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)} | set(_borrowed(widget))
+    methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)} | set(_shared(widget))
     referenced = {n.attr for n in ast.walk(widget) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
                   and n.value.id == "self" and n.attr.startswith("on")}
     assert referenced and referenced <= methods, sorted(referenced - methods)
