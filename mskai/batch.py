@@ -177,15 +177,24 @@ def _scrub(message: str, spec: dict) -> str:
     return message
 
 
+def _share_of_cores(threads_by_host: dict) -> int:
+    """Torch threads for a task: this machine's cores divided by the tasks its workers run at once."""
+    from urllib.parse import urlparse
+
+    from distributed import get_worker
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // threads_by_host.get(urlparse(get_worker().address).hostname, 1))
+
+
 def run_unit(kind: str, spec: dict) -> dict:
     """One Dask task: the unit's folder written whole, or its error; it never raises (a dead worker is Dask's)."""
     start = time.perf_counter()
     row = {"status": "done", "error": None}
     try:
-        if spec.get("torch_threads"):
-            import torch
+        import torch
 
-            torch.set_num_threads(spec["torch_threads"])
+        torch.set_num_threads(spec["torch_threads"] or _share_of_cores(spec["threads_by_host"]))
         row.update(_UNITS[kind](spec) or {})
     except MskaiError as exc:
         row.update(status="failed", error=str(exc))
@@ -237,15 +246,15 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
         return manifest.summary()
     finished = False
     try:
-        with open_client(cluster, torch_threads) as (client, where):
+        with open_client(cluster) as (client, where):
             from distributed import as_completed
 
             manifest.run["engine"] = where
             if on_start:
                 on_start(where, len(todo))
             token, start = uuid.uuid4().hex[:8], time.perf_counter()
-            futures = {client.submit(run_unit, kind, spec, key=f"mskai-{key}-{token}", pure=False): key
-                       for key, spec in todo}
+            futures = {client.submit(run_unit, kind, spec | {"threads_by_host": where["threads_by_host"]},
+                                     key=f"mskai-{key}-{token}", pure=False): key for key, spec in todo}
             try:
                 for future in as_completed(futures):
                     key = futures[future]
@@ -258,7 +267,7 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
                     manifest.update(row)
                     if progress:
                         counts = manifest.counts()
-                        minutes = (time.perf_counter() - start) / 60
+                        minutes = max(time.perf_counter() - start, 1e-3) / 60
                         progress(row, counts | {"per_minute": (counts["done"] + counts["failed"]) / minutes})
                 finished = True
             finally:
@@ -280,14 +289,6 @@ def _model_run(package, task: str, settings: dict) -> dict:
     return {"kind": "mskai-batch", "task": task, "settings": settings,
             "model": {"id": package.id, "version": package.version, "label": f"{package.id}@{package.version}",
                       "sha256": package.metadata["weights"]["sha256"], "demo": bool(package.metadata.get("demo"))}}
-
-
-def _local_torch_threads(cluster: ClusterOptions) -> int | None:
-    """Local workers share the cores: torch threads per task = cores / concurrent tasks (at least 1)."""
-    if cluster.scheduler:
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // (cluster.local_workers() * cluster.threads_per_worker))
 
 
 def run_batch(source, output, *, resume: bool = True, series_filter=None, modality: str | None = "MR",
@@ -328,7 +329,7 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
                               "output"),
                       run=_model_run(package, "segment", settings), resume=resume, identifiers=identifiers,
                       progress=progress, on_start=on_start, cluster=cluster,
-                      torch_threads=segment_options.threads or _local_torch_threads(cluster))
+                      torch_threads=segment_options.threads)
 
 
 def run_batch_classify(source, output, *, resume: bool = True, model=None, identifiers: bool = False,
@@ -357,5 +358,4 @@ def run_batch_classify(source, output, *, resume: bool = True, model=None, ident
               "worker", "finished", "output")
     return _run_units("classify", units, output, unit="study", rows_key="studies", fields=fields,
                       run=_model_run(package, "classify", {}), resume=resume, identifiers=identifiers,
-                      progress=progress, on_start=on_start, cluster=cluster,
-                      torch_threads=_local_torch_threads(cluster))
+                      progress=progress, on_start=on_start, cluster=cluster, torch_threads=None)

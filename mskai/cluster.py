@@ -9,6 +9,7 @@ same paths as the client.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -75,10 +76,11 @@ def _spawn_interpreter():
 
 
 @contextlib.contextmanager
-def open_client(options: ClusterOptions, torch_threads: int | None = None):
+def open_client(options: ClusterOptions):
     """Yield (client, where): a client of a new local cluster (closed on exit) or of ``options.scheduler``.
 
-    where: {"scheduler": "local" or the address, "workers": count, "dashboard": link or None}.
+    where: {"scheduler": "local" or the address, "workers": count, "dashboard": link or None,
+    "threads_by_host": {host: threads of all its workers}}.
     """
     import dask
     from distributed import Client, LocalCluster
@@ -90,7 +92,7 @@ def open_client(options: ClusterOptions, torch_threads: int | None = None):
     try:
         if options.scheduler:
             try:
-                client = Client(options.scheduler, timeout="20s")
+                client = Client(options.scheduler, timeout="10s")
             except (OSError, TimeoutError) as exc:
                 raise MskaiError(f"Cannot reach the Dask scheduler at {options.scheduler}: {exc}") from None
         else:
@@ -99,15 +101,18 @@ def open_client(options: ClusterOptions, torch_threads: int | None = None):
             with dask.config.set({"distributed.scheduler.allowed-failures": options.retries}):
                 cluster = LocalCluster(n_workers=options.local_workers(), threads_per_worker=options.threads_per_worker,
                                        processes=True, memory_limit=limit, preload=[PRELOAD],
-                                       dashboard_address=":0", scheduler_port=0,
-                                       env={"OMP_NUM_THREADS": str(torch_threads or 1)})
+                                       dashboard_address=":0", scheduler_port=0)
             client = Client(cluster)
         with client:
             info = client.scheduler_info()
             shown = "dashboard" in info.get("services", {}) and (options.scheduler or _has_bokeh())
             dashboard = client.dashboard_link if shown else None  # without bokeh the page only says it is missing
-            yield client, {"scheduler": options.scheduler or "local", "workers": len(info.get("workers", {})),
-                           "dashboard": dashboard}
+            workers = info.get("workers", {}).values()
+            threads_by_host = collections.Counter()
+            for worker in workers:
+                threads_by_host[worker["host"]] += worker["nthreads"]
+            yield client, {"scheduler": options.scheduler or "local", "workers": len(workers),
+                           "dashboard": dashboard, "threads_by_host": dict(threads_by_host)}
     finally:
         if cluster is not None:
             cluster.close()
