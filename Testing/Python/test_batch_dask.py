@@ -218,3 +218,51 @@ def test_ctrl_c_stops_cleanly_and_resume_runs_only_the_missing_series(tmp_path):
     assert {k: (out / k / OUTPUT_MARKER).stat().st_mtime_ns for k in done_first} == stamps  # not run again
     assert all(second[k]["worker"] == first[k]["worker"] for k in done_first)  # their rows carried over
     _assert_private(out)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--scheduler", "http://host:8786"), "must be a Dask scheduler address"),
+    (("--memory-limit", "lots"), "is not a size such as 4GB"),
+    (("--workers", "0"), "workers must be a whole number"),
+    (("--retries", "-1"), "retries must be a whole number"),
+])
+def test_bad_cluster_options_are_refused_before_anything_is_written(database, tmp_path, arguments, message):
+    db, package = database
+    result = run_mskai("batch", "segment", db, "-o", tmp_path / "out", "--model", package, *arguments, ok=False)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(database, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db, package = database
+    result = run_mskai("batch", "segment", db, "-o", tmp_path / "out", "--model", package,
+                       "--scheduler", f"tcp://127.0.0.1:{port}", ok=False)
+    assert result.returncode == 1 and "Cannot reach the Dask scheduler" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {r["status"] for r in _rows(tmp_path / "out")} == {"pending"}  # listed, nothing half-done
+
+
+def test_inside_slicer_local_workers_are_started_with_pythonslicer(tmp_path, monkeypatch):
+    """Spawned workers must not start a second Slicer application: multiprocessing uses PythonSlicer there."""
+    import multiprocessing
+
+    from mskai import cluster as cluster_module
+
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "PythonSlicer"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    chosen, plain = [], sys.executable
+    monkeypatch.delenv("MSKAI_PYTHON", raising=False)
+    monkeypatch.setattr(multiprocessing, "set_executable", chosen.append)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "SlicerApp-real"))
+    cluster_module._spawn_interpreter()
+    assert chosen == [str(python)]
+    monkeypatch.setattr(sys, "executable", plain)
+    cluster_module._spawn_interpreter()
+    assert chosen == [str(python)]  # a plain Python spawns itself
