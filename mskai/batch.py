@@ -208,13 +208,13 @@ def run_unit(kind: str, spec: dict) -> dict:
 
 # --- the client side ---------------------------------------------------------------------------------------------
 
-def _failed_task(exc: BaseException, retries: int | None) -> str:
+def _failed_task(exc: BaseException, retries: int | None, unit: str) -> str:
     from distributed import KilledWorker
 
     if isinstance(exc, KilledWorker):
         times = f" {retries + 1} times" if retries is not None else ""
         return (f"the worker running it died{times} (killed, or out of memory: see --memory-limit); "
-                "the series was not finished")
+                f"the {unit} was not finished")
     return f"{exc.__class__.__name__}: {exc}"
 
 
@@ -261,8 +261,8 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
                     if future.status == "finished":
                         result = future.result()
                     else:
-                        result = {"status": "failed", "error": _failed_task(future.exception(), cluster.retries
-                                                                            if not cluster.scheduler else None)}
+                        retries = None if cluster.scheduler else cluster.retries
+                        result = {"status": "failed", "error": _failed_task(future.exception(), retries, unit)}
                     row = manifest.rows[key] | result
                     manifest.update(row)
                     if progress:
