@@ -244,6 +244,8 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
     manifest.write()
     if not todo:
         return manifest.summary()
+    if not cluster.scheduler:  # no more local workers than series to run
+        cluster = dataclasses.replace(cluster, workers=min(cluster.local_workers(), len(todo)))
     finished = False
     try:
         with open_client(cluster) as (client, where):

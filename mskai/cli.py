@@ -297,7 +297,8 @@ def _batch_start(mode):
         if mode == "bar":
             engine = "a local Dask cluster" if where["scheduler"] == "local" else f"the Dask cluster {where['scheduler']}"
             dashboard = f"; dashboard: {where['dashboard']}" if where["dashboard"] else ""
-            print(f"{count} to run on {engine} of {where['workers']} workers{dashboard}", file=sys.stderr, flush=True)
+            workers = f"{where['workers']} worker{'s' * (where['workers'] != 1)}"
+            print(f"{count} to run on {engine} of {workers}{dashboard}", file=sys.stderr, flush=True)
     return show
 
 
