@@ -68,6 +68,8 @@ def parameterNode():
 
 
 class ACLClassifierWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    moduleParameterNode = staticmethod(parameterNode)
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -77,15 +79,8 @@ class ACLClassifierWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ACLClassifier.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
+        ui = self.loadModuleUI("ACLClassifier")
         ui.resultSelector.addAttribute("vtkMRMLScalarVolumeNode", EVIDENCE_ATTRIBUTE, "true")
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        ui.installDependenciesButton.visible = False
-        self.timer = qt.QTimer()
-        self.timer.setInterval(200)
-        self.timer.connect("timeout()", self.onPoll)
         for button, slot in ((ui.applyButton, self.onApply), (ui.cancelButton, self.onCancel),
                              (ui.installDependenciesButton, self.onInstallDependencies),
                              (ui.refreshStudiesButton, self.onRefreshStudies), (ui.loadStudyButton, self.onLoadStudy),
@@ -98,18 +93,7 @@ class ACLClassifierWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
         ui.showOverlayCheckBox.connect("toggled(bool)", self.onShowOverlay)
         ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultChanged)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.initializeParameterNode()
-        self.checkDependencies(ask=False)
-
-    def initializeParameterNode(self):
-        self.setParameterNode(parameterNode())
-        p = self._parameterNode
-        if not p.inputVolume:
-            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if self._models and p.model not in map(modelKey, self._models):
-            p.model = modelKey(self._models[0])
+        self.startObserving()
 
     def getLogic(self):
         """The logic, made once the engine's packages are present (ACLClassifierLib imports them)."""

@@ -92,8 +92,35 @@ class EngineWidgetMixin:
     the model choice, polling a background job, progress, cancel and the batch's end.
 
     Uses self.ui.statusLabel, progressBar, installDependenciesButton and modelComboBox, self.timer, self.job,
-    self._parameterNode, self.getLogic(), self.initializeParameterNode(), self.updateGui() and self.onFinished().
+    self._parameterNode, self.getLogic(), self.moduleParameterNode(), self.updateGui() and self.onFinished().
     """
+
+    def loadModuleUI(self, name):
+        """The module's .ui in the panel (self.ui), the install button hidden, the 200 ms poll timer made."""
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{name}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.installDependenciesButton.visible = False
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.onPoll)
+        return self.ui
+
+    def startObserving(self):
+        """The end of setup: scene close events observed, the parameter node wired, the engine packages checked."""
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.checkDependencies(ask=False)
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.moduleParameterNode())
+        p = self._parameterNode
+        if not p.inputVolume:
+            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if self._models and p.model not in map(modelKey, self._models):
+            p.model = modelKey(self._models[0])
 
     def cleanup(self):
         self.timer.stop()
@@ -209,6 +236,8 @@ class EngineWidgetMixin:
 
 
 class AutoSegMSKWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    moduleParameterNode = staticmethod(parameterNode)
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -217,14 +246,7 @@ class AutoSegMSKWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegMSK.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        ui.installDependenciesButton.visible = False
-        self.timer = qt.QTimer()
-        self.timer.setInterval(200)
-        self.timer.connect("timeout()", self.onPoll)
+        ui = self.loadModuleUI("AutoSegMSK")
         for button, slot in ((ui.applyButton, self.onApply), (ui.cancelButton, self.onCancel),
                              (ui.installDependenciesButton, self.onInstallDependencies),
                              (ui.refreshSeriesButton, self.onRefreshSeries), (ui.loadSeriesButton, self.onLoadSeries),
@@ -238,18 +260,7 @@ class AutoSegMSKWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         ui.slabCheckBox.connect("toggled(bool)", self.onSlabToggled)
         ui.showConfidenceCheckBox.connect("toggled(bool)", self.onShowConfidence)
         ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.initializeParameterNode()
-        self.checkDependencies(ask=False)
-
-    def initializeParameterNode(self):
-        self.setParameterNode(parameterNode())
-        p = self._parameterNode
-        if not p.inputVolume:
-            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if self._models and p.model not in map(modelKey, self._models):
-            p.model = modelKey(self._models[0])
+        self.startObserving()
 
     def updateGui(self, caller=None, event=None):
         p, ui, running = self._parameterNode, self.ui, self.job is not None
