@@ -178,24 +178,13 @@ class ACLClassifierWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
             return
         if not p.inputVolume:
             raise ValueError("Select a sagittal input volume first.")
-        self.job = self.getLogic().startClassification(p.inputVolume, model=p.model or None,
-                                                       onProgress=self.onProgress, onFinished=self.onFinished)
+        job = self.getLogic().startClassification(p.inputVolume, model=p.model or None,
+                                                  onProgress=self.onProgress, onFinished=self.onFinished)
         self.onProgress("starting", 0.0)
-        self.ui.statusLabel.text = "Classifying in the background: Slicer stays usable."
-        self.timer.start()
-        self.updateGui()
+        self.runInBackground(job, "Classifying in the background: Slicer stays usable.")
 
     def onFinished(self, result):
-        self.timer.stop()
-        self.job = None
-        if "error" in result:
-            self.onProgress("failed", 0.0)
-            self.ui.statusLabel.text = f"Classification failed: {result['error']}"
-            slicer.util.errorDisplay(f"Classification failed:\n\n{result['error']}", windowTitle="ACLClassifier")
-        elif result.get("cancelled"):
-            self.onProgress("cancelled", 0.0)
-            self.ui.statusLabel.text = "Cancelled: the scene is as it was."
-        else:
+        if self.jobEnded(result, "Classification failed", "Cancelled: the scene is as it was."):
             parameterNode().result = result["cam"]  # also when the module is not shown
             self.onProgress("done", 1.0)
             demo = result["report"].get("model", {}).get("demo", True)
@@ -279,12 +268,11 @@ class ACLClassifierWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
         database, output = ui.batchDatabasePathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath
         if not database or not output:
             raise ValueError("Choose the DICOM database folder and the output folder.")
-        self.job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
-                                              model=p.model or None, onProgress=self.onProgress,
-                                              onFinished=self.onBatchFinished)
-        ui.statusLabel.text = f"Classifying every study of {database} in the background (Cancel keeps those done)."
-        self.timer.start()
-        self.updateGui()
+        job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
+                                         model=p.model or None, onProgress=self.onProgress,
+                                         onFinished=self.onBatchFinished)
+        self.runInBackground(job, f"Classifying every study of {database} in the background (Cancel keeps those "
+                                  "done).")
 
 
 class ACLClassifierTest(ScriptedLoadableModuleTest):

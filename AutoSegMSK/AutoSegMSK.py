@@ -219,16 +219,36 @@ class EngineWidgetMixin:
             self.ui.statusLabel.text = "Cancelling..."
             self.job.cancel()  # ends the engine's process tree; onFinished reports it
 
-    def onBatchFinished(self, result):
+    def runInBackground(self, job, message):
+        """Follow ``job`` (polled by the timer) with ``message`` on the status line."""
+        self.job = job
+        self.ui.statusLabel.text = message
+        self.timer.start()
+        self.updateGui()
+
+    def jobEnded(self, result, failure, cancelled, progressBar=True) -> bool:
+        """A background job's end: timer stopped, job cleared; an error (status line and message box, prefixed by
+        ``failure``) or a cancel (``cancelled`` on the status line) shown, also on the progress bar when asked.
+        True when the result is a success for the caller to show."""
         self.timer.stop()
         self.job = None
         if "error" in result:
-            self.ui.statusLabel.text = f"Batch failed: {result['error']}"
-            slicer.util.errorDisplay(f"Batch failed:\n\n{result['error']}",
+            if progressBar:
+                self.onProgress("failed", 0.0)
+            self.ui.statusLabel.text = f"{failure}: {result['error']}"
+            slicer.util.errorDisplay(f"{failure}:\n\n{result['error']}",
                                      windowTitle=type(self).__name__.removesuffix("Widget"))
-        elif result.get("cancelled"):
-            self.ui.statusLabel.text = "Batch cancelled: finished ones are kept; run it again with Resume."
-        else:
+            return False
+        if result.get("cancelled"):
+            if progressBar:
+                self.onProgress("cancelled", 0.0)
+            self.ui.statusLabel.text = cancelled
+            return False
+        return True
+
+    def onBatchFinished(self, result):
+        if self.jobEnded(result, "Batch failed", "Batch cancelled: finished ones are kept; run it again with Resume.",
+                         progressBar=False):
             self.ui.statusLabel.text = (f"Batch: {len(result['done'])} done, {len(result['skipped'])} skipped, "
                                         f"{len(result['failed'])} failed; manifest batch.json and batch.csv in "
                                         f"{self.ui.batchOutputPathLineEdit.currentPath}.")
@@ -343,24 +363,13 @@ class AutoSegMSKWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         options = {"model": p.model or None, "device": p.device, "fast": p.fast, "confidence": p.confidence,
                    "slab": (p.slabLow, p.slabHigh) if p.slabEnabled else None, "postprocess": p.postprocess,
                    "fillHoles": p.fillHoles, "anatomical": p.anatomical, "smoothing": p.smoothing}
-        self.job = self.getLogic().startSegmentation(p.inputVolume, onProgress=self.onProgress,
-                                                     onFinished=self.onFinished, **options)
+        job = self.getLogic().startSegmentation(p.inputVolume, onProgress=self.onProgress,
+                                                onFinished=self.onFinished, **options)
         self.onProgress("starting", 0.0)
-        self.ui.statusLabel.text = "Segmenting in the background: Slicer stays usable."
-        self.timer.start()
-        self.updateGui()
+        self.runInBackground(job, "Segmenting in the background: Slicer stays usable.")
 
     def onFinished(self, result):
-        self.timer.stop()
-        self.job = None
-        if "error" in result:
-            self.onProgress("failed", 0.0)
-            self.ui.statusLabel.text = f"Segmentation failed: {result['error']}"
-            slicer.util.errorDisplay(f"Segmentation failed:\n\n{result['error']}", windowTitle="AutoSegMSK")
-        elif result.get("cancelled"):
-            self.onProgress("cancelled", 0.0)
-            self.ui.statusLabel.text = "Cancelled: the scene is as it was."
-        else:
+        if self.jobEnded(result, "Segmentation failed", "Cancelled: the scene is as it was."):
             segmentation = result["segmentation"]
             self.ui.showConfidenceCheckBox.checked = False
             parameterNode().segmentation = segmentation  # also when the module is not shown
@@ -473,13 +482,11 @@ class AutoSegMSKWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         database, output = ui.batchDatabasePathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath
         if not database or not output:
             raise ValueError("Choose the DICOM database folder and the output folder.")
-        self.job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
-                                              onProgress=self.onProgress, onFinished=self.onBatchFinished,
-                                              model=p.model or None, device=p.device, fast=p.fast,
-                                              confidence=p.confidence)
-        ui.statusLabel.text = f"Segmenting every MR series of {database} in the background (Cancel keeps those done)."
-        self.timer.start()
-        self.updateGui()
+        job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
+                                         onProgress=self.onProgress, onFinished=self.onBatchFinished,
+                                         model=p.model or None, device=p.device, fast=p.fast, confidence=p.confidence)
+        self.runInBackground(job, f"Segmenting every MR series of {database} in the background (Cancel keeps those "
+                                  "done).")
 
 
 class AutoSegMSKTest(ScriptedLoadableModuleTest):
