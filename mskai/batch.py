@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.cluster import ClusterOptions, open_client
+from mskai.cluster import ClusterOptions, open_client, usable_cores
 from mskai.io import OUTPUT_MARKER, _remove_stale, atomic_output, write_csv
 
 BATCH_MARKER = ".mskai-batch.json"
@@ -183,8 +183,7 @@ def _share_of_cores(threads_by_host: dict) -> int:
 
     from distributed import get_worker
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // threads_by_host.get(urlparse(get_worker().address).hostname, 1))
+    return max(1, usable_cores() // threads_by_host.get(urlparse(get_worker().address).hostname, 1))
 
 
 def run_unit(kind: str, spec: dict) -> dict:
@@ -286,6 +285,12 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
     return summary
 
 
+def _worker_model(package) -> dict:
+    """What a worker needs to load the client's model package itself (``_worker_package``)."""
+    return {"source": str(Path(package.source).resolve()), "sha256": package.metadata["weights"]["sha256"],
+            "task": package.metadata["task"]}
+
+
 def _model_run(package, task: str, settings: dict) -> dict:
     """The manifest's description of the run; with --resume the model and settings must be the same."""
     return {"kind": "mskai-batch", "task": task, "settings": settings,
@@ -322,8 +327,7 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
               and (series_filter is None or series_filter(series_summary(s)))]
     settings = {"options": json.loads(json.dumps(dataclasses.asdict(segment_options), default=str)),
                 "formats": sorted(formats) if formats else None}
-    model_spec = {"source": str(Path(package.source).resolve()), "sha256": package.metadata["weights"]["sha256"],
-                  "task": "segmentation"}
+    model_spec = _worker_model(package)
     units = [(series_key(s.uid), s.uid, {"series": _without_identity(s), "model": model_spec,
                                          "options": segment_options, "formats": formats}) for s in chosen]
     return _run_units("segment", units, output, unit="series", rows_key="series",
@@ -352,8 +356,7 @@ def run_batch_classify(source, output, *, resume: bool = True, model=None, ident
     for series in report.require_series(str(source)):
         if series.is_image:
             studies.setdefault(series.study_uid, []).append(_without_identity(series))
-    model_spec = {"source": str(Path(package.source).resolve()), "sha256": package.metadata["weights"]["sha256"],
-                  "task": TASK}
+    model_spec = _worker_model(package)
     units = [(study_key(uid), uid, {"series": series_list, "model": model_spec})
              for uid, series_list in studies.items()]
     fields = ("study", "status", "error", "seconds", "series", "predicted", *(f"p_{c}" for c in classes), "model",

@@ -53,8 +53,12 @@ class ClusterOptions:
             return self.workers
         import psutil
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(cores // self.threads_per_worker, psutil.virtual_memory().total // (3 * 2**30)))
+        return max(1, min(usable_cores() // self.threads_per_worker, psutil.virtual_memory().total // (3 * 2**30)))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def dask_setup(worker=None):
