@@ -97,6 +97,20 @@ def test_phantom_bones_are_each_one_piece(seed):
     assert pieces == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
 
 
+def test_phantom_side_names_the_leg():
+    """LPS: the patient's left is +x, so a left leg's fibula and greater trochanter lie at +x of its tibia and
+    femoral head, and its pubis runs to -x (the midline); a right leg is the mirror image."""
+    rng, sides = np.random.default_rng(5), set()
+    for _ in range(8):
+        phantom = LowerLimbPhantom(rng)
+        lateral = 1.0 if phantom.side == "left" else -1.0
+        sides.add(phantom.side)
+        assert np.sign(phantom.fibula["head"][0][0]) == lateral  # the tibia's axis is x = 0
+        assert np.sign(phantom.femur["troch"][0][0]) == lateral  # the femoral head's centre is x = 0
+        assert np.sign(phantom.pelvis["pubis"][1][0]) == -lateral
+    assert sides == {"left", "right"}
+
+
 def test_marginal_loss_leaves_unlabelled_classes_out():
     """Predicting patella where a sample does not annotate patella costs what predicting background costs."""
     import torch

@@ -8,12 +8,11 @@ Each check returns ``{"check", "passed", "detail"}``; ``passed`` is None when th
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from mskai.segment.labels import BONE_VALUES
+from mskai.segment.postprocess import chunked_pieces
 from mskai.volume import Volume
 
-_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as the clean-up uses
 KNEE_FOV_MAX_MM = 350.0  # a field of view up to this tall around a knee cannot hold a hip bone
 MAX_STRAY_ML = 1.0
 MAX_WRONG_SIDE_FRACTION = 0.01
@@ -43,13 +42,13 @@ def _legs(femur: np.ndarray, tibia: np.ndarray) -> float | None:
     return None
 
 
-def _pieces(mask: np.ndarray) -> int:
-    """26-connected pieces of a mask; the pieces touching the field of view's border count as one, since the
-    border may cut one bone into several (the two condyles below the notch's roof)."""
-    components, n = ndimage.label(mask, structure=_FULL)
-    faces = np.concatenate([np.take(components, [0, -1], axis=a).ravel() for a in range(3)])
-    on_border = len(np.unique(faces[faces > 0]))
-    return n - on_border + (1 if on_border else 0)
+def _pieces(labels: np.ndarray, value: int) -> int:
+    """26-connected pieces of one label; the pieces touching the field of view's border count as one, since the
+    border may cut one bone into several (the two condyles below the notch's roof). Found chunk by chunk, as the
+    clean-up does, so a whole-limb map needs no full-size array of component numbers."""
+    _, _, boxes, _ = chunked_pieces(labels, value)
+    on_border = sum(bool((lo == 0).any() or (hi == labels.shape).any()) for lo, hi in boxes)
+    return len(boxes) - on_border + (1 if on_border else 0)
 
 
 def plausibility(labels: Volume) -> list[dict]:
@@ -94,7 +93,7 @@ def plausibility(labels: Volume) -> list[dict]:
                        "detail": f"{100 * max(fractions, default=0):.1f} % of the voxels"})
 
     n_legs = len(legs)
-    pieces = {name: _pieces(np.asarray(labels.array) == value) for name, value in BONE_VALUES.items() if len(points[name])}
+    pieces = {name: _pieces(np.asarray(labels.array), value) for name, value in BONE_VALUES.items() if len(points[name])}
     too_many = {name: n for name, n in pieces.items() if n > (2 if name == "pelvis" else n_legs)}
     checks.append({"check": "each bone one piece per leg", "passed": not too_many if pieces else None,
                    "detail": ", ".join(f"{name} {n}" for name, n in pieces.items()) + f" pieces; {n_legs} leg(s)"})

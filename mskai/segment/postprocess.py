@@ -101,7 +101,7 @@ def _chunk_pieces(block: np.ndarray, value: int):
     return ndimage.label(block == value, structure=_FULL)
 
 
-def _pieces(region: np.ndarray, value: int, chunk: int, on_chunk=None):
+def chunked_pieces(region: np.ndarray, value: int, chunk: int = 32, on_chunk=None):
     """The 26-connected pieces of ``region == value``, found chunk by chunk along the last axis.
 
     Returns (piece of each chunk's local component, as one array over all chunks; voxels per piece;
@@ -141,13 +141,10 @@ def _pieces(region: np.ndarray, value: int, chunk: int, on_chunk=None):
 
 
 def _clean_one(region: np.ndarray, value: int, rule: Cleanup, voxel_ml: float, chunk: int = 32):
-    piece, sizes, boxes, counts = _pieces(region, value, chunk)
-    drop = sizes * voxel_ml < rule.min_volume_ml if voxel_ml else np.zeros(len(sizes), dtype=bool)
-    if len(sizes) > 1:
-        drop |= sizes < rule.min_island_fraction * sizes.sum()
-        drop |= sizes < rule.min_extra_fraction * sizes.max()
-        if rule.max_components:
-            drop[np.argsort(sizes)[::-1][rule.max_components:]] = True
+    piece, sizes, boxes, counts = chunked_pieces(region, value, chunk)
+    drop = ~_large_enough(sizes, rule, voxel_ml)
+    if rule.max_components:
+        drop[np.argsort(sizes, kind="stable")[::-1][rule.max_components:]] = True
     offsets = np.cumsum([0] + counts)
     for start, offset, n in zip(range(0, region.shape[2], chunk), offsets, counts):
         lookup = np.concatenate([[False], drop[piece[offset:offset + n]]])
@@ -208,7 +205,7 @@ def _bone(labels: np.ndarray, value: int, box: tuple, affine: np.ndarray, chunk:
         where[comp] = np.arange(len(comp))  # any voxel of each component
         seeds.append(np.stack([i[where[1:]] for i in idx], axis=1) + corner)
 
-    piece, sizes, boxes, _ = _pieces(labels[box], value, chunk, on_chunk)
+    piece, sizes, boxes, _ = chunked_pieces(labels[box], value, chunk, on_chunk)
     n = len(sizes)
     sums = np.concatenate(sums)
     centre = np.stack([np.bincount(piece, weights=sums[:, a], minlength=n) for a in range(3)], axis=1) / sizes[:, None]
@@ -227,12 +224,16 @@ def _beside(a: np.ndarray, b: np.ndarray) -> bool:
     return left >= BESIDE_MM and left > up
 
 
+def _large_enough(sizes: np.ndarray, rule: Cleanup, voxel_ml: float) -> np.ndarray:
+    """Pieces (voxel counts) that pass ``Cleanup``'s size rules: island fraction, extra fraction, volume."""
+    ok = (sizes >= rule.min_island_fraction * sizes.sum()) & (sizes >= rule.min_extra_fraction * sizes.max(initial=0))
+    return ok & (sizes * voxel_ml >= rule.min_volume_ml) if voxel_ml else ok
+
+
 def _candidates(bone: _Bone, rule: Cleanup, voxel_ml: float, allowed: np.ndarray | None = None) -> np.ndarray:
     """Pieces large enough to keep by ``Cleanup``'s size rules (among the allowed ones)."""
     allowed = np.ones(len(bone.sizes), dtype=bool) if allowed is None else allowed
-    sizes = np.where(allowed, bone.sizes, 0)
-    ok = allowed & (sizes >= rule.min_island_fraction * sizes.sum()) & (sizes >= rule.min_extra_fraction * sizes.max())
-    return ok & (sizes * voxel_ml >= rule.min_volume_ml) if voxel_ml else ok
+    return allowed & _large_enough(np.where(allowed, bone.sizes, 0), rule, voxel_ml)
 
 
 def _femur_over_tibia(femur: _Bone, femur_ok: np.ndarray, tibia: _Bone, tibia_ok: np.ndarray) -> tuple:

@@ -150,12 +150,13 @@ def _rot_x(deg):
 class LowerLimbPhantom:
     """One random leg (hip to ankle) in LPS millimetres, hip joint centre at the origin.
 
-    Side "right" puts the leg at -L; the pelvis extends medially (+/- x) and superiorly.
+    ``side`` names the leg ("left" or "right"; LPS: the patient's left is +x): its pelvis extends medially
+    (towards the midline) and superiorly, its greater trochanter and fibula lie laterally.
     """
 
     def __init__(self, rng):
         self.side = rng.choice(["left", "right"])
-        m = 1.0 if self.side == "left" else -1.0  # medial is towards -x for a left leg (x = L)
+        m = 1.0 if self.side == "right" else -1.0  # medial: towards +x (L) for a right leg, -x for a left one
         s = rng.uniform(0.85, 1.15)  # overall size
         r = lambda lo, hi: rng.uniform(lo, hi) * s  # noqa: E731
         femur_len = r(400, 460)
