@@ -399,8 +399,9 @@ def cmd_train_acl(args):
     cache = None if args.no_cache else Path("build") / "acl_cache"
     train = PreparedSet.build(sets["train"], preprocessing, cache, segmenter, workers=args.workers)
     val = PreparedSet.build(sets["val"], preprocessing, cache, segmenter, workers=args.workers)
-    described = (f"synthetic sagittal knees ({len(train.labels)} training, {len(val.labels)} validation) on real OAI "
-                 "bone shapes of training subjects" if args.synthetic else f"{next(iter(source))} dataset")
+    described = (f"synthetic sagittal knees on real OAI bone shapes: {len(train.labels)} training cases of training "
+                 f"subjects, {len(val.labels)} validation cases of other subjects" if args.synthetic
+                 else f"{next(iter(source))} dataset")
     result = train_acl(train, val, config, preprocessing, args.output, package_id=args.id, version=args.version,
                        demo=bool(args.synthetic) or args.demo, training_data=described,
                        backbone_weights=args.backbone_weights)
