@@ -19,7 +19,7 @@ def grad_cam(net, image: torch.Tensor, target: int | None = None) -> tuple[np.nd
         output.retain_grad()
         captured["activations"] = output
 
-    hook = net.last_conv.register_forward_hook(keep)
+    hook = net.cam_layer.register_forward_hook(keep)
     try:
         net.eval()
         net.zero_grad(set_to_none=True)
