@@ -156,7 +156,7 @@ def test_postprocess_in_chunks_matches_whole_volume_labelling(chunk):
     mask = ndimage.gaussian_filter(rng.normal(size=(30, 28, 26)), 1.5) > 0.12  # many touching, branching pieces
     mask[0, :, 4:9] = mask[-1, :, 4:9] = True  # pieces on opposite faces must stay apart
     region = mask.astype(np.uint8)
-    piece, sizes, boxes, _ = postprocess._pieces(region, 1, chunk)
+    piece, sizes, boxes, _ = postprocess.chunked_pieces(region, 1, chunk)
     whole, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     assert len(sizes) == n and sorted(sizes) == sorted(np.bincount(whole.ravel())[1:])
     expected = sorted((tuple(s.start for s in b), tuple(s.stop for s in b)) for b in ndimage.find_objects(whole))
