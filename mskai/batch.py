@@ -24,7 +24,8 @@ from pathlib import Path
 
 from mskai import MskaiError
 from mskai.cluster import ClusterOptions, open_client, usable_cores
-from mskai.io import OUTPUT_MARKER, _remove_stale, atomic_output, write_csv
+from mskai.io import (OUTPUT_MARKER, _remove_stale, atomic_output, check_output_folder, read_marker, write_csv,
+                      write_marker)
 
 BATCH_MARKER = ".mskai-batch.json"
 MANIFEST = "batch.json"
@@ -51,15 +52,17 @@ def _without_identity(series):
     return dataclasses.replace(series, patient_name="", patient_id="", study_date="", study_description="")
 
 
-def _check_output(folder: Path):
-    """The output must be new, empty, or an earlier batch's: a batch never writes among the user's own files."""
-    if folder.exists() and not folder.is_dir():
-        raise MskaiError(f"Output folder {folder} is a file")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / BATCH_MARKER).is_file():
-        raise MskaiError(f"Output folder {folder} holds files that are not an earlier mskai batch; "
-                         "choose a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / BATCH_MARKER).write_text(json.dumps({"kind": "batch"}))
+def _check_output(folder, source) -> Path:
+    """The output must be new, empty, or an earlier batch's, and apart from the input: a batch never writes among
+    the user's own files nor replaces its input. Checked before the source is scanned."""
+    folder = check_output_folder(folder, "batch", inputs=[source], marker=BATCH_MARKER)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if read_marker(folder / BATCH_MARKER) is None:
+            write_marker(folder / BATCH_MARKER, {"kind": "batch"})
+    except OSError as exc:
+        raise MskaiError(f"Cannot write {folder}: {exc.strerror or exc}") from None
+    return folder
 
 
 def _now() -> str:
@@ -67,6 +70,27 @@ def _now() -> str:
 
 
 # --- the manifest -----------------------------------------------------------------------------------------------
+
+_VALUE = {"type": ["string", "number", "boolean", "null"], "maxLength": 2000}
+_ROW = {"type": "object", "required": ["status"], "additionalProperties": _VALUE,
+        "properties": {"status": {"enum": ["done", "failed", "skipped", "pending"]},
+                       "series": {"type": ["string", "null"], "pattern": "^series-[0-9a-f]{16}$"},
+                       "study": {"type": "string", "pattern": "^study-[0-9a-f]{16}$"}}}
+_NAME = {"type": "string", "maxLength": 200}
+MANIFEST_SCHEMA = {
+    "type": "object", "required": ["kind", "task", "model", "settings"],
+    "properties": {
+        "kind": {"const": "mskai-batch"},
+        "task": {"enum": ["segment", "classify"]},
+        "model": {"type": "object", "required": ["id", "version", "label", "sha256"],
+                  "properties": {"id": _NAME, "version": _NAME, "label": _NAME,
+                                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "demo": {"type": "boolean"}}},
+        "settings": {"type": "object"},
+        "series": {"type": "array", "items": _ROW, "maxItems": 10_000_000},
+        "studies": {"type": "array", "items": _ROW, "maxItems": 10_000_000},
+    },
+}
+
 
 class Manifest:
     """batch.json ({"done", "skipped", "failed", "pending", run, <rows_key>: rows}) and batch.csv (one row per unit),
@@ -81,12 +105,20 @@ class Manifest:
 
     @staticmethod
     def previous(folder: Path) -> dict:
-        """The manifest an earlier run left here ({} if none or unreadable: then the folders alone tell)."""
-        try:
-            found = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError):
+        """The manifest an earlier run left here, checked against MANIFEST_SCHEMA ({} if there is none);
+        MskaiError when it is damaged or forged (a symbolic link, not JSON, not the schema)."""
+        import jsonschema
+
+        found = read_marker(folder / MANIFEST)
+        if found is None:
             return {}
-        return found if isinstance(found, dict) else {}
+        try:
+            jsonschema.validate(found, MANIFEST_SCHEMA)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path)[:60] or "the top level"
+            raise MskaiError(f"{folder / MANIFEST} is not a manifest mskai wrote ({where}: "
+                             f"{exc.validator} check failed); remove it or choose a new output folder") from None
+        return found
 
     def summary(self) -> dict:
         rows = self.rows.values()
@@ -207,9 +239,16 @@ def run_unit(kind: str, spec: dict) -> dict:
 
 # --- the client side ---------------------------------------------------------------------------------------------
 
-def _failed_task(exc: BaseException, retries: int | None, unit: str) -> str:
+def _failed_task(future, retries: int | None, unit: str) -> str:
+    """Why a task gave no row: its worker died (``retries + 1`` times), or the cluster cancelled or lost it."""
     from distributed import KilledWorker
 
+    if future.status == "cancelled":
+        return f"the cluster cancelled the task (a worker or the scheduler went away); the {unit} was not finished"
+    try:
+        exc = future.exception()
+    except Exception as error:  # noqa: BLE001 - whatever the cluster says, it becomes this unit's failure
+        exc = error
     if isinstance(exc, KilledWorker):
         times = f" {retries + 1} times" if retries is not None else ""
         return (f"the worker running it died{times} (killed, or out of memory: see --memory-limit); "
@@ -217,28 +256,50 @@ def _failed_task(exc: BaseException, retries: int | None, unit: str) -> str:
     return f"{exc.__class__.__name__}: {exc}"
 
 
+def _earlier_rows(output: Path, run: dict, unit: str, rows_key: str, fields) -> dict:
+    """{key: row} of the manifest an earlier batch left in ``output`` (only the known columns; checked first).
+
+    Another task, model (weights checksum) or other settings are refused, with or without --resume: one output
+    folder holds the results of one model and one set of settings, and its manifest lists them all.
+    """
+    earlier = Manifest.previous(output)
+    if not earlier:
+        return {}
+    theirs, ours = earlier["model"], run["model"]
+    if (earlier["task"], theirs["sha256"], earlier["settings"]) != (run["task"], ours["sha256"], run["settings"]):
+        what = "a different task" if earlier["task"] != run["task"] else (
+            "a different model" if theirs["sha256"] != ours["sha256"] else "other settings")
+        raise MskaiError(f"{output} holds batch results of {earlier['task']} with {theirs['label']} and {what} than "
+                         f"this run ({run['task']} with {ours['label']}); run the same model and settings there, "
+                         "or choose a new output folder")
+    rows = {}
+    for row in earlier.get(rows_key, []):
+        if row.get(unit):
+            rows[row[unit]] = {k: row.get(k) for k in fields if k in row}
+    return rows
+
+
 def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fields, run: dict, resume: bool,
                identifiers: bool, progress, on_start, cluster: ClusterOptions, torch_threads: int | None) -> dict:
-    """units: [(key, uid, spec)]; one folder and one manifest row per key. ``run``: what must match to resume."""
+    """units: [(key, uid, spec)]; one folder and one manifest row per key. ``run``: what must match an earlier
+    manifest in ``output`` (already checked by ``_check_output``)."""
     fields = tuple(fields) + ((f"{unit}_uid",) if identifiers else ())
-    _check_output(output)
-    earlier = Manifest.previous(output)
-    if resume and earlier.get("model") and (earlier.get("model"), earlier.get("settings")) != (
-            run["model"], run["settings"]):
-        raise MskaiError(f"{output} was made with model {earlier['model'].get('id')}@"
-                         f"{earlier['model'].get('version')} and other settings; resume it with the same model and "
-                         "settings, or use a new output folder")
-    earlier_rows = {r.get(unit): r for r in earlier.get(rows_key, []) if isinstance(r, dict)}
+    earlier_rows = _earlier_rows(output, run, unit, rows_key, fields)
     manifest = Manifest(output, unit, rows_key, fields, run | {"started": _now()})
+    ours = {key for key, _, _ in units}
+    for key, row in earlier_rows.items():  # units of an earlier run this one does not touch stay listed
+        if key not in ours and (output / key).is_dir():
+            manifest.rows[key] = row | {unit: key}
     todo = []
     for key, uid, spec in units:
         if resume and (output / key / OUTPUT_MARKER).is_file():
             row = {**earlier_rows.get(key, {}), "status": "skipped"}
         else:
-            row = {"status": "pending"}
+            row = {"status": "pending", "error": None}
             todo.append((key, spec | {"folder": str(output / key), "torch_threads": torch_threads,
                                       "identifiers": identifiers}))
         manifest.rows[key] = {**row, unit: key, "output": key, "model": run["model"]["label"],
+                              **({"note": spec["note"]} if spec.get("note") else {}),
                               **({f"{unit}_uid": uid} if identifiers else {})}
     manifest.write()
     if not todo:
@@ -261,9 +322,10 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
                     key = futures[future]
                     if future.status == "finished":
                         result = future.result()
-                    else:
+                    else:  # the task never returned a row: its worker died (or the cluster lost it)
                         retries = None if cluster.scheduler else cluster.retries
-                        result = {"status": "failed", "error": _failed_task(future.exception(), retries, unit)}
+                        result = {"status": "failed", "error": _failed_task(future, retries, unit),
+                                  "seconds": None, "finished": _now(), "worker": None}
                     row = manifest.rows[key] | result
                     manifest.update(row)
                     if progress:
@@ -316,24 +378,26 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
     from mskai.segment.infer import SegmentOptions
     from mskai.segment.outputs import parse_formats
 
-    output = Path(output).resolve()
     cluster = cluster or ClusterOptions()
     segment_options = options or SegmentOptions(**fields)  # bad options fail before anything is read or written
     formats = parse_formats(formats) if isinstance(formats, str) else formats
     package = find_model(model or "mskai-bones-demo", task="segmentation")
+    settings = {"options": json.loads(json.dumps(dataclasses.asdict(segment_options), default=str)),
+                "formats": sorted(formats) if formats else None}
+    run = _model_run(package, "segment", settings)
+    output = _check_output(output, source)
+    _earlier_rows(output, run, "series", "series", ())  # another model or settings: refused before the scan
     report = scan_source(source)
     chosen = [s for s in report.require_series(str(source)) if s.is_image
               and (modality is None or s.modality == modality)
               and (series_filter is None or series_filter(series_summary(s)))]
-    settings = {"options": json.loads(json.dumps(dataclasses.asdict(segment_options), default=str)),
-                "formats": sorted(formats) if formats else None}
     model_spec = _worker_model(package)
     units = [(series_key(s.uid), s.uid, {"series": _without_identity(s), "model": model_spec,
                                          "options": segment_options, "formats": formats}) for s in chosen]
     return _run_units("segment", units, output, unit="series", rows_key="series",
                       fields=("series", "status", "error", "seconds", "volume", "model", "worker", "finished",
                               "output"),
-                      run=_model_run(package, "segment", settings), resume=resume, identifiers=identifiers,
+                      run=run, resume=resume, identifiers=identifiers,
                       progress=progress, on_start=on_start, cluster=cluster,
                       torch_threads=segment_options.threads)
 
@@ -347,20 +411,27 @@ def run_batch_classify(source, output, *, resume: bool = True, model=None, ident
     from mskai.dicom import scan_source
     from mskai.models.registry import find_model
 
-    output = Path(output).resolve()
     cluster = cluster or ClusterOptions()
     package = find_model(model or "mskai-acl-demo", task=TASK)
     classes = package.metadata["classes"]
+    run = _model_run(package, "classify", {})
+    output = _check_output(output, source)
+    _earlier_rows(output, run, "study", "studies", ())  # another model: refused before the scan
     report = scan_source(source)
-    studies = {}
+    studies = {}  # study UID -> patient -> series: a study is one patient's (as `mskai dicom index` requires)
     for series in report.require_series(str(source)):
         if series.is_image:
-            studies.setdefault(series.study_uid, []).append(_without_identity(series))
+            studies.setdefault(series.study_uid, {}).setdefault(series.patient, []).append(_without_identity(series))
     model_spec = _worker_model(package)
-    units = [(study_key(uid), uid, {"series": series_list, "model": model_spec})
-             for uid, series_list in studies.items()]
+    units = []
+    for uid, by_patient in studies.items():
+        shared = len(by_patient) > 1  # one Study Instance UID, several patients: each patient is its own unit
+        for patient, series_list in by_patient.items():
+            key = study_key(uid + "\0" + "\0".join(patient) if shared else uid)
+            note = f"Study Instance UID shared by {len(by_patient)} patients: classified per patient" if shared else None
+            units.append((key, uid, {"series": series_list, "model": model_spec, "note": note}))
     fields = ("study", "status", "error", "seconds", "series", "predicted", *(f"p_{c}" for c in classes), "model",
-              "worker", "finished", "output")
+              "worker", "finished", "output", "note")
     return _run_units("classify", units, output, unit="study", rows_key="studies", fields=fields,
-                      run=_model_run(package, "classify", {}), resume=resume, identifiers=identifiers,
+                      run=run, resume=resume, identifiers=identifiers,
                       progress=progress, on_start=on_start, cluster=cluster, torch_threads=None)

@@ -256,7 +256,7 @@ def cmd_segment(args):
     formats = parse_formats(args.formats)
     options = _segment_options(args)
     out = segment_to_folder(lambda: _input_volume(args), args.model, args.output, options=options, formats=formats,
-                            dicom_seg=args.dicom_seg, progress=_progress_printer(args.progress))
+                            dicom_seg=args.dicom_seg, progress=_progress_printer(args.progress), inputs=[args.source])
     report = out["report"]
     if report["model"]["demo"]:
         print("NOTE: demo model trained on synthetic data - not for clinical use.", file=sys.stderr)
@@ -285,10 +285,11 @@ def _batch_progress(mode, unit):
                   file=sys.stderr, flush=True)
         elif mode == "bar":
             filled = round(30 * finished / counts["total"])
-            error = f": {row['error']}" if row["error"] else ""
+            error = f": {row['error']}" if row.get("error") else ""
+            took = f" in {row['seconds']:.1f} s" if isinstance(row.get("seconds"), (int, float)) else ""
             print(f"[{'#' * filled}{'.' * (30 - filled)}] {counts['done']} done, {counts['failed']} failed, "
                   f"{counts['pending']} left, {counts['per_minute']:.1f} {unit}/min | {row[unit]} {row['status']}"
-                  f" in {row['seconds']:.1f} s{error}", file=sys.stderr, flush=True)
+                  f"{took}{error}", file=sys.stderr, flush=True)
     return show
 
 

@@ -86,8 +86,7 @@ def open_client(options: ClusterOptions):
     where: {"scheduler": "local" or the address, "workers": count, "dashboard": link or None,
     "threads_by_host": {host: threads of all its workers}}.
     """
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     quiet = logging.getLogger("distributed")
     level = quiet.level
@@ -100,12 +99,9 @@ def open_client(options: ClusterOptions):
             except (OSError, TimeoutError) as exc:
                 raise MskaiError(f"Cannot reach the Dask scheduler at {options.scheduler}: {exc}") from None
         else:
+            check_main_guard()
             _spawn_interpreter()
-            limit = 0 if options.memory_limit == "0" else options.memory_limit
-            with dask.config.set({"distributed.scheduler.allowed-failures": options.retries}):
-                cluster = LocalCluster(n_workers=options.local_workers(), threads_per_worker=options.threads_per_worker,
-                                       processes=True, memory_limit=limit, preload=[PRELOAD],
-                                       dashboard_address=":0", scheduler_port=0)
+            cluster = _start_local_cluster(options)
             client = Client(cluster)
         with client:
             info = client.scheduler_info()
@@ -121,6 +117,59 @@ def open_client(options: ClusterOptions):
         if cluster is not None:
             cluster.close()
         quiet.setLevel(level)
+
+
+START_ATTEMPTS = 3
+
+
+def _start_local_cluster(options: ClusterOptions):
+    """A LocalCluster; a worker that dies while it starts (killed, out of memory) is not the batch's end: the
+    cluster is started again, up to START_ATTEMPTS times, then the failure is one clear error."""
+    import dask
+    from distributed import LocalCluster
+
+    limit = 0 if options.memory_limit == "0" else options.memory_limit
+    failures = []
+    for _ in range(START_ATTEMPTS):
+        try:
+            with dask.config.set({"distributed.scheduler.allowed-failures": options.retries}):
+                return LocalCluster(n_workers=options.local_workers(), threads_per_worker=options.threads_per_worker,
+                                    processes=True, memory_limit=limit, preload=[PRELOAD], dashboard_address=":0",
+                                    scheduler_port=0)
+        except (RuntimeError, OSError, TimeoutError) as exc:  # "Nanny failed to start", ports, slow starts
+            failures.append(f"{exc.__class__.__name__}: {exc}")
+    raise MskaiError(f"Could not start a local Dask cluster ({START_ATTEMPTS} tries; last: {failures[-1]}); "
+                     "see --workers and --memory-limit")
+
+
+def check_main_guard():
+    """Local workers are new processes that import the main script again (multiprocessing's "spawn"): a script
+    that starts a batch at its top level would start it again in every worker, and a script read from standard
+    input cannot be imported at all. Refuse both with what to do, before any process starts."""
+    import ast
+    import inspect
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if main is None or path is None or getattr(main, "__name__", "") == "__mp_main__" or (
+            spec is not None and spec.name.endswith(".__main__")):
+        return  # a console (Slicer's, IPython, python -c) or `python -m package`: spawn imports nothing again
+    advice = ('put the call under `if __name__ == "__main__":` in a script file, or use `mskai batch ...`')
+    if not os.path.isfile(path):
+        raise MskaiError(f"A batch cannot start its worker processes from a script read from {path}: {advice}")
+    lines = [info.lineno for info in inspect.stack(0)
+             if info.frame.f_globals is vars(main) and info.frame.f_code.co_name == "<module>"]
+    if not lines:
+        return  # the script's top level is not running (its functions are called from elsewhere)
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except (OSError, SyntaxError, ValueError):
+        return
+    guarded = [node for node in ast.walk(tree) if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)]
+    if not any(node.lineno <= lines[0] <= node.end_lineno for node in guarded):
+        raise MskaiError(f"{Path(path).name} starts a batch at its top level (line {lines[0]}); the batch's worker "
+                         f"processes import it again and would start it again: {advice}")
 
 
 def _has_bokeh() -> bool:

@@ -109,27 +109,107 @@ def write_csv(path, rows, fields=None) -> Path:
 
 
 OUTPUT_MARKER = ".mskai-output.json"
+MARKER_BYTES = 1 << 16
+
+
+def read_marker(path) -> dict | None:
+    """The JSON object of an mskai marker or manifest file, None when there is none; MskaiError when ``path`` is a
+    symbolic link, not a regular file, too large or not a JSON object (a forged or damaged marker is never
+    followed or trusted)."""
+    import json
+    import stat
+
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MskaiError(f"Cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise MskaiError(f"{path} is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a regular file'}; "
+                         "mskai never follows its own marker files: remove it or choose another output folder")
+    if info.st_size > MARKER_BYTES * 64:
+        raise MskaiError(f"{path} is too large to be an mskai marker or manifest")
+    try:
+        with open(path, "rb") as fh:
+            found = json.loads(fh.read(MARKER_BYTES * 64).decode("utf-8"))
+    except (OSError, ValueError):
+        raise MskaiError(f"{path} is damaged (not mskai's JSON): remove it or choose another output folder") from None
+    if not isinstance(found, dict):
+        raise MskaiError(f"{path} is damaged (not a JSON object): remove it or choose another output folder")
+    return found
+
+
+def write_marker(path, data: dict):
+    """Write a marker file by renaming a new file into place: a symbolic link at ``path`` is replaced, never
+    followed."""
+    import json
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data))
+
+
+def _overlap(output: Path, source: Path) -> str | None:
+    if output == source:
+        return "is"
+    if source in output.parents:
+        return "lies inside"
+    if output in source.parents:
+        return "contains"
+    return None
+
+
+def check_output_folder(folder, kind: str, inputs=(), marker: str = OUTPUT_MARKER) -> Path:
+    """The resolved output folder, after the checks every command makes before any work.
+
+    Refused: a file; a symbolic link as the folder itself; a folder that is, contains or lies inside one of
+    ``inputs`` (replacing it would delete the input); a folder of other files (no ``marker``); an earlier mskai
+    output of another kind (``marker``'s "kind" differs: a classification never replaces a segmentation).
+    """
+    given = Path(folder).expanduser()
+    if given.is_symlink():
+        raise MskaiError(f"Output folder {given} is a symbolic link; give the folder it points to, or a new one")
+    folder = given.resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source).expanduser().resolve()
+        sources = [source, source.parent] if source.suffix == ".sql" and source.is_file() else [source]
+        for where in sources:
+            how = _overlap(folder, where)
+            if how == "is":
+                raise MskaiError(f"Refusing to write onto itself: the output folder {folder} is the input; "
+                                 "choose an output folder apart from the input")
+            if how:
+                raise MskaiError(f"Output folder {folder} {how} the input {where}: writing it would replace the "
+                                 "input; choose an output folder apart from the input")
+    if folder.exists() and not folder.is_dir():
+        raise MskaiError(f"Output folder {folder} is a file")
+    if folder.is_dir() and any(folder.iterdir()):
+        found = read_marker(folder / marker)
+        if found is None:
+            raise MskaiError(f"Output folder {folder} holds files that are not an earlier mskai output; "
+                             "choose a new or empty folder")
+        if found.get("kind") != kind:
+            raise MskaiError(f"Output folder {folder} holds an earlier mskai {str(found.get('kind'))[:40]!r} output; "
+                             f"this is a {kind!r} run: choose another folder (nothing was changed)")
+    return folder
 
 
 @contextlib.contextmanager
-def output_folder(folder, kind: str):
+def output_folder(folder, kind: str, inputs=()):
     """Yield an empty staging folder that replaces ``folder`` as a whole when the block succeeds.
 
-    ``folder`` must be new, empty, or an earlier mskai output (it holds OUTPUT_MARKER): an earlier run's
-    files never mix with this run's, and a folder of the user's own files is refused. Checked, and the
-    staging folder created beside it, on entry: before any expensive work. Staging folders of runs that
-    were killed are removed. A failure leaves ``folder`` as it was.
+    ``folder`` must be new, empty, or an earlier mskai output of the same ``kind`` (it holds OUTPUT_MARKER), and
+    apart from every path of ``inputs`` (see ``check_output_folder``): an earlier run's files never mix with this
+    run's, and neither the user's own files nor the input are ever replaced. Checked, and the staging folder
+    created beside it, on entry: before any expensive work. Staging folders of runs that were killed are
+    removed. A failure leaves ``folder`` as it was.
     """
-    import json
-
     from mskai import __version__
 
-    folder = Path(folder).resolve()
-    if folder.exists() and not folder.is_dir():
-        raise MskaiError(f"Output folder {folder} is a file")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / OUTPUT_MARKER).is_file():
-        raise MskaiError(f"Output folder {folder} holds files that are not an earlier mskai output; "
-                         "choose a new or empty folder")
+    folder = check_output_folder(folder, kind, inputs)
     prefix = f".{folder.name}.mskai-"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +220,7 @@ def output_folder(folder, kind: str):
     try:
         os.chmod(staging, 0o777 & ~_UMASK)
         yield staging
-        (staging / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "mskai": __version__}))
+        write_marker(staging / OUTPUT_MARKER, {"kind": kind, "mskai": __version__})
         swap_in(staging, folder)
     except OSError as exc:
         raise _writable_error(folder, exc) from None

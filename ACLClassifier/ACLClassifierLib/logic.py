@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import slicer
 
 from AutoSegMSKLib.job import EngineBatchJob, installed_models
@@ -89,12 +88,11 @@ class ACLClassifierLogic:
 
     @staticmethod
     def planeOf(volumeNode) -> str:
-        """The plane of a volume node's slices (its IJK i-j plane): sagittal, coronal, axial or oblique (near ...)."""
-        from mskai.dicom.plane import detect_plane
+        """The plane of a volume node's slices, from its geometry (the slice axis is the thickest, else K):
+        sagittal, coronal, axial or oblique (near ...)."""
+        from mskai.dicom.plane import volume_plane
 
-        directions = (LPS_TO_RAS @ ijk_to_ras(volumeNode))[:3, :3]
-        directions = directions / np.linalg.norm(directions, axis=0)
-        return str(detect_plane(np.concatenate([directions[:, 0], directions[:, 1]])))
+        return str(volume_plane(LPS_TO_RAS @ ijk_to_ras(volumeNode))[0])
 
     def checkInput(self, volumeNode):
         """Refuse, before any work, what the ACL classifier cannot read: no scalar volume, or not sagittal (the

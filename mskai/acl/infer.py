@@ -56,11 +56,12 @@ def classify_volume(volume: Volume, package, network=None, bone_segmenter=None) 
     import torch
 
     from mskai.acl.cam import grad_cam
-    from mskai.acl.preprocess import check_sagittal, prepare
+    from mskai.acl.preprocess import check_sagittal, check_structure, prepare
 
     check_package(package)
     config = preprocessing_of(package)
     check_sagittal(volume)
+    check_structure(volume)
     timings = {}
     t = time.perf_counter()
     segmenter = bone_segmenter if bone_segmenter is not None else bone_segmenter_for(config)

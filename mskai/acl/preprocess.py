@@ -25,7 +25,7 @@ import numpy as np
 
 from mskai import MskaiError, check_range
 from mskai.acl.series import MIN_SLICES
-from mskai.dicom.plane import detect_plane
+from mskai.dicom.plane import volume_plane
 from mskai.volume import Volume
 
 HIST_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)  # Nyul-Udupa landmarks (foreground percentiles)
@@ -39,6 +39,10 @@ FEMUR, TIBIA = 2, 1  # the bone model's labels (mskai.segment.labels)
 CONDYLE_MM = 25.0  # the distal femur (condyles) and ...
 PLATEAU_MM = 15.0  # ... the proximal tibia that locate the notch
 BONE_GAP_MM = 20.0  # femur's lowest point may lie at most this far below the tibial plateau (else labels are wrong)
+# What knee MR examinations have (mm), generously: finer or coarser pixels, thicker slices, smaller fields of view
+# than a knee, or fields wider than a body are header errors or other objects.
+KNEE_LIMITS_MM = {"pixel": (0.05, 3.0), "slice": (0.1, 10.0), "field": (16.0, 600.0), "cover": (4.0, 600.0)}
+MIN_NEIGHBOUR_CORRELATION = 0.3
 
 
 @dataclass
@@ -196,8 +200,9 @@ class Prepared:
 
 def check_sagittal(volume: Volume, min_slices: int = MIN_SLICES) -> None:
     """Refuse what the ACL classifier cannot read, with the reason: not 3D, not sagittal, too few slices,
-    too small in-plane, too large, degenerate voxel sizes, NaN voxels.
+    too small in-plane, too large, voxel sizes or fields of view no knee examination has, NaN voxels.
 
+    The plane and the slice axis come from the geometry (``volume_plane``), not from the order of the array axes.
     min_slices: fewest sagittal slices accepted (default 8: fewer cannot cover the notch; a series with fewer
         than the model's depth is padded by repeating its edge slices).
     """
@@ -207,21 +212,55 @@ def check_sagittal(volume: Volume, min_slices: int = MIN_SLICES) -> None:
     if array.ndim != 3:
         raise MskaiError(f"the ACL classifier reads one 3D volume; this one has shape {tuple(array.shape)} "
                          "(several echoes or time points: pick one)")
-    d = volume.directions_lps
-    plane = detect_plane(np.concatenate([d[:, 0], d[:, 1]]))
+    plane, axis = volume_plane(volume.affine_lps)
     if plane.name != "sagittal":
         raise MskaiError(f"the ACL classifier reads sagittal slices; this series is {plane} "
                          "(choose the sagittal series of the study)")
-    n = volume.shape[2]
+    n = volume.shape[axis]
+    rows, columns = (volume.shape[a] for a in range(3) if a != axis)
     if n < min_slices:
         raise MskaiError(f"the ACL classifier needs at least {min_slices} sagittal slices; this series has {n}")
-    if min(volume.shape[:2]) < MIN_INPLANE:
-        raise MskaiError(f"slices of {volume.shape[0]}x{volume.shape[1]} pixels are too small "
-                         f"(at least {MIN_INPLANE} per side)")
+    if min(rows, columns) < MIN_INPLANE:
+        raise MskaiError(f"slices of {rows}x{columns} pixels are too small (at least {MIN_INPLANE} per side)")
     if math.prod(volume.shape) > MAX_VOXELS:
         raise MskaiError(f"volume {volume.shape} is too large for the ACL classifier "
                          f"({math.prod(volume.shape) / 1e6:.0f} M voxels; limit {MAX_VOXELS / 1e6:.0f} M)")
+    check_knee_geometry(volume, axis)
     check_input(volume)
+
+
+def check_knee_geometry(volume: Volume, axis: int):
+    """Refuse voxel sizes and fields of view that no knee examination has (KNEE_LIMITS_MM): a header error or a
+    volume of something else, which the classifier would grade all the same."""
+    spacing = volume.spacing
+    pixels = [float(spacing[a]) for a in range(3) if a != axis]
+    sides = [float(volume.shape[a] * spacing[a]) for a in range(3) if a != axis]
+    cover = float(volume.shape[axis] * spacing[axis])
+    limits = KNEE_LIMITS_MM
+    checks = [("in-plane pixels", pixels, limits["pixel"]), ("slice spacing", [float(spacing[axis])], limits["slice"]),
+              ("in-plane field of view", sides, limits["field"]), ("coverage across the slices", [cover],
+                                                                    limits["cover"])]
+    for what, values, (low, high) in checks:
+        bad = [v for v in values if not low <= v <= high]
+        if bad:
+            raise MskaiError(f"{what} of {bad[0]:.4g} mm is outside the {low:g}-{high:g} mm of any knee MR "
+                             "examination: a damaged header, or not a knee series")
+
+
+def check_structure(volume: Volume):
+    """Refuse voxels without spatial structure, before a model grades them: neighbouring pixels of an MR image
+    are alike (correlation about 0.9 in knees), those of noise are not (about 0)."""
+    axis = volume_plane(volume.affine_lps)[1]
+    middle = np.take(volume.array, volume.shape[axis] // 2, axis=axis).astype(np.float64)
+    step = max(1, min(middle.shape) // 256)
+    middle = middle[::step, ::step]
+    a, b = middle[:, :-1].ravel(), middle[:, 1:].ravel()
+    if a.std() == 0 or b.std() == 0:
+        raise MskaiError("the middle slice has constant intensity: not an image of a knee")
+    correlation = float(np.corrcoef(a, b)[0, 1])
+    if correlation < MIN_NEIGHBOUR_CORRELATION:
+        raise MskaiError(f"neighbouring pixels are unrelated (correlation {correlation:.2f}; MR images have about "
+                         f"0.9): the volume looks like noise, not a knee series")
 
 
 # --- intensity -----------------------------------------------------------------------------------------

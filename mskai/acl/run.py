@@ -51,7 +51,7 @@ def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=Non
     from mskai.models.registry import find_model
 
     progress = progress or (lambda stage, fraction: None)
-    with output_folder(output, "acl-classification") as staging:
+    with output_folder(output, "acl-classification", inputs=[source]) as staging:
         package = model if hasattr(model, "metadata") else find_model(model, task=TASK)
         start = time.perf_counter()
         progress("load", 0.0)

@@ -226,7 +226,8 @@ def choose_series(series_list, key: str | None = None, show_descriptions: bool =
     key: the user's ``--series`` choice (Series Instance UID or 1-based position, as ``ScanReport.find``);
         it must be sagittal (else MskaiError naming its plane); among its volumes (echoes) the rules pick.
     show_descriptions: quote the Series Description in the reason (free text: may hold names; off by default).
-    Raises MskaiError when there is no usable sagittal MR series, naming the planes found.
+    Raises MskaiError when there is no usable sagittal MR series, naming the planes found, and (without ``key``)
+    when the series belong to more than one patient.
     """
     report = series_list if isinstance(series_list, ScanReport) else ScanReport(series=list(series_list))
     if key is not None:
@@ -248,8 +249,13 @@ def choose_series(series_list, key: str | None = None, show_descriptions: bool =
             raise MskaiError(f"{name} is sagittal but cannot be used: {why}")
         return _rank(usable, show_descriptions, forced=True)
 
+    patients = {series.patient for series in report.series if series.is_image}
+    if len(patients) > 1:  # never pick "the best series" across patients (e.g. a Study Instance UID they share)
+        raise MskaiError(f"the series come from {len(patients)} patients; the ACL is classified per patient: give "
+                         "one patient's study (or --series), or use `mskai batch classify`, which classifies each "
+                         "patient on its own")
     found = Counter()  # plane -> number of series holding volumes in it
-    candidates, thin, broken = [], 0, []
+    candidates, thin, broken, unusable = [], 0, [], []
     for position, series in enumerate(report.series, 1):
         if not series.is_image:
             continue
@@ -258,8 +264,9 @@ def choose_series(series_list, key: str | None = None, show_descriptions: bool =
             continue
         try:
             plans = plan_volumes(series)
-        except MskaiError:
+        except MskaiError as exc:
             found["unusable"] += 1
+            unusable.append(str(exc))
             continue
         for word in {_plane_word(p) for p in plans}:
             found[word] += 1
@@ -279,6 +286,8 @@ def choose_series(series_list, key: str | None = None, show_descriptions: bool =
             detail = f"; the sagittal one(s) have fewer than {MIN_SLICES} slices (localisers?)"
         elif broken:
             detail = f"; the sagittal one cannot be used: {broken[0]}"
-        what = "no usable sagittal series" if thin or broken else "no sagittal series"
+        elif unusable:
+            detail = f"; {unusable[0]}"
+        what = "no usable sagittal series" if thin or broken or unusable else "no sagittal series"
         raise MskaiError(f"{what}: found {listing}{detail}")
     return _rank(candidates, show_descriptions, forced=False)

@@ -224,15 +224,13 @@ def anonymise_folder(source, destination, seed: str | None = None, *, retain_des
     retain_descriptors, retain_safe_private: profile options, see anonymise_dataset.
     Files are written as <destination>/<new series UID>/<new SOP instance UID>.dcm, into a staging folder that
     replaces ``destination`` as a whole at the end (see mskai.io.output_folder: it must be new, empty, or an
-    earlier mskai output). A file that cannot be de-identified is reported in ``problems`` and leaves nothing
+    earlier mskai output, apart from ``source``). A file that cannot be de-identified is reported in ``problems`` and leaves nothing
     behind; images whose Burned In Annotation is not NO are written and reported in ``warnings``.
     """
     destination = Path(destination).resolve()
-    if Path(source).resolve() == destination:
-        raise MskaiError("Refusing to anonymise a folder onto itself: give another output folder")
     anonymizer = new_anonymizer(seed)
     report, seen = AnonymiseReport(), set()
-    with output_folder(destination, "anonymise") as staging:  # the run's files replace the folder as one unit
+    with output_folder(destination, "anonymise", inputs=[source]) as staging:  # the run's files replace the folder as one unit
         for path in iter_files(source):
             try:
                 ds = pydicom.dcmread(path)

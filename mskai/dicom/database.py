@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.dicom.scan import (FileProblem, ScanReport, group_by, identity, iter_files, mixed_identity, read_header,
-                              scan_files)
+from mskai.dicom.scan import (FileProblem, ScanReport, Series, group_by, identity, iter_files, mixed_identity,
+                              read_header, scan_files)
 
 DATABASE_FILENAME = "ctkDICOM.sql"
 SCHEMA_VERSION = "0.8.1"
@@ -145,9 +145,25 @@ class DicomDatabase:
 
     def files(self, series_uid) -> list[str]:
         """Absolute paths of a series' files (CTK stores paths inside the database folder relative to it)."""
+        return self.checked_files(series_uid)[0]
+
+    def checked_files(self, series_uid) -> tuple[list[str], list[FileProblem]]:
+        """(paths, problems) of a series' image rows: a relative file name that leads out of the database folder
+        (``../../etc/passwd``) is a problem, not a path; absolute paths (files linked, not copied, into the
+        database) are kept as Slicer keeps them."""
         rows = self._query("SELECT Filename FROM Images WHERE SeriesInstanceUID = ? ORDER BY Filename", (series_uid,))
-        return [str(self.folder / r["Filename"]) if not os.path.isabs(r["Filename"]) else r["Filename"]
-                for r in rows if r["Filename"]]
+        inside = os.path.realpath(self.folder)
+        paths, problems = [], []
+        for name in (r["Filename"] for r in rows if r["Filename"]):
+            if os.path.isabs(name):
+                paths.append(name)
+                continue
+            path = str(self.folder / name)
+            if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+                problems.append(FileProblem(path, "its relative file name leads out of the database folder; not read"))
+            else:
+                paths.append(path)
+        return paths, problems
 
     def files_for_instances(self, sop_instance_uids) -> list[str]:
         """Absolute paths of the files holding the given SOP Instance UIDs; MskaiError naming how many are missing."""
@@ -166,20 +182,41 @@ class DicomDatabase:
     def scan(self, series_uids=None) -> ScanReport:
         """Read the headers of the files of the given series (all series by default).
 
-        Files listed in the database but missing on disk, and series rows without images, are reported as
-        problems; the other series are still read.
+        Series rows without images are reported as problems. A series whose listed files cannot all be used
+        (missing, not regular files, unreadable, outside the database folder) is kept in the report as unusable
+        (``Series.unreadable`` says why), so that a batch records it as failed instead of dropping it, and a
+        series is never built from part of its files; the other series are still read.
         """
-        uids = series_uids or [s["SeriesInstanceUID"] for s in self.all_series()]
+        rows = {s["SeriesInstanceUID"]: s for s in self.all_series()}
+        uids = series_uids or list(rows)
         report = ScanReport()
         for n, uid in enumerate(uids, 1):
-            paths = self.files(uid)
-            if paths:
-                scan_files(paths, report)
-            elif series_uids:
-                raise MskaiError(f"Series {uid} has no images in the database {self.file}")
-            else:
+            paths, problems = self.checked_files(uid)
+            if not paths and not problems:
+                if series_uids:
+                    raise MskaiError(f"Series {uid} has no images in the database {self.file}")
                 report.problems.append(FileProblem(f"{self.file} (series row {n})", "lists no images; skipped"))
+                continue
+            listed, before = len(paths) + len(problems), len(report.problems)
+            scan_files(paths, report)
+            problems += report.problems[before:]
+            report.problems[before:] = problems
+            if problems:
+                self._mark_unreadable(report, uid, rows.get(uid, {}), problems, listed)
+        report.series.sort(key=lambda s: (s.patient_id, s.study_date, s.study_uid, s.number or 0, s.uid))
         return report
+
+    def _mark_unreadable(self, report: ScanReport, uid: str, row: dict, problems: list, listed: int):
+        series = next((s for s in report.series if s.uid == uid), None)
+        if series is None:  # no file could be read: the database row says what the series was
+            patient = next((p for p in self.patients() if p["UID"] == row.get("PatientsUID")), {})
+            series = Series(uid=uid, modality=row.get("Modality") or "", description=row.get("SeriesDescription") or "",
+                            number=row.get("SeriesNumber"), study_uid=row.get("StudyInstanceUID") or "",
+                            patient_name=patient.get("PatientsName") or "", patient_id=patient.get("PatientID") or "")
+            report.series.append(series)
+        first = problems[0]
+        series.unreadable = (f"{len(problems)} of {listed} files the database lists for it cannot be used "
+                             f"({Path(first.path).name}: {first.message})")
 
 
 def _now() -> str:

@@ -40,3 +40,22 @@ def detect_plane(orientation, tolerance_deg: float = 25.0) -> Plane:
     angle = float(np.degrees(np.arccos(np.clip(n[axis], -1.0, 1.0))))
     name = PLANES[axis] if angle <= tolerance_deg else "oblique"
     return Plane(name, PLANES[axis], angle)
+
+
+def volume_slice_axis(spacing) -> int:
+    """The voxel axis that runs across the slices: the one with the thickest voxels (10 % thicker than both
+    others), else the third (DICOM's slice axis; isotropic 3D acquisitions)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    thickest = int(np.argmax(spacing))
+    return thickest if spacing[thickest] > 1.1 * np.delete(spacing, thickest).max() else 2
+
+
+def volume_plane(affine_lps) -> tuple[Plane, int]:
+    """(plane, slice axis) of a volume from its geometry alone, whatever the order of its array axes (a sagittal
+    series saved as (slices, rows, columns) is as sagittal as one saved as DICOM orders it)."""
+    matrix = np.asarray(affine_lps, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    axis = volume_slice_axis(spacing)
+    in_plane = [a for a in range(3) if a != axis]
+    directions = matrix[:, in_plane] / spacing[in_plane]
+    return detect_plane(np.concatenate([directions[:, 0], directions[:, 1]])), axis

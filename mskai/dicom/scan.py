@@ -65,16 +65,23 @@ class Series:
     frames: list[Frame] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     identities: set = field(default_factory=set)  # identity() of its files: more than one is a mixed series
+    unreadable: str | None = None  # files a database lists for this series that cannot be used (then unusable)
 
     @property
     def is_image(self) -> bool:
-        """False for series of non-image objects only (SR, PR, RTSTRUCT, ...)."""
-        return bool(self.frames)
+        """False for series of non-image objects only (SR, PR, RTSTRUCT, ...); a database series whose files
+        cannot all be read counts as an (unusable) image series, so that it is reported, not dropped."""
+        return bool(self.frames) or self.unreadable is not None
 
     @property
     def problem(self) -> str | None:
         """Why the files of this Series Instance UID must not be used together, or None."""
-        return mixed_identity(self.identities)
+        return self.unreadable or mixed_identity(self.identities)
+
+    @property
+    def patient(self) -> tuple:
+        """(Patient ID, Patient's Name): who the series belongs to, for grouping (never shown)."""
+        return (self.patient_id, self.patient_name)
 
 
 @dataclass
@@ -92,6 +99,7 @@ class ScanReport:
 
     series: list[Series] = field(default_factory=list)
     problems: list[FileProblem] = field(default_factory=list)
+    seen: set = field(default_factory=set, repr=False)  # real paths of the files read: each file is read once
 
     def require_series(self, where: str) -> list[Series]:
         if not self.series:
@@ -267,8 +275,10 @@ def _classic_frame(ds, path, rows, columns) -> Frame:
 
 def read_header(path: str) -> pydicom.Dataset:
     """Read a file's header, leaving large values (the pixels) on disk. Raises MskaiError."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise MskaiError("file is missing")
+    if not os.path.isfile(path):
+        raise MskaiError("not a regular file (a folder, device or pipe)")
     try:
         ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
     except InvalidDicomError:
@@ -371,12 +381,17 @@ def scan_files(paths, report: ScanReport | None = None) -> ScanReport:
     """Read the headers of the given files and group their images by series.
 
     Files that are not DICOM, truncated or damaged go to ``report.problems``; series of
-    non-image objects (SR, PR, RTSTRUCT, ...) have no frames.
+    non-image objects (SR, PR, RTSTRUCT, ...) have no frames. A file is read once, however often it is listed
+    (under two database series rows, or through a symbolic link).
     """
     report = report or ScanReport()
     by_uid: dict[str, Series] = {s.uid: s for s in report.series}
     for path in paths:
         path = str(path)
+        real = os.path.realpath(path)
+        if real in report.seen:
+            continue
+        report.seen.add(real)
         try:  # every value used below is read here: a damaged one makes this file a problem, not a crash
             ds = read_header(path)
             frames = _image_frames(ds, path)

@@ -38,7 +38,8 @@ def _formats(formats) -> tuple:
 
 
 def segment_to_folder(volume_or_loader, package, output, *, options: SegmentOptions | None = None,
-                      formats=DEFAULT_FORMATS, dicom_seg: bool = False, progress=None, cancel=None) -> dict:
+                      formats=DEFAULT_FORMATS, dicom_seg: bool = False, progress=None, cancel=None,
+                      inputs=()) -> dict:
     """Segment one volume and write every requested output into the folder ``output``, as one unit.
 
     volume_or_loader: a Volume, or a zero-argument callable returning one; it is called after the cheap checks
@@ -50,6 +51,7 @@ def segment_to_folder(volume_or_loader, package, output, *, options: SegmentOpti
     formats: a comma-separated string or a sequence of ``outputs.FORMATS``.
     dicom_seg: also write segmentation.dcm (needs a DICOM input; it carries the patient's identity).
     progress, cancel: as for ``segment_volume``.
+    inputs: the paths the volume is read from: ``output`` may not be, contain or lie inside any of them.
     Returns write_outputs' {"files": {kind: path or [paths]}, "report": dict}, the paths inside ``output``.
     """
     from mskai.io import output_folder
@@ -62,7 +64,7 @@ def segment_to_folder(volume_or_loader, package, output, *, options: SegmentOpti
     if not isinstance(volume_or_loader, Volume) and not callable(volume_or_loader):
         raise MskaiError(f"Expected a Volume or a function that reads one, not {type(volume_or_loader).__name__}")
     final = Path(output).resolve()
-    with output_folder(output, "segmentation") as staging:
+    with output_folder(output, "segmentation", inputs) as staging:
         t = time.perf_counter()
         package = resolve_package(package)
         volume = volume_or_loader if isinstance(volume_or_loader, Volume) else volume_or_loader()
