@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mskai import MskaiError, __version__, check_range
+from mskai.text import escape_controls
 
 
 def _series_summary(index, series, patient_number, study_number, show_identifiers) -> dict:
@@ -363,10 +364,35 @@ def cmd_classify(args):
 
 
 def _acl_source(args) -> dict:
+    """The one dataset option given, after the options every ACL data command shares are checked."""
     given = {k: v for k, v in (("csv", args.csv), ("mrnet", args.mrnet), ("kneemri", args.kneemri)) if v}
     if len(given) + bool(args.synthetic) != 1:
         raise MskaiError("Give exactly one of --csv, --mrnet, --kneemri or --synthetic N")
+    if args.synthetic:
+        check_range("--synthetic", args.synthetic, 1, 1_000_000, integer=True)
+    check_range("--workers", args.workers, 1, 256, integer=True)
     return given
+
+
+def _acl_cache(args):
+    """Where prepared cases are cached (the user's cache folder unless --cache), or None with --no-cache; said
+    on stderr, so that a user knows what to remove."""
+    from mskai.acl.train import prepared_cache_dir
+
+    if args.no_cache:
+        return None
+    cache = Path(args.cache).expanduser() if args.cache else prepared_cache_dir()
+    print(f"Prepared cases are cached in {cache} (--no-cache: not at all; --cache DIR: elsewhere)", file=sys.stderr)
+    return cache
+
+
+def _stage_numbers(text: str, name: str) -> tuple:
+    """"1,1,1,1" -> (1, 1, 1, 1); a clear error for anything else."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise MskaiError(f"--{name} takes whole numbers separated by commas (e.g. "
+                         f"{'1,1,1,1' if name == 'layers' else '16,32,64,128'}), not {text[:40]!r}") from None
 
 
 def _acl_preprocessing(args, landmarks=None):
@@ -385,19 +411,30 @@ def cmd_train_acl(args):
     from mskai.acl.run import case_sets
     from mskai.acl.train import PreparedSet, TrainAclConfig, train_acl
 
+    from mskai.models.package import check_name
+
     source = _acl_source(args)
     config = TrainAclConfig(classes=args.classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            patience=args.patience, pooling=args.pooling,
-                            layers=tuple(int(v) for v in args.layers.split(",")),
-                            widths=tuple(int(v) for v in args.widths.split(",")), balance=args.balance,
+                            patience=args.patience, pooling=args.pooling, layers=_stage_numbers(args.layers, "layers"),
+                            widths=_stage_numbers(args.widths, "widths"), balance=args.balance,
                             augment=not args.no_augment, seed=args.seed, threads=args.threads)
+    check_name(args.id, args.version)
+    if args.backbone_weights and not Path(args.backbone_weights).is_file():
+        raise MskaiError(f"--backbone-weights {args.backbone_weights} is not a file")
+    preprocessing = _acl_preprocessing(args, [float(v) for v in range(11)] if args.intensity == "histogram" else None)
+    if args.backbone_weights:  # the weights must fit the network before hours of preparing and training
+        from mskai.acl.model import load_backbone
+        from mskai.acl.train import network_spec
+        from mskai.models.networks import build_network
+
+        load_backbone(build_network(network_spec(config, preprocessing.channels)), args.backbone_weights)
+    cache = _acl_cache(args)
     sets = case_sets(source, args.classes, args.seed, args.synthetic)
     landmarks = None
     if args.intensity == "histogram":  # learned on training cases only
         landmarks = fit_histogram_landmarks([load() for _, load, _, _ in sets["train"][:60]])
     preprocessing = _acl_preprocessing(args, landmarks)
     segmenter = bone_segmenter_for(preprocessing)
-    cache = None if args.no_cache else Path("build") / "acl_cache"
     train = PreparedSet.build(sets["train"], preprocessing, cache, segmenter, workers=args.workers)
     val = PreparedSet.build(sets["val"], preprocessing, cache, segmenter, workers=args.workers)
     described = (f"synthetic sagittal knees on real OAI bone shapes: {len(train.labels)} training cases of training "
@@ -418,12 +455,14 @@ def cmd_evaluate_acl(args):
     from mskai.acl.run import case_sets, evaluate_package
     from mskai.models.registry import find_model
 
+    source = _acl_source(args)
+    check_range("--bootstrap", args.bootstrap, 0, 100_000, integer=True)
     package = find_model(args.model, task=TASK)
     classes = "four" if len(package.metadata["classes"]) == 4 else "binary"
-    sets = case_sets(_acl_source(args), classes, args.seed, args.synthetic)
+    cache = _acl_cache(args)
+    sets = case_sets(source, classes, args.seed, args.synthetic)
     items = sets["test"] if args.split == "test" else sets["train"] + sets["val"] + sets["test"]
-    report = evaluate_package(package, items, args.output, n_boot=args.bootstrap,
-                              cache_dir=None if args.no_cache else Path("build") / "acl_cache", workers=args.workers)
+    report = evaluate_package(package, items, args.output, n_boot=args.bootstrap, cache_dir=cache, workers=args.workers)
     print(format_table(report))
     if "binary" in report:
         ci = report["binary"]["auc_positive_ci"]
@@ -439,7 +478,9 @@ def _add_acl_data_arguments(p):
     p.add_argument("--kneemri", help="KneeMRI folder (metadata.csv + .pck volumes)")
     p.add_argument("--synthetic", type=int, help="N synthetic training cases (held-out cases on other subjects)")
     p.add_argument("--seed", type=int, default=0, help="split and synthetic seed")
-    p.add_argument("--no-cache", action="store_true", help="do not cache prepared cases under build/acl_cache")
+    p.add_argument("--cache", help="folder for prepared cases (default: the user's cache folder, "
+                                   "$MSKAI_CACHE_DIR or ~/.cache/mskai)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache prepared cases")
     p.add_argument("--workers", type=int, default=1, help="processes preparing cases (not with --joint-crop)")
 
 
@@ -473,7 +514,12 @@ def cmd_train_seg(args):
     from mskai.segment.dataset import FolderPatches, nnunet_label_remap, find_pairs, load_case
     from mskai.segment.train import INTENSITY, TrainConfig, train
 
+    from mskai.models.package import check_name
+
     check_range("validation fraction", args.val_fraction, 0, 0.9)
+    if args.threads is not None:
+        check_range("--threads", args.threads, 1, 256, integer=True)
+    check_name(args.id or "mskai-bones", args.version)
     init = find_model(args.init, task="segmentation") if args.init else None
     spacing = init.input["spacing_mm"] if init else [args.spacing] * 3
     intensity = init.input["intensity"] if init else INTENSITY
@@ -788,12 +834,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"mskai: error: {message}\n")
 
 
-# Control characters (C0 but newline and tab, DEL, C1) and bidirectional overrides: printed as escapes, so
-# names and paths from DICOM files cannot move the cursor, recolour or rewrite the user's terminal.
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c not in (0x0A, 0x09)}
-_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
-
-
 class _EscapingWriter:
     """A text stream wrapper that escapes control characters; ``raw`` is the wrapped stream."""
 
@@ -801,14 +841,26 @@ class _EscapingWriter:
         self.raw = raw
 
     def write(self, text):
-        return self.raw.write(text.translate(_CONTROLS))
+        return self.raw.write(escape_controls(text))
 
     def __getattr__(self, name):
         return getattr(self.raw, name)
 
 
+def _check_text(args):
+    """No option may hold a NUL (no path or name can): one clear line instead of a ValueError deep inside."""
+    for name, value in vars(args).items():
+        if isinstance(value, str) and "\0" in value:
+            raise MskaiError(f"{'--' + name.replace('_', '-') if name not in _POSITIONAL else name} holds a NUL "
+                             "character; no file name or option can")
+
+
+_POSITIONAL = {"source", "output", "folder", "database", "segmentation", "reference", "data"}
+
+
 def _run(args) -> int:
     try:
+        _check_text(args)
         return args.func(args)
     except MskaiError as exc:
         message = str(exc)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import vtk
 
-from AutoSegMSKLib.nodes import (add_volume_node, color_table, ijk_to_ras, jump_slices, new_table, node_array,
-                                 place_beside, table_rows, volume_from_node, voxel_slice_centre_ras)
+from AutoSegMSKLib.nodes import (add_node, add_volume_node, color_table, ijk_to_ras, jump_slices, new_table,
+                                 node_array, place_beside, table_rows, volume_from_node, voxel_slice_centre_ras)
 from mskai import MskaiError
 from mskai.volume import LPS_TO_RAS
 
@@ -86,7 +86,7 @@ def probability_chart(scene, table, name: str, keep=lambda node: None):
     """A bar chart (plot chart + bar series) of a probabilities table: one bar per class, 0 to 1."""
     import slicer
 
-    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(name))
+    series = add_node(scene, "vtkMRMLPlotSeriesNode", name)
     keep(series)
     series.SetAndObserveTableNodeID(table.GetID())
     series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
@@ -94,7 +94,7 @@ def probability_chart(scene, table, name: str, keep=lambda node: None):
     series.SetYColumnName("probability")
     series.SetLabelColumnName("class")
     series.SetColor(0.85, 0.25, 0.1)
-    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
+    chart = add_node(scene, "vtkMRMLPlotChartNode", name)
     keep(chart)
     chart.AddAndObservePlotSeriesNodeID(series.GetID())
     chart.SetTitle("ACL class probabilities")

@@ -12,6 +12,7 @@ import vtk
 from vtk.util import numpy_support
 
 from mskai import MskaiError
+from mskai.text import clean_name
 from mskai.volume import LPS_TO_RAS, Volume
 
 
@@ -60,9 +61,20 @@ def set_node_voxels(node, volume: Volume):
     node.SetIJKToRASMatrix(_array_to_matrix(volume.affine_ras))
 
 
+def unique_name(scene, name: str) -> str:
+    """A node name not yet in ``scene``, from free text (DICOM descriptions and names pass here, cleaned by
+    ``mskai.text.clean_name``: a NUL would make MRML's unique naming loop forever)."""
+    return scene.GenerateUniqueName(clean_name(name))
+
+
+def add_node(scene, class_name: str, name: str):
+    """A new node of ``class_name`` with a unique, clean name: every node either module makes is made here."""
+    return scene.AddNewNodeByClass(class_name, unique_name(scene, name))
+
+
 def add_volume_node(scene, volume: Volume, name: str, class_name="vtkMRMLScalarVolumeNode"):
     """A new volume node (with display node) holding ``volume``."""
-    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+    node = add_node(scene, class_name, name)
     set_node_voxels(node, volume)
     node.CreateDefaultDisplayNodes()
     return node
@@ -125,15 +137,15 @@ def dicom_study_item(scene, study_uid: str, study_name: str, patient_name: str =
     uid_name = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName()
     item = hierarchy.GetItemByUID(uid_name, study_uid)
     if not item:
-        patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), patient_name or "Patient")
-        item = hierarchy.CreateStudyItem(patient, study_name or "Study")
+        patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), clean_name(patient_name, "Patient"))
+        item = hierarchy.CreateStudyItem(patient, clean_name(study_name, "Study"))
         hierarchy.SetItemUID(item, uid_name, study_uid)
     return item
 
 
 def new_table(scene, name: str, rows: list[dict]):
     """A table node with one column per key of ``rows`` (numbers as double columns, the rest as text)."""
-    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    table = add_node(scene, "vtkMRMLTableNode", name)
     fill_table(table, rows)
     return table
 

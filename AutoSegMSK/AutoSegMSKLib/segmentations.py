@@ -12,7 +12,7 @@ from mskai import MskaiError
 from mskai.segment.labels import BONES
 from mskai.volume import LPS_TO_RAS, Volume
 
-from .nodes import add_volume_node, ijk_to_ras, node_array, place_beside
+from .nodes import add_node, add_volume_node, ijk_to_ras, node_array, place_beside
 
 _HEADLESS_LOGIC = {}
 CERTAIN = 0.9  # confidence overlays leave voxels at or above this clear
@@ -36,7 +36,7 @@ def load_segmentation(scene, path, name: str, reference, smoothing: float = 0.5)
     """A new segmentation node read from a .seg.nrrd by Slicer's own storage node (names, colours and
     terminology come from the file), on the geometry of ``reference``, placed beside it, with closed surfaces."""
     segmentations_logic(scene)
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node = add_node(scene, "vtkMRMLSegmentationNode", name)
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
     try:
@@ -182,7 +182,7 @@ def export_models(node, folder, segment_names=None, formats=("stl",)) -> list[st
         chosen = [(i, name) for i, name in chosen if name in segment_names]
     to_lps = vtk.vtkTransform()
     to_lps.Scale(-1, -1, 1)
-    surfaces, stems = [], set()
+    surfaces, taken = [], set()
     for segment_id, name in chosen:
         polydata = vtk.vtkPolyData()
         if not node.GetClosedSurfaceRepresentation(segment_id, polydata) or polydata.GetNumberOfPoints() == 0:
@@ -191,9 +191,7 @@ def export_models(node, folder, segment_names=None, formats=("stl",)) -> list[st
         flip.SetTransform(to_lps)
         flip.SetInputData(polydata)
         flip.Update()
-        stem = _file_name(name)
-        stem = stem if stem not in stems else f"{stem}_{len(stems) + 1}"  # two names that look alike as files
-        stems.add(stem)
+        stem = _unique_stem(_file_name(name), taken)
         surfaces += [(flip.GetOutput(), Path(folder) / f"{stem}.{ext}") for ext in formats]
     if not surfaces:
         raise MskaiError(f"None of the chosen segments of {node.GetName()!r} has a surface: nothing exported")
@@ -201,6 +199,17 @@ def export_models(node, folder, segment_names=None, formats=("stl",)) -> list[st
         for (polydata, _), tmp in zip(surfaces, temporary):
             write_mesh(polydata, tmp)
     return [str(path) for _, path in surfaces]
+
+
+def _unique_stem(stem: str, taken: set) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``... : the first not in ``taken`` (compared without case, as on macOS and
+    Windows file systems), which it joins. Segments whose names look alike as files get files of their own."""
+    candidate, n = stem, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{stem}_{n}"
+    taken.add(candidate.lower())
+    return candidate
 
 
 def _file_name(name: str) -> str:

@@ -225,9 +225,9 @@ def database(tmp_path_factory):
                                                 ("broken/sag", "sagittal", "broken"))):
         write_series(phantom(shape=(64, 56, 16), plane=plane, seed=n), root / "in" / folder, series_number=n + 1,
                      patient=("DOE^JANE", "PID-12345"), study_uid=studies[study], description=f"SYN {plane}")
+    index_folder(root / "in", root / "db")
     files = sorted((root / "in" / "broken" / "sag").iterdir())
     files[len(files) // 2].unlink()
-    index_folder(root / "in", root / "db")
     return root, studies
 
 

@@ -41,6 +41,7 @@ ASSUMED_SPACING (slice, row, column mm): a nominal 3 mm slice with 0.625 mm (MRN
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import math
@@ -67,6 +68,8 @@ MAX_CSV_BYTES = 64 << 20
 MAX_DIM = 4096
 MAX_SLICES = 2048
 MAX_PROBLEMS_SHOWN = 5
+MAX_CASE_FILES = 4096  # a DICOM folder of one knee series (a few echoes of a few hundred slices) holds fewer
+MAX_CASE_DEPTH = 4  # folder levels below a case folder
 _SALT = "mskai-acl-subject-v1"
 
 
@@ -86,6 +89,39 @@ def _fail(what: str, problems: list[str]):
     shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
     more = f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
     raise MskaiError(f"{what}: {len(problems)} problem(s): {shown}{more}; nothing was read")
+
+
+def _source_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a case source, or None: a case is a regular, non-empty file (a DICOM file must carry
+    the DICM prefix) or a folder of at most MAX_CASE_FILES files within MAX_CASE_DEPTH levels; never a device,
+    pipe, /proc entry or a whole directory tree such as /usr/share."""
+    import os
+    import stat
+
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:
+        return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if stat.S_ISDIR(info.st_mode):
+        count, root_depth = 0, len(path.parts)
+        for root, dirs, files in os.walk(path):
+            if len(Path(root).parts) - root_depth >= MAX_CASE_DEPTH:
+                dirs[:] = []
+            count += len(files)
+            if count > MAX_CASE_FILES:
+                return f"holds more than {MAX_CASE_FILES} files: not the folder of one series"
+        return None if count else "is an empty folder"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, pipe or socket)"
+    if info.st_size == 0:
+        return "is empty"
+    if info.st_size > MAX_FILE_BYTES:
+        return f"is larger than {MAX_FILE_BYTES >> 20} MiB"
+    if _source_kind(path) == "dicom":
+        with open(path, "rb") as fh:
+            if fh.read(132)[128:] != b"DICM":
+                return "is not a DICOM file (no DICM prefix)"
+    return None
 
 
 def _source_kind(path: Path) -> str | None:
@@ -360,7 +396,25 @@ def _shape(value) -> tuple:
     return value
 
 
-def _array_from_bytes(raw, dtype_proxy, shape, order: str) -> np.ndarray:
+class _Budget:
+    """What one file's unpickling may build: exactly one array, and at most ``limit`` bytes in all (a pickle's memo
+    lets a small file refer to one stored buffer thousands of times; each rebuild is paid here)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.spent, self.arrays = limit, 0, 0
+
+    def pay(self, nbytes: int):
+        self.spent += nbytes
+        if self.spent > self.limit:
+            _refuse(f"a pickle that builds more than {self.limit >> 20} MiB (a volume file holds one array)")
+
+    def one_array(self):
+        self.arrays += 1
+        if self.arrays > 1:
+            _refuse("a pickle of more than one array (a volume file holds exactly one)")
+
+
+def _array_from_bytes(raw, dtype_proxy, shape, order: str, budget: _Budget) -> np.ndarray:
     if not isinstance(dtype_proxy, _Dtype):
         _refuse("an array whose type is not a plain numpy dtype")
     if isinstance(raw, str):
@@ -370,16 +424,18 @@ def _array_from_bytes(raw, dtype_proxy, shape, order: str) -> np.ndarray:
     dtype, shape = dtype_proxy.dtype, _shape(shape)
     if len(raw) != math.prod(shape) * dtype.itemsize:
         _refuse(f"array data of {len(raw)} bytes for {list(shape)} {dtype} voxels")
+    budget.one_array()
+    budget.pay(len(raw))
     return np.frombuffer(raw, dtype=dtype).reshape(shape, order=order).copy()  # a copy: owns its memory
 
 
 class _Array:
     """Stands in for the result of numpy.(_)core.multiarray._reconstruct; its __setstate__ builds the array."""
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "budget")
 
-    def __init__(self, array=None):
-        self.array = array
+    def __init__(self, budget: _Budget, array=None):
+        self.budget, self.array = budget, array
 
     def __setstate__(self, state):
         if self.array is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
@@ -391,27 +447,28 @@ class _Array:
         shape, dtype_proxy, fortran, raw = state
         if not isinstance(fortran, bool) and fortran not in (0, 1):
             _refuse("an array state with a non-boolean order flag")
-        self.array = _array_from_bytes(raw, dtype_proxy, shape, "F" if fortran else "C")
+        self.array = _array_from_bytes(raw, dtype_proxy, shape, "F" if fortran else "C", self.budget)
 
 
-def _reconstruct(subtype, shape, typecode):
+def _reconstruct(budget, subtype, shape, typecode):
     if subtype is not _NDARRAY:
         _refuse("an array of a type other than numpy.ndarray")
     if _shape(shape) != (0,) or _as_text(typecode) != "b":
         _refuse("numpy's array template with unusual arguments")
-    return _Array()
+    return _Array(budget)
 
 
-def _frombuffer(buffer, dtype_proxy, shape, order):
+def _frombuffer(budget, buffer, dtype_proxy, shape, order):
     order = _as_text(order)
     if order not in ("C", "F"):
         _refuse(f"array order {order!r}")
-    return _Array(_array_from_bytes(buffer, dtype_proxy, shape, order))
+    return _Array(budget, _array_from_bytes(buffer, dtype_proxy, shape, order, budget))
 
 
-def _codecs_encode(text, encoding="utf-8", errors="strict"):
+def _codecs_encode(budget, text, encoding="utf-8", errors="strict"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
         _refuse("_codecs.encode other than the latin1 bytes of protocol 2")
+    budget.pay(len(text))
     return text.encode("latin1")
 
 
@@ -426,13 +483,25 @@ _ALLOWED_GLOBALS = {
 }
 
 
+_CHARGED = (_reconstruct, _frombuffer, _codecs_encode)
+
+
 class _ArrayUnpickler(pickle.Unpickler):
+    """Resolves only _ALLOWED_GLOBALS; the functions among them charge one budget per file (``_Budget``)."""
+
+    def __init__(self, file, budget: _Budget, **kwargs):
+        super().__init__(file, **kwargs)
+        self.budget = budget
+
     def find_class(self, module, name):
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            found = _ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
+            found = None
+        if found is None:
             raise MskaiError(f"refused to load {str(module)[:80]}.{str(name)[:80]}: a volume pickle may only "
-                             "rebuild a numeric numpy array") from None
+                             "rebuild a numeric numpy array")
+        return functools.partial(found, self.budget) if found in _CHARGED else found
 
     def persistent_load(self, pid):
         raise MskaiError("refused to load a persistent reference: a volume pickle may only rebuild a numeric "
@@ -445,14 +514,15 @@ def load_pickle_array(path, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
     Only the globals a pickled numeric ndarray needs are resolved, each to a checking stand-in (see above);
     any other global (os.system, builtins.eval, subprocess.Popen, numpy.load, ...) raises
     MskaiError("refused to load <module>.<name>: ...") before anything runs. Object, string and record arrays
-    are refused, the file is capped at ``max_bytes`` and the result must pass check_array (3D, numeric, sane).
+    are refused, the file is capped at ``max_bytes``, its unpickling may build exactly one array and at most twice
+    the file's bytes (memo amplification), and the result must pass check_array (3D, numeric, sane).
     """
     path = Path(path)
     if not path.exists():
         raise MskaiError(f"{path} does not exist")
     data = _file_bytes(path, max_bytes)
     try:
-        result = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+        result = _ArrayUnpickler(io.BytesIO(data), _Budget(2 * len(data) + (1 << 20)), encoding="latin1").load()
     except MskaiError as exc:
         raise MskaiError(f"{path.name}: {exc}") from None
     except _Refused as exc:
@@ -518,7 +588,11 @@ def read_csv(path, classes: int = 4) -> list[AclCase]:
         if len(cells) < 2 or len(cells) > 3 or not cells[0]:
             problems.append(f"line {line}: expected path,label[,subject], found {len(cells)} column(s)")
             continue
-        source = (base / cells[0]).resolve()
+        try:
+            source = (base / cells[0]).resolve()
+        except (OSError, ValueError, RuntimeError):  # a NUL, a loop of links
+            problems.append(f"line {line}: {cells[0][:120]!r} is not a usable path")
+            continue
         label = _int(cells[1])
         if label is None or not 0 <= label < classes:
             problems.append(f"line {line}: label {cells[1][:20]!r} is not one of 0-{classes - 1} "
@@ -527,6 +601,8 @@ def read_csv(path, classes: int = 4) -> list[AclCase]:
             problems.append(f"line {line}: {cells[0][:120]} not found")
         elif _source_kind(source) is None:
             problems.append(f"line {line}: {cells[0][:120]} is not a DICOM folder, volume file or array")
+        elif (problem := _source_problem(source)) is not None:
+            problems.append(f"line {line}: {cells[0][:120]} {problem}")
         if source in seen:
             problems.append(f"line {line}: {cells[0][:120]} repeats line {seen[source]}")
         seen.setdefault(source, line)

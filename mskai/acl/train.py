@@ -3,6 +3,7 @@ Adam with a cosine schedule, early stopping on the validation AUC; writes a mode
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -44,6 +45,16 @@ class TrainAclConfig:
         check_range("batch size", self.batch_size, 1, 1024, integer=True)
         check_range("learning rate", self.lr, 1e-7, 1.0)
         check_range("patience", self.patience, 1, 10000, integer=True)
+        if self.pooling not in ("max", "attention"):
+            raise MskaiError(f"pooling must be max or attention, not {self.pooling!r}")
+        for name, values, low, high in (("layers", self.layers, 1, 8), ("widths", self.widths, 4, 1024)):
+            if len(values) != 4:
+                raise MskaiError(f"{name} must be four numbers, one per ResNet stage (e.g. "
+                                 f"{'1,1,1,1' if name == 'layers' else '16,32,64,128'}), not {len(values)}")
+            for value in values:
+                check_range(f"each of the {name}", value, low, high, integer=True)
+        if self.threads is not None:
+            check_range("threads", self.threads, 1, 256, integer=True)
 
     @property
     def class_names(self) -> tuple:
@@ -67,9 +78,8 @@ class PreparedSet:
         if not items:
             raise MskaiError("No cases to train on")
         stamp = hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:12]
-        jobs = [(key, load, config, bone_segmenter,
-                 Path(cache_dir) / stamp / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy" if cache_dir else None)
-                for key, load, _, _ in items]
+        folder = Path(cache_dir) / stamp if cache_dir else None
+        jobs = [(key, load, config, bone_segmenter, folder) for key, load, _, _ in items]
         start, images = time.perf_counter(), []
         if workers > 1 and bone_segmenter is None:
             import concurrent.futures
@@ -86,6 +96,60 @@ class PreparedSet:
         return cls(np.stack(images), np.asarray([int(i[2]) for i in items], dtype=np.int64), [i[3] for i in items])
 
 
+def prepared_cache_dir() -> Path:
+    """The user's cache of prepared ACL cases: $MSKAI_CACHE_DIR, else $XDG_CACHE_HOME/mskai or ~/.cache/mskai
+    (never inside the installed extension or the working directory); its ``acl-prepared`` folder."""
+    import os
+
+    root = os.environ.get("MSKAI_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mskai"
+    return Path(root).expanduser() / "acl-prepared"
+
+
+_FINGERPRINT_BYTES = 1 << 16
+_MAX_FINGERPRINT_FILES = 5000
+
+
+def _file_print(path: Path) -> str:
+    """Size, modification time and a hash of the first and last 64 KiB of a file (its header and its end)."""
+    info = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_FINGERPRINT_BYTES))
+        if info.st_size > 2 * _FINGERPRINT_BYTES:
+            fh.seek(-_FINGERPRINT_BYTES, 2)
+            digest.update(fh.read(_FINGERPRINT_BYTES))
+    return f"{info.st_size}:{info.st_mtime_ns}:{digest.hexdigest()}"
+
+
+def case_fingerprint(key: str) -> str:
+    """What a cached case is keyed on besides its settings: its content. A file: size, modification time and a
+    hash of its first and last 64 KiB; a DICOM folder: the same of every file in it; anything else (synthetic
+    cases): the code of the generator that made it. A changed file or generator never returns the old result."""
+    path = Path(key)
+    try:
+        if path.is_file():
+            return _file_print(path)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())[:_MAX_FINGERPRINT_FILES]
+            return hashlib.sha256("\n".join(f"{p.relative_to(path)}:{_file_print(p)}" for p in files)
+                                  .encode()).hexdigest()
+    except OSError:
+        return f"unreadable:{time.time_ns()}"  # never matches: the case is read (and fails) as if uncached
+    return _generator_print()
+
+
+@functools.lru_cache(maxsize=1)
+def _generator_print() -> str:
+    import mskai.acl.synth
+    import mskai.synth.real_shapes
+    import mskai.synth.synthseg
+
+    digest = hashlib.sha256()
+    for module in (mskai.acl.synth, mskai.synth.real_shapes, mskai.synth.synthseg):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
 def _report(progress, n, total, start):
     if progress and (n % 100 == 0 or n == total):
         progress(f"prepared {n}/{total} cases ({time.perf_counter() - start:.0f} s)")
@@ -95,9 +159,16 @@ def _prepared_image(job) -> np.ndarray:
     """One case's network input (float16), from the cache when it is there."""
     from mskai.acl.preprocess import prepare
 
-    key, load, config, bone_segmenter, cached = job
-    if cached is not None and cached.is_file():
-        return np.load(cached, allow_pickle=False)
+    key, load, config, bone_segmenter, folder = job
+    cached = None
+    if folder is not None:
+        name = hashlib.sha256(f"{key}\0{case_fingerprint(key)}".encode()).hexdigest()[:32]
+        cached = folder / f"{name}.npy"
+        if cached.is_file():
+            try:
+                return np.load(cached, allow_pickle=False)
+            except (OSError, ValueError, EOFError):  # a damaged cache file is made again
+                pass
     try:
         image = prepare(load(), config, bone_segmenter).image.astype(np.float16)
     except MskaiError as exc:

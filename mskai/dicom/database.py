@@ -182,10 +182,10 @@ class DicomDatabase:
     def scan(self, series_uids=None) -> ScanReport:
         """Read the headers of the files of the given series (all series by default).
 
-        Series rows without images are reported as problems. A series whose listed files cannot all be used
-        (missing, not regular files, unreadable, outside the database folder) is kept in the report as unusable
-        (``Series.unreadable`` says why), so that a batch records it as failed instead of dropping it, and a
-        series is never built from part of its files; the other series are still read.
+        Series rows without images, and files that cannot be used (missing, not regular files, unreadable,
+        outside the database folder), are reported as problems; a series is read from the files that can be (a
+        missing slice shows as a gap). A series none of whose files can be used is kept in the report as unusable
+        (``Series.unreadable`` says why), so that a batch records it as failed instead of dropping it.
         """
         rows = {s["SeriesInstanceUID"]: s for s in self.all_series()}
         uids = series_uids or list(rows)
@@ -201,22 +201,21 @@ class DicomDatabase:
             scan_files(paths, report)
             problems += report.problems[before:]
             report.problems[before:] = problems
-            if problems:
+            if problems and not any(s.uid == uid for s in report.series):
                 self._mark_unreadable(report, uid, rows.get(uid, {}), problems, listed)
         report.series.sort(key=lambda s: (s.patient_id, s.study_date, s.study_uid, s.number or 0, s.uid))
         return report
 
     def _mark_unreadable(self, report: ScanReport, uid: str, row: dict, problems: list, listed: int):
-        series = next((s for s in report.series if s.uid == uid), None)
-        if series is None:  # no file could be read: the database row says what the series was
-            patient = next((p for p in self.patients() if p["UID"] == row.get("PatientsUID")), {})
-            series = Series(uid=uid, modality=row.get("Modality") or "", description=row.get("SeriesDescription") or "",
-                            number=row.get("SeriesNumber"), study_uid=row.get("StudyInstanceUID") or "",
-                            patient_name=patient.get("PatientsName") or "", patient_id=patient.get("PatientID") or "")
-            report.series.append(series)
+        """No file of the series could be read: the database row says what the series was."""
+        patient = next((p for p in self.patients() if p["UID"] == row.get("PatientsUID")), {})
         first = problems[0]
-        series.unreadable = (f"{len(problems)} of {listed} files the database lists for it cannot be used "
-                             f"({Path(first.path).name}: {first.message})")
+        report.series.append(Series(
+            uid=uid, modality=row.get("Modality") or "", description=row.get("SeriesDescription") or "",
+            number=row.get("SeriesNumber"), study_uid=row.get("StudyInstanceUID") or "",
+            patient_name=patient.get("PatientsName") or "", patient_id=patient.get("PatientID") or "",
+            unreadable=f"none of the {listed} files the database lists for it can be used "
+                       f"({Path(first.path).name}: {first.message})"))
 
 
 def _now() -> str:

@@ -65,12 +65,12 @@ class Series:
     frames: list[Frame] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     identities: set = field(default_factory=set)  # identity() of its files: more than one is a mixed series
-    unreadable: str | None = None  # files a database lists for this series that cannot be used (then unusable)
+    unreadable: str | None = None  # why none of the files a database lists for this series can be used
 
     @property
     def is_image(self) -> bool:
         """False for series of non-image objects only (SR, PR, RTSTRUCT, ...); a database series whose files
-        cannot all be read counts as an (unusable) image series, so that it is reported, not dropped."""
+        cannot be read at all counts as an (unusable) image series, so that it is reported, not dropped."""
         return bool(self.frames) or self.unreadable is not None
 
     @property

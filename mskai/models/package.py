@@ -259,6 +259,19 @@ def doc_names(source: Path) -> list:
     return sorted(n for n in names if DOCS.fullmatch(n))
 
 
+def check_name(package_id: str, version: str):
+    """Refuse, before any training, a package id or version the package format would refuse when it is saved
+    (they name the install folder: one path component, no "..")."""
+    for what, value in (("id", package_id), ("version", version)):
+        try:
+            jsonschema.validate(value, SCHEMA["properties"][what])
+        except jsonschema.ValidationError:
+            raise MskaiError(f"package {what} {str(value)[:80]!r} is not allowed: "
+                             + ("lower-case letters, digits, '.', '_' and '-', at most 64, starting with a letter or "
+                                "digit" if what == "id" else "letters, digits, '.', '+' and '-', at most 32")
+                             + ", no '..'") from None
+
+
 def validate_metadata(metadata: dict, where: str = "metadata.json") -> dict:
     """The metadata if it fits ``SCHEMA`` and its label values and names are unique; else MskaiError."""
     try:
