@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.cluster import ClusterOptions, open_client, usable_cores
+from mskai.cluster import ClusterOptions, check_main_guard, open_client, usable_cores
 from mskai.io import (OUTPUT_MARKER, _remove_stale, atomic_output, check_output_folder, read_marker, write_csv,
                       write_marker)
 
@@ -270,8 +270,8 @@ def _earlier_rows(output: Path, run: dict, unit: str, rows_key: str, fields) -> 
         what = "a different task" if earlier["task"] != run["task"] else (
             "a different model" if theirs["sha256"] != ours["sha256"] else "other settings")
         raise MskaiError(f"{output} holds batch results of {earlier['task']} with {theirs['label']} and {what} than "
-                         f"this run ({run['task']} with {ours['label']}); run the same model and settings there, "
-                         "or choose a new output folder")
+                         f"this run ({run['task']} with {ours['label']}): one folder holds one model's results; "
+                         "resume it with the same model and settings, or choose a new output folder")
     rows = {}
     for row in earlier.get(rows_key, []):
         if row.get(unit):
@@ -293,7 +293,7 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
     todo = []
     for key, uid, spec in units:
         if resume and (output / key / OUTPUT_MARKER).is_file():
-            row = {**earlier_rows.get(key, {}), "status": "skipped"}
+            row = {**earlier_rows.get(key, {}), "status": "skipped", "error": None}
         else:
             row = {"status": "pending", "error": None}
             todo.append((key, spec | {"folder": str(output / key), "torch_threads": torch_threads,
@@ -315,11 +315,25 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
             if on_start:
                 on_start(where, len(todo))
             token, start = uuid.uuid4().hex[:8], time.perf_counter()
-            futures = {client.submit(run_unit, kind, spec | {"threads_by_host": where["threads_by_host"]},
-                                     key=f"mskai-{key}-{token}", pure=False): key for key, spec in todo}
+            waiting, futures, running = iter(todo), {}, as_completed()
+
+            def submit_next():
+                for key, spec in waiting:
+                    future = client.submit(run_unit, kind, spec | {"threads_by_host": where["threads_by_host"]},
+                                           key=f"mskai-{key}-{token}", pure=False)
+                    futures[future] = key
+                    running.add(future)
+                    return
+
+            # As many tasks in flight as the cluster has threads: a worker holds only what it runs, so one that dies
+            # (out of memory on one series) takes no queued series with it, and Dask's allowed-failures counts the
+            # deaths of the task that was running only.
+            for _ in range(max(1, sum(where["threads_by_host"].values()))):
+                submit_next()
             try:
-                for future in as_completed(futures):
+                for future in running:
                     key = futures[future]
+                    submit_next()
                     if future.status == "finished":
                         result = future.result()
                     else:  # the task never returned a row: its worker died (or the cluster lost it)
@@ -345,6 +359,14 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
             for key, _ in todo:
                 _remove_stale(output, f".{key}.mskai-")
     return summary
+
+
+def _cluster(cluster: ClusterOptions | None) -> ClusterOptions:
+    """The cluster options (default: local); a local cluster's worker processes must be able to start."""
+    cluster = cluster or ClusterOptions()
+    if not cluster.scheduler:
+        check_main_guard()
+    return cluster
 
 
 def _worker_model(package) -> dict:
@@ -378,7 +400,7 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
     from mskai.segment.infer import SegmentOptions
     from mskai.segment.outputs import parse_formats
 
-    cluster = cluster or ClusterOptions()
+    cluster = _cluster(cluster)
     segment_options = options or SegmentOptions(**fields)  # bad options fail before anything is read or written
     formats = parse_formats(formats) if isinstance(formats, str) else formats
     package = find_model(model or "mskai-bones-demo", task="segmentation")
@@ -411,7 +433,7 @@ def run_batch_classify(source, output, *, resume: bool = True, model=None, ident
     from mskai.dicom import scan_source
     from mskai.models.registry import find_model
 
-    cluster = cluster or ClusterOptions()
+    cluster = _cluster(cluster)
     package = find_model(model or "mskai-acl-demo", task=TASK)
     classes = package.metadata["classes"]
     run = _model_run(package, "classify", {})

@@ -214,8 +214,8 @@ class DicomDatabase:
             uid=uid, modality=row.get("Modality") or "", description=row.get("SeriesDescription") or "",
             number=row.get("SeriesNumber"), study_uid=row.get("StudyInstanceUID") or "",
             patient_name=patient.get("PatientsName") or "", patient_id=patient.get("PatientID") or "",
-            unreadable=f"none of the {listed} files the database lists for it can be used "
-                       f"({Path(first.path).name}: {first.message})"))
+            unreadable=f"none of the {listed} files the database lists for it can be used (the first: "
+                       f"{first.message}; `mskai dicom ls` names the files)"))
 
 
 def _now() -> str:
