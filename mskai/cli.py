@@ -399,7 +399,7 @@ def _acl_preprocessing(args, landmarks=None):
     from mskai.acl.preprocess import AclPreprocessing
 
     return AclPreprocessing(intensity=args.intensity, landmarks=landmarks, slices=args.slices,
-                            depth=args.depth if args.depth else (10 if args.slices == "nmf" else 16),
+                            depth=args.depth if args.depth is not None else (10 if args.slices == "nmf" else 16),
                             size=args.size, field_mm=args.field_mm or None, foreground_mask=args.foreground_mask,
                             kmeans_channel=args.kmeans_channel, joint_crop=args.joint_crop)
 
@@ -847,20 +847,8 @@ class _EscapingWriter:
         return getattr(self.raw, name)
 
 
-def _check_text(args):
-    """No option may hold a NUL (no path or name can): one clear line instead of a ValueError deep inside."""
-    for name, value in vars(args).items():
-        if isinstance(value, str) and "\0" in value:
-            raise MskaiError(f"{'--' + name.replace('_', '-') if name not in _POSITIONAL else name} holds a NUL "
-                             "character; no file name or option can")
-
-
-_POSITIONAL = {"source", "output", "folder", "database", "segmentation", "reference", "data"}
-
-
 def _run(args) -> int:
     try:
-        _check_text(args)
         return args.func(args)
     except MskaiError as exc:
         message = str(exc)

@@ -134,7 +134,7 @@ def read_marker(path) -> dict | None:
     try:
         with open(path, "rb") as fh:
             found = json.loads(fh.read(MARKER_BYTES * 64).decode("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise MskaiError(f"{path} is damaged (not mskai's JSON): remove it or choose another output folder") from None
     if not isinstance(found, dict):
         raise MskaiError(f"{path} is damaged (not a JSON object): remove it or choose another output folder")

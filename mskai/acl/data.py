@@ -46,6 +46,7 @@ import hashlib
 import io
 import math
 import pickle
+import pickletools
 import random
 import re
 from dataclasses import dataclass
@@ -265,7 +266,7 @@ def _file_bytes(path: Path, limit: int) -> bytes:
             raise MskaiError(f"{path.name} is {size / 2**20:.0f} MiB, more than the {limit / 2**20:.0f} MiB a "
                              "knee volume file may have")
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            data = f.read(min(limit, size) + 1)  # never a buffer larger than the file
     except OSError as exc:
         raise MskaiError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > limit:
@@ -521,6 +522,11 @@ def load_pickle_array(path, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
     if not path.exists():
         raise MskaiError(f"{path} does not exist")
     data = _file_bytes(path, max_bytes)
+    try:
+        for _ in pickletools.genops(data):  # every length inside the file first: no absurd allocation below
+            pass
+    except Exception as exc:  # noqa: BLE001 - truncated or malformed: pickletools raises ValueError and others
+        raise MskaiError(f"{path.name}: not a pickled numpy array ({str(exc)[:120]})") from None
     try:
         result = _ArrayUnpickler(io.BytesIO(data), _Budget(2 * len(data) + (1 << 20)), encoding="latin1").load()
     except MskaiError as exc:
