@@ -292,3 +292,53 @@ def test_the_lib_imports_with_slicer_core_alone_and_without_torch():
             "assert 'torch' not in sys.modules and 'monai' not in sys.modules; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_segments_whose_names_collide_as_files_get_one_surface_file_each(tmp_path):
+    from AutoSegMSKLib.nodes import add_node
+    from AutoSegMSKLib.segmentations import export_models, segmentations_logic
+    from mskai.volume import Volume
+
+    scene = slicer.vtkMRMLScene()
+    segmentations_logic(scene)
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[1:5, 5:25, 5:25], labels[8:14, 5:20, 5:25], labels[17:22, 3:27, 8:22], labels[24:29, 9:20, 9:20] = 1, 2, 3, 4
+    labelmap = add_volume_node(scene, Volume(labels, np.eye(4)), "labels", "vtkMRMLLabelMapVolumeNode")
+    node = add_node(scene, "vtkMRMLSegmentationNode", "bones")
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
+    for segment_id, name in zip(segment_ids(node), ("a", "a_3", "a", "A")):  # "A" is "a" on macOS and Windows
+        node.GetSegmentation().GetSegment(segment_id).SetName(name)
+    files = export_models(node, tmp_path / "models", None, ("stl", "ply"))
+    assert sorted(Path(f).name for f in files) == sorted(f"{stem}.{ext}" for stem in ("a", "a_3", "a_2", "A_4")
+                                                         for ext in ("stl", "ply"))
+    assert len({Path(f).stat().st_size for f in files if f.endswith(".stl")}) == 4  # four different surfaces
+
+
+NUL_SCRIPT = """
+import sys
+sys.path[:0] = [{autoseg!r}, {acl!r}]
+import slicer
+from ACLClassifierLib import ACLClassifierLogic
+from AutoSegMSKLib.nodes import add_node
+scene = slicer.vtkMRMLScene()
+add_node(scene, "vtkMRMLScalarVolumeNode", "1: KNEE")  # what MRML keeps of "1: KNEE\\0 PD"
+node, _ = ACLClassifierLogic(scene).loadStudy({db!r}, {study!r})
+print("NAME", repr(node.GetName()))
+"""
+
+
+def test_a_nul_in_a_dicom_description_never_hangs_node_naming(tmp_path):
+    from pydicom.uid import generate_uid
+
+    from mskai.synth.dicom_writer import write_series
+    from mskai.synth.phantom import phantom
+
+    study = generate_uid()
+    write_series(phantom(shape=(48, 48, 16)), tmp_path / "in", series_number=1, study_uid=study,
+                 description="KNEE\0 PD\x1b[2J")
+    index_folder(tmp_path / "in", tmp_path / "db")
+    script = NUL_SCRIPT.format(autoseg=str(REPO / "AutoSegMSK"), acl=str(REPO / "ACLClassifier"),
+                               db=str(tmp_path / "db"), study=study)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "NAME '1: KNEE PD [2J'" in result.stdout  # control characters gone, the rest kept
