@@ -158,10 +158,11 @@ def check_main_guard():
     advice = ('put the call under `if __name__ == "__main__":` in a script file, or use `mskai batch ...`')
     if not os.path.isfile(path):
         raise MskaiError(f"A batch cannot start its worker processes from a script read from {path}: {advice}")
-    lines = [info.lineno for info in inspect.stack(0)
-             if info.frame.f_globals is vars(main) and info.frame.f_code.co_name == "<module>"]
+    same = os.path.realpath(path)
+    lines = [info.lineno for info in inspect.stack(0) if info.frame.f_code.co_name == "<module>"
+             and info.frame.f_globals is vars(main) and os.path.realpath(info.frame.f_code.co_filename) == same]
     if not lines:
-        return  # the script's top level is not running (its functions are called from elsewhere)
+        return  # the script's top level is not running (code typed into a console, or functions called later)
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8", errors="replace"))
     except (OSError, SyntaxError, ValueError):

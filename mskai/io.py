@@ -189,8 +189,8 @@ def check_output_folder(folder, kind: str, inputs=(), marker: str = OUTPUT_MARKE
     if folder.is_dir() and any(folder.iterdir()):
         found = read_marker(folder / marker)
         if found is None:
-            raise MskaiError(f"Output folder {folder} holds files that are not an earlier mskai output; "
-                             "choose a new or empty folder")
+            raise MskaiError(f"Output folder {folder} holds files that are not an earlier mskai "
+                             f"{'batch' if kind == 'batch' else 'output'}; choose a new or empty folder")
         if found.get("kind") != kind:
             raise MskaiError(f"Output folder {folder} holds an earlier mskai {str(found.get('kind'))[:40]!r} output; "
                              f"this is a {kind!r} run: choose another folder (nothing was changed)")

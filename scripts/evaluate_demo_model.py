@@ -90,14 +90,15 @@ def pd_cases(n, seed):
         yield f"pd-{i}-{plane}-{spacing[2]:g}mm", image, truth
 
 
-def hip_cases(n, seed, subjects):
+def hip_cases(n, seed, subjects, group="hip", make_source=None):
     """(name, image, labels, sacrum and spine mask) of n whole hip scans of real pelves (``subjects``: left out of
-    training), axial or coronal, 1-5 mm slices; the mask is where a bone lies that must not be called hip bone."""
+    training), axial or coronal, 1-5 mm slices; the mask is where a bone lies that must not be called hip bone.
+    make_source: HipCTSource for the hip CT people (group "hipct")."""
     from mskai.synth.real_pelves import hip_cases as scans
     from mskai.synth.synthseg import OTHER_MARROW
 
-    for name, image, labels, tissue in scans(n, seed, subjects, with_tissue=True):
-        yield f"hip-{name}", image, labels, tissue.array == OTHER_MARROW
+    for name, image, labels, tissue in scans(n, seed, subjects, with_tissue=True, make_source=make_source):
+        yield f"{group}-{name}", image, labels, tissue.array == OTHER_MARROW
 
 
 def cases(n, seed):
@@ -150,6 +151,8 @@ def main():
     parser.add_argument("--pd-cases", type=int, default=0, help="scans of the held-out PD knee (with patella)")
     parser.add_argument("--hip-cases", type=int, default=0, help="hip scans of the real pelves in --hip-subjects")
     parser.add_argument("--hip-subjects", default="005", help="pelvis subjects never trained on, e.g. 005")
+    parser.add_argument("--hipct-cases", type=int, default=0,
+                        help="hip scans of the hip CT test people (hip_ct_split: never trained on)")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--out", default="heldout", help="folder for the JSON results and overlay PNGs")
     args = parser.parse_args()
@@ -157,7 +160,11 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    hips = hip_cases(args.hip_cases, args.seed, args.hip_subjects.split(","))
+    from mskai.synth.hip_ct import HipCTSource, hip_ct_split
+
+    hips = itertools.chain(hip_cases(args.hip_cases, args.seed, args.hip_subjects.split(",")),
+                           hip_cases(args.hipct_cases, args.seed, hip_ct_split()["test"], "hipct",
+                                     lambda subject, rng: HipCTSource(subject, rng)))
     for name, image, labels, *other_bone in itertools.chain(cases(args.cases, args.seed),
                                                             oai_cases(args.oai_cases, args.seed),
                                                             pd_cases(args.pd_cases, args.seed), hips):

@@ -1,7 +1,10 @@
 """Train the bundled demo bone model on synthetic data (SynthSeg-style), on the CPU or a GPU.
 
     python scripts/train_demo_model.py [--iterations 2000] [--patch 96] [--init PACKAGE] [--pelves 001,002,004]
-        [--out Resources/Models/mskai-bones-demo]
+        [--hip-ct-weight 0.3] [--bf16] [--max-minutes 60] [--workers 1] [--resume] [--out build/bones]
+
+A run stops cleanly after --max-minutes and ``--resume`` (the same command with --resume added) goes on from
+its checkpoint: network, optimiser, schedule, iteration, log and the best state so far.
 
 Training patches are rendered on the fly from shape sources, each drawn by weight:
 - real knees: femur/tibia of the OAI training subjects (``split_subjects``: the test and validation subjects
@@ -9,8 +12,11 @@ Training patches are rendered on the fly from shape sources, each drawn by weigh
   fibula are not annotated there and are left out of the loss (``marginal_dice_focal``);
 - the bundled knee label map (pymskt, MIT) under random deformations;
 - procedural hip-to-ankle phantoms, new ones every few samples;
-- real pelves (``--pelves``: the subjects trained on; the others stay for testing), when available.
-Validation patches come from the OAI validation subjects, other phantoms and other deformations (another seed).
+- real pelves (``--pelves``: the subjects trained on; the others stay for testing), when available;
+- real hips of 20 more people (``--hip-ct-weight``): the training part of ``hip_ct_split`` (hip CT label maps,
+  muscles grown around the bones), alone or continued into procedural legs; sacrum as bone that is not hip bone.
+Validation patches come from the OAI validation subjects, the hip CT validation people, other phantoms and other
+deformations (another seed).
 The result is a demo model: not for clinical use.
 """
 
@@ -24,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mskai.models.package import load_package  # noqa: E402
+from mskai.synth.hip_ct import HipCTSource, hip_ct_split  # noqa: E402
 from mskai.segment.train import TrainConfig, train  # noqa: E402
 from mskai.synth.real_shapes import (RealKneeSource, cached_split, oai_subjects, spacing_of, split_quality,  # noqa: E402
                                      split_subjects)
@@ -38,9 +45,9 @@ TRAINING_DATA = (
     "marrow, fat with and without fat suppression, muscle, cartilage, fluid, vessels, tendons), blur, thick slices, "
     "ringing, bias field and noise from (a) femur/tibia shapes of real knees (OAI bone masks, Apache-2.0, "
     "training subjects only), (b) one real knee label map (pymskt project, MIT licence) under random elastic "
-    "deformations, (c) procedural lower-limb phantoms and (d) real pelvis label maps (pelvic-annonation, MIT; "
-    "CT of TCIA Pelvic Reference Data) where listed under training_sources. No patient images were used as training "
-    "images. Demo model, not for clinical use."
+    "deformations, (c) procedural lower-limb phantoms, (d) real pelvis label maps (pelvic-annonation, MIT; "
+    "CT of TCIA Pelvic Reference Data) and (e) hip label maps of 20 people (AuToSeg predictions on CT, MIT) where "
+    "listed under training_sources. No patient images were used as training images. Demo model, not for clinical use."
 )
 
 
@@ -51,20 +58,27 @@ def oai_source_maker(subjects):
     return make
 
 
-def pelvis_source_maker(subjects):
+def pelvis_source_maker(subjects, kind=None):
+    """Real pelves (``kind``: RealPelvisSource, or HipCTSource for the hip CT people), alone or with legs."""
     from mskai.synth.real_pelves import RealHipLimb, RealPelvisSource
 
+    kind = kind or RealPelvisSource
+
     def make(rng):
-        pelvis = RealPelvisSource(str(rng.choice(subjects)), rng=rng)
+        pelvis = kind(str(rng.choice(subjects)), rng=rng)
         return RealHipLimb(pelvis, rng) if rng.random() < 0.5 else pelvis
     return make
 
 
-def validation_patches(n, seed, patch, spacing, oai_val, pelves=()):
+def validation_patches(n, seed, patch, spacing, oai_val, pelves=(), hip_ct_val=()):
     """n patches: bundled knee, OAI validation subjects and phantoms (hip most often), in turn; with ``pelves``,
-    every fourth patch is a hip of a training pelvis (no pelvis subject is left for validation: other renders)."""
+    every fourth patch is a hip of a training pelvis (no pelvis subject is left for validation: other renders),
+    of a hip CT validation person when ``hip_ct_val`` is given."""
+    from mskai.synth.hip_ct import HipCTSource
+
     rng = np.random.default_rng(seed)
-    make_pelvis = pelvis_source_maker(pelves) if pelves else None
+    make_pelvis = (pelvis_source_maker(hip_ct_val, HipCTSource) if hip_ct_val
+                   else pelvis_source_maker(pelves) if pelves else None)
     knee = KneeLabelSource(KNEE)
     regions = ["hip", "knee", "shank", "hip", "edge", "thigh"]
     out = []
@@ -100,6 +114,12 @@ def main():
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--pelves", default="", help="real pelvis subjects to train on, e.g. 001,002,004")
     parser.add_argument("--pelvis-weight", type=float, default=0.15, help="share of patches from the real pelves")
+    parser.add_argument("--hip-ct-weight", type=float, default=0.0,
+                        help="share of patches from the hip CT training people (0: none)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast + channels_last_3d (CPU)")
+    parser.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes (then --resume)")
+    parser.add_argument("--workers", type=int, default=0, help="processes rendering patches ahead")
+    parser.add_argument("--resume", action="store_true", help="go on from --out's checkpoint")
     parser.add_argument("--version", default="0.3.0")
     parser.add_argument("--seed", type=int, default=0, help="training data stream (use a new one when continuing)")
     parser.add_argument("--out", default=str(REPO / "Resources" / "Models" / "mskai-bones-demo"))
@@ -112,17 +132,26 @@ def main():
                (0.4 - args.pelvis_weight if pelves else 0.4, LowerLimbPhantom, 20)]
     if pelves:
         mixture.append((args.pelvis_weight, pelvis_source_maker(pelves), 10))
+    hip_ct = hip_ct_split()
+    if args.hip_ct_weight:
+        mixture[2] = (max(0.05, mixture[2][0] - args.hip_ct_weight), LowerLimbPhantom, 20)
+        mixture.append((args.hip_ct_weight, pelvis_source_maker(hip_ct["train"], HipCTSource), 30))
     init = load_package(args.init) if args.init else None
     config = TrainConfig(spacing_mm=args.spacing, patch=args.patch, batch_size=args.batch, iterations=args.iterations,
                          eval_every=args.eval_every, lr=args.lr, threads=args.threads, patience=args.patience,
                          model_id="mskai-bones-demo", version=args.version, demo=True, training_data=TRAINING_DATA,
-                         seed=args.seed, extra={"training_sources": {
+                         seed=args.seed, bf16=args.bf16, max_minutes=args.max_minutes, workers=args.workers,
+                         extra={"training_sources": {
                              "oai_train_subjects": len(usable), "oai_val_subjects": subjects["val"],
-                             "oai_test_subjects": subjects["test"], "pelvis_subjects": pelves}})
+                             "oai_test_subjects": subjects["test"], "pelvis_subjects": pelves,
+                             "hip_ct_train_people": hip_ct["train"] if args.hip_ct_weight else [],
+                             "hip_ct_val_people": hip_ct["val"], "hip_ct_test_people": hip_ct["test"]}})
     val = validation_patches(args.val_patches, seed=10_000, patch=args.patch, spacing=args.spacing,
-                             oai_val=subjects["val"], pelves=pelves)
+                             oai_val=subjects["val"], pelves=pelves,
+                             hip_ct_val=hip_ct["val"] if args.hip_ct_weight else ())
     data = SyntheticPatches(mixture, patch=args.patch, spacing=args.spacing, seed=args.seed)
-    train(data, val, config, args.out, init_package=init, progress=lambda msg: print(msg, flush=True))
+    train(data, val, config, args.out, init_package=init, progress=lambda msg: print(msg, flush=True),
+          resume=args.resume)
 
 
 if __name__ == "__main__":

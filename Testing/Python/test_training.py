@@ -166,3 +166,51 @@ def test_synthetic_patches_mix_sources_and_mark_what_each_annotates():
     assert made.count("knee") == 1 and made.count("phantom") == (n_phantom + 1) // 2  # renewed every 2 samples
     image, labels, _ = samples[0]
     assert image.shape == (1, 16, 16, 16) and labels.shape == (16, 16, 16)
+
+
+def test_a_run_stops_at_its_time_budget_and_resumes_from_its_checkpoint(tmp_path):
+    """bf16 autocast, a time budget, the checkpoint (loaded with weights_only) and a resumed run that goes on."""
+    import itertools
+
+    from mskai.segment.train import TrainConfig, load_checkpoint, train
+    from mskai.synth.synthseg import SyntheticPatches
+
+    def phantoms():
+        return SyntheticPatches([(1.0, LowerLimbPhantom, 4)], patch=32, spacing=4.0, seed=5)
+
+    val = list(itertools.islice(iter(SyntheticPatches([(1.0, LowerLimbPhantom, 4)], patch=32, spacing=4.0, seed=9)), 2))
+    config = TrainConfig(spacing_mm=4.0, patch=32, batch_size=1, iterations=40, eval_every=3, channels=(4, 8),
+                         bf16=True, max_minutes=0.0001)
+    messages = []
+    log = train(phantoms(), val, config, tmp_path / "run", progress=messages.append)
+    assert len(log) == 1 and log[0]["iteration"] == 1 and "time budget" in messages[-1]
+    saved = load_checkpoint(tmp_path / "run")  # torch.load(weights_only=True): tensors and plain values only
+    assert saved["iteration"] == 1 and set(saved) >= {"model", "optimiser", "schedule", "log", "best", "best_state"}
+    data = phantoms()
+    longer = TrainConfig(**{**config.__dict__, "max_minutes": None, "iterations": 7})
+    log = train(data, val, longer, tmp_path / "run", progress=messages.append, resume=True)
+    assert "resuming at iteration 1" in " ".join(messages) and data.seed != 5
+    assert [e["iteration"] for e in log] == [1, 3, 6, 7]
+    assert load_checkpoint(tmp_path / "run")["iteration"] == 7 and load_package(tmp_path / "run").id == "mskai-bones"
+    with pytest.raises(MskaiError, match="Nothing to resume"):
+        train(phantoms(), val, config, tmp_path / "empty", resume=True)
+
+
+def test_hip_ct_people_are_split_before_training_and_render_as_hips():
+    from mskai.synth.hip_ct import HipCTSource, clean_hip_labels, hip_ct_split
+    from mskai.synth.real_pelves import hip_cases
+    from mskai.synth.synthseg import OTHER_MARROW
+
+    split = hip_ct_split()
+    assert len(split["test"]) >= 6 and len(split["val"]) >= 2 and len(split["train"]) >= 18
+    assert not set(split["test"]) & set(split["train"]) and not set(split["val"]) & set(split["train"])
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:10, 2:10, 2:10], labels[15, 15, 15], labels[5, 5, 5] = 3, 3, 0  # a hole and a speck
+    cleaned, notes = clean_hip_labels(labels, (1.0, 1.0, 1.0))
+    assert cleaned[5, 5, 5] == 3 and cleaned[15, 15, 15] == 0 and notes["3"]["pieces"] == 2
+    (name, image, truth, tissue), = hip_cases(1, seed=3, subjects=split["train"][:1], with_tissue=True,
+                                              make_source=lambda subject, rng: HipCTSource(subject, rng))
+    values = set(np.unique(truth.array).tolist())
+    assert name.startswith("hip") and {2, 4} <= values and not values & {1, 3, 5}  # femur, hip bone only
+    sacrum = tissue.array == OTHER_MARROW
+    assert sacrum.sum() > 1000 and not truth.array[sacrum].any()  # the sacrum is bone, but never hip bone

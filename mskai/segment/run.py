@@ -64,9 +64,9 @@ def segment_to_folder(volume_or_loader, package, output, *, options: SegmentOpti
     if not isinstance(volume_or_loader, Volume) and not callable(volume_or_loader):
         raise MskaiError(f"Expected a Volume or a function that reads one, not {type(volume_or_loader).__name__}")
     final = Path(output).resolve()
+    package = resolve_package(package)
     with output_folder(output, "segmentation", inputs) as staging:
         t = time.perf_counter()
-        package = resolve_package(package)
         volume = volume_or_loader if isinstance(volume_or_loader, Volume) else volume_or_loader()
         if not isinstance(volume, Volume):
             raise MskaiError(f"The volume loader returned {type(volume).__name__}, not a Volume")

@@ -42,6 +42,9 @@ class TrainConfig:
     training_data: str = ""
     licence: str = "Apache-2.0"
     extra: dict = field(default_factory=dict)
+    bf16: bool = False  # CPU: bfloat16 autocast and channels_last_3d for the network (loss in float32)
+    max_minutes: float | None = None  # stop cleanly after this much training time (a checkpoint to resume from)
+    workers: int = 0  # processes rendering patches ahead of the network (DataLoader workers)
 
     def __post_init__(self):
         check_range("spacing (mm)", self.spacing_mm, 0.1, 20)
@@ -55,6 +58,20 @@ class TrainConfig:
         check_range("patience", self.patience, 1, 10**6, integer=True)
         if self.threads is not None:
             check_range("threads", self.threads, 1, 1024, integer=True)
+        if self.max_minutes is not None:
+            check_range("time budget (minutes)", self.max_minutes, 0, 10**6)
+        check_range("workers", self.workers, 0, 64, integer=True)
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def step_context(bf16: bool):
+    """The forward pass's context: bfloat16 autocast on the CPU (about 1.6-2x faster for 3D convolutions on CPUs
+    with AVX-512 BF16: ``benchmarks/train_step.py``), else nothing."""
+    import contextlib
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def network_spec(config: TrainConfig, n_classes: int = len(BONES) + 1) -> dict:
@@ -164,11 +181,31 @@ def _save(out_dir, config, spec, init_package, best_entry, best_state):
     save_package(out_dir, metadata, best_state)
 
 
-def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, progress=print):
+def _save_checkpoint(out_dir: Path, state: dict):
+    """Everything a resumed run needs (tensors and plain values only: loaded with weights_only=True)."""
+    with atomic_output(out_dir / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(out_dir) -> dict | None:
+    """The checkpoint a stopped run left in ``out_dir`` (None if there is none); never unpickles code."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is one clear error
+        raise MskaiError(f"Cannot resume from {path}: {exc.__class__.__name__}: {exc}") from None
+
+
+def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, progress=print, resume=False):
     """Train (or fine-tune ``init_package``) and write the best model as a package in ``out_dir``.
 
     train_data: an iterable of (image 1xPxPxP, labels PxPxP[, labelled]) samples, ``labelled`` a bool tensor
     over the classes (absent: every class is annotated); val_set: a list of such samples.
+    resume: continue from ``out_dir``'s checkpoint (network, optimiser, schedule, iteration, log, best so far); the
+    data stream continues with a seed of its own (``train_data.reseed(iteration)`` where it has one).
+    A checkpoint is written at every evaluation and when the time budget (``config.max_minutes``) ends the run.
     Returns the training log (one entry per evaluation).
     """
     from mskai.models.networks import build_network
@@ -179,23 +216,47 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = config.bf16 and device.type == "cpu"
+    spec = init_package.metadata["network"] if init_package is not None else network_spec(config)
+    net = build_network(spec)
     if init_package is not None:
-        spec = init_package.metadata["network"]
-        net = build_network(spec)
         net.load_state_dict(init_package.state_dict())
-    else:
-        spec = network_spec(config)
-        net = build_network(spec)
     net.to(device).train()
+    if bf16:
+        net = net.to(memory_format=torch.channels_last_3d)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.02)
-    loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=0)
+    log, best, best_state, stale, losses, done = [], -1.0, None, 0, [], 0
+    checkpoint = load_checkpoint(out_dir) if resume else None
+    if resume and checkpoint is None:
+        raise MskaiError(f"Nothing to resume: {out_dir / CHECKPOINT} does not exist")
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        log, best, stale, done = checkpoint["log"], checkpoint["best"], checkpoint["stale"], checkpoint["iteration"]
+        best_state = checkpoint["best_state"]
+        if hasattr(train_data, "reseed"):
+            train_data.reseed(done)
+        progress(f"resuming at iteration {done} (best validation mean Dice so far {best:.3f})")
+    loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=config.workers,
+                                         **({"prefetch_factor": 4} if config.workers else {}))
 
-    log, best, best_state, stale, losses = [], -1.0, None, 0, []
+    def state(iteration):
+        return {"model": net.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                "iteration": iteration, "log": log, "best": best, "stale": stale, "best_state": best_state}
+
     start = time.perf_counter()
-    for iteration, batch in enumerate(loader, start=1):
+    iteration = done
+    for iteration, batch in enumerate(loader, start=done + 1):
+        if iteration > config.iterations:
+            break
         image, label = batch[0].to(device), batch[1].to(device).long()
-        logits = net(image)
+        if bf16:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        with step_context(bf16):
+            logits = net(image)
+        logits = logits.float()  # the loss in float32
         labelled = batch[2].to(device) if len(batch) > 2 else torch.ones(logits.shape[:2], dtype=torch.bool,
                                                                          device=device)
         optimiser.zero_grad()
@@ -204,7 +265,8 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
         optimiser.step()
         schedule.step()
         losses.append(float(loss.detach()))
-        if iteration % config.eval_every == 0 or iteration == config.iterations:
+        out_of_time = config.max_minutes is not None and time.perf_counter() - start > config.max_minutes * 60
+        if iteration % config.eval_every == 0 or iteration == config.iterations or out_of_time:
             dice = _validate(net, val_set, device)
             finite = [v for v in dice.values() if np.isfinite(v)]
             mean = float(np.mean(finite)) if finite else 0.0
@@ -225,8 +287,13 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
             with atomic_output(out_dir / "training_log.json") as tmp:
                 tmp.write_text(json.dumps({"config": asdict(config), "log": log}, indent=2))
             _plot(log, out_dir)
+            _save_checkpoint(out_dir, state(iteration))
             if stale >= config.patience:
                 progress(f"stopping early: no better validation Dice for {stale} evaluations")
+                break
+            if out_of_time:
+                progress(f"time budget of {config.max_minutes:g} min reached at iteration {iteration}: "
+                         "checkpoint written, resume to go on")
                 break
         if iteration >= config.iterations:
             break

@@ -80,12 +80,13 @@ class RealPelvisSource(TissueMapSource):
     # of view, not unannotated), so their absence is a true negative, unlike in RealKneeSource.
     labelled = {1, 2, 3, 4, 5}
 
-    def __init__(self, subject: str = "001", rng=None, folder=PELVIS_FOLDER):
+    def __init__(self, subject: str = "001", rng=None, folder=PELVIS_FOLDER, image=None):
+        """image: a nibabel image in this encoding instead of the subject's file (``mskai.synth.hip_ct``)."""
         import nibabel as nib
 
         rng = np.random.default_rng(0) if rng is None else rng
         self.subject = subject
-        image = nib.as_closest_canonical(nib.load(str(pelvis_path(subject, folder))))
+        image = nib.as_closest_canonical(image if image is not None else nib.load(str(pelvis_path(subject, folder))))
         labels = np.asarray(image.dataobj, dtype=np.uint8)
         spacing = np.linalg.norm(image.affine[:3, :3], axis=0)
         box = [slice(*np.nonzero(labels.any(axis=other))[0][[0, -1]] + [0, 1]) for other in ((1, 2), (0, 2))]
@@ -102,6 +103,8 @@ class RealPelvisSource(TissueMapSource):
         footprint = _rim_footprint(spacing)
         boxes = ndimage.find_objects(np.where(labels < FIRST_MUSCLE, labels, 0))
         for value, (marrow, bone) in BONE_TISSUES.items():
+            if value > len(boxes) or boxes[value - 1] is None:  # no spine in the hip CT maps
+                continue
             found = tuple(slice(max(0, b.start - 2), b.stop + 2) for b in boxes[value - 1])
             mask = ndimage.binary_fill_holes(labels[found] == value)
             rim = mask & ~ndimage.binary_erosion(mask, footprint, border_value=1)
@@ -367,19 +370,21 @@ class RealHipLimb:
 
 
 def hip_cases(n: int, seed: int = 0, subjects=PELVIS_SUBJECTS, folder=PELVIS_FOLDER, max_voxels: float = 2.5e7,
-              sources: dict | None = None, with_tissue: bool = False):
+              sources: dict | None = None, with_tissue: bool = False, make_source=None):
     """Yield ``n`` (name, image Volume, label Volume[, tissue Volume]) whole hip scans, cycling through ``subjects``.
 
     Axial or coronal, 0.7-1.2 mm in-plane, 1-5 mm slices (thicker when the grid would exceed
     ``max_voxels``), 300-400 mm wide and 200-300 mm tall, centred near the hip bones with random offsets.
     ``sources``: RealPelvisSource per subject, built here when missing (and added to the dict).
+    make_source: (subject, rng) -> source (default: RealPelvisSource of ``folder``; ``hip_ct.HipCTSource``).
     """
     rng = np.random.default_rng(seed)
     sources = {} if sources is None else sources
+    make_source = make_source or (lambda subject, rng: RealPelvisSource(subject, rng, folder))
     for i in range(n):
         subject = subjects[i % len(subjects)]
         if subject not in sources:
-            sources[subject] = RealPelvisSource(subject, rng, folder)
+            sources[subject] = make_source(subject, rng)
         source = sources[subject]
         plane = str(rng.choice(["axial", "coronal"]))
         pixel, width, height = rng.uniform(0.7, 1.2), rng.uniform(300, 400), rng.uniform(200, 300)
@@ -392,4 +397,4 @@ def hip_cases(n: int, seed: int = 0, subjects=PELVIS_SUBJECTS, folder=PELVIS_FOL
         centre = heads + [0.0, 0.0, 25.0] + rng.normal(0, [15, 10, 15])
         case = synthetic_case(source, rng, (pixel, pixel, thickness), extent_mm=extent, plane=plane, centre=centre,
                               with_tissue=with_tissue)
-        yield (f"pelvis{subject}_{i:02d}_{plane}", *case)
+        yield (f"{'pelvis' if subject in PELVIS_SUBJECTS else 'hip'}{subject}_{i:02d}_{plane}", *case)

@@ -391,6 +391,10 @@ class SyntheticPatches(torch.utils.data.IterableDataset):
     def __init__(self, mixture, patch=64, spacing=1.0, seed=0):
         self.mixture, self.patch, self.spacing, self.seed = list(mixture), patch, float(spacing), seed
 
+    def reseed(self, iteration: int):
+        """A resumed run's stream: its own seed, from the first seed and the iteration it resumes at."""
+        self.seed = self.seed * 1_000_003 + iteration
+
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng(self.seed + (info.id if info else 0) * 7919)
