@@ -29,6 +29,7 @@ from mskai.io import (OUTPUT_MARKER, _remove_stale, atomic_output, check_output_
 
 BATCH_MARKER = ".mskai-batch.json"
 MANIFEST = "batch.json"
+MANIFEST_BYTES = 1 << 30  # a million series rows
 MANIFEST_CSV = "batch.csv"
 
 
@@ -109,7 +110,7 @@ class Manifest:
         MskaiError when it is damaged or forged (a symbolic link, not JSON, not the schema)."""
         import jsonschema
 
-        found = read_marker(folder / MANIFEST)
+        found = read_marker(folder / MANIFEST, limit=MANIFEST_BYTES)
         if found is None:
             return {}
         try:

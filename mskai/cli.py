@@ -410,7 +410,6 @@ def cmd_train_acl(args):
     from mskai.acl.preprocess import fit_histogram_landmarks
     from mskai.acl.run import case_sets
     from mskai.acl.train import PreparedSet, TrainAclConfig, train_acl
-
     from mskai.models.package import check_name
 
     source = _acl_source(args)
@@ -512,9 +511,8 @@ def cmd_train_seg(args):
 
     from mskai.models.registry import find_model
     from mskai.segment.dataset import FolderPatches, nnunet_label_remap, find_pairs, load_case
-    from mskai.segment.train import INTENSITY, TrainConfig, train
-
     from mskai.models.package import check_name
+    from mskai.segment.train import INTENSITY, TrainConfig, train
 
     check_range("validation fraction", args.val_fraction, 0, 0.9)
     if args.threads is not None:

@@ -112,10 +112,10 @@ OUTPUT_MARKER = ".mskai-output.json"
 MARKER_BYTES = 1 << 16
 
 
-def read_marker(path) -> dict | None:
+def read_marker(path, limit: int = MARKER_BYTES) -> dict | None:
     """The JSON object of an mskai marker or manifest file, None when there is none; MskaiError when ``path`` is a
-    symbolic link, not a regular file, too large or not a JSON object (a forged or damaged marker is never
-    followed or trusted)."""
+    symbolic link, not a regular file, larger than ``limit`` bytes or not a JSON object (a forged or damaged
+    marker is never followed or trusted)."""
     import json
     import stat
 
@@ -129,11 +129,11 @@ def read_marker(path) -> dict | None:
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
         raise MskaiError(f"{path} is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a regular file'}; "
                          "mskai never follows its own marker files: remove it or choose another output folder")
-    if info.st_size > MARKER_BYTES * 64:
+    if info.st_size > limit:
         raise MskaiError(f"{path} is too large to be an mskai marker or manifest")
     try:
         with open(path, "rb") as fh:
-            found = json.loads(fh.read(MARKER_BYTES * 64).decode("utf-8"))
+            found = json.loads(fh.read(limit).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         raise MskaiError(f"{path} is damaged (not mskai's JSON): remove it or choose another output folder") from None
     if not isinstance(found, dict):

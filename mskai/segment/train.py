@@ -181,6 +181,11 @@ def _save(out_dir, config, spec, init_package, best_entry, best_state):
     save_package(out_dir, metadata, best_state)
 
 
+def _one_thread(_worker_id):
+    """A patch-rendering worker process uses one thread: the network keeps the others."""
+    torch.set_num_threads(1)
+
+
 def _save_checkpoint(out_dir: Path, state: dict):
     """Everything a resumed run needs (tensors and plain values only: loaded with weights_only=True)."""
     with atomic_output(out_dir / CHECKPOINT) as tmp:
@@ -240,7 +245,8 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
             train_data.reseed(done)
         progress(f"resuming at iteration {done} (best validation mean Dice so far {best:.3f})")
     loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=config.workers,
-                                         **({"prefetch_factor": 4} if config.workers else {}))
+                                         **({"prefetch_factor": 4, "worker_init_fn": _one_thread}
+                                            if config.workers else {}))
 
     def state(iteration):
         return {"model": net.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
