@@ -20,7 +20,8 @@ from mskai.models.registry import find_model  # noqa: E402
 from mskai.segment.figures import three_planes_png  # noqa: E402
 from mskai.segment.infer import SegmentOptions, segment_volume  # noqa: E402
 from mskai.segment.outputs import bone_statistics  # noqa: E402
-from mskai.segment.plausibility import passed, plausibility  # noqa: E402
+from mskai.segment.labels import BONES  # noqa: E402
+from mskai.segment.plausibility import passed, plausibility, solidity  # noqa: E402
 
 
 def main():
@@ -39,10 +40,12 @@ def main():
             labels = segment_volume(volume, package, SegmentOptions()).labels
             checks = plausibility(labels)
             volumes = {b["name"]: b["volume_ml"] for b in bone_statistics(labels)}
+            solid = {b.name: solidity(labels, b.value) for b in BONES if b.name in ("femur", "tibia")}
             results.append({"volume": name, "label": volume.label, "plane": volume.meta.get("plane"),
-                            "bones_ml": volumes, "checks": checks, "passed": passed(checks)})
+                            "bones_ml": volumes, "solidity": solid, "checks": checks, "passed": passed(checks)})
             failed = [c["check"] + f" ({c['detail']})" for c in checks if c["passed"] is False]
             print(f"{name:<12} {volume.label:<14} " + " ".join(f"{k} {ml:.1f}" for k, ml in volumes.items())
+                  + " solidity " + " ".join(f"{k} {v}" for k, v in solid.items())
                   + f"  {'PASS' if not failed else 'FAIL: ' + '; '.join(failed)}", flush=True)
             three_planes_png(volume, labels, out / f"{name}.png",
                              f"{name} ({volume.label}), {package.id} {package.version}: "

@@ -34,7 +34,7 @@ from mskai.models.registry import find_model  # noqa: E402
 from mskai.segment.infer import SegmentOptions, segment_volume  # noqa: E402
 from mskai.segment.labels import BONES  # noqa: E402
 from mskai.segment.metrics import evaluate  # noqa: E402
-from mskai.segment.plausibility import plausibility  # noqa: E402
+from mskai.segment.plausibility import plausibility, solidity  # noqa: E402
 from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, KneeLabelSource, LowerLimbPhantom, synthetic_case  # noqa: E402
 
 KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
@@ -174,6 +174,9 @@ def main():
         extra = {"pelvis_ml": round(float(pelvis.sum() * np.prod(image.spacing) / 1000), 2)}
         if other_bone:  # sacrum and spine: how much of them the model calls hip bone
             extra["sacrum_spine_as_pelvis"] = round(float(pelvis[other_bone[0]].mean()), 4) if other_bone[0].any() else 0
+        extra["solidity"] = {b.name: [solidity(prediction, b.value), solidity(labels, b.value)]  # [model, truth]
+                             for b in BONES if b.name in ("femur", "tibia", "pelvis")
+                             and (labels.array == b.value).any()}
         failed = [c["check"] for c in plausibility(prediction) if c["passed"] is False]
         truth_failed = [c["check"] for c in plausibility(labels) if c["passed"] is False]  # the checks' own errors
         results.append({"case": name, "spacing_mm": [round(float(s), 2) for s in image.spacing], "bones": rows,

@@ -72,3 +72,21 @@ def test_hip_bone_below_the_lesser_trochanter_fails_and_a_hip_passes():
     assert _checks(labels)["no hip bone below the lesser trochanter"] is True
     _box(labels, 4, (0, 10), (45, 55), (10, 20))  # hip bone 120-140 mm below the head's top
     assert _checks(labels)["no hip bone below the lesser trochanter"] is False
+
+
+def test_solidity_drops_with_holes_and_with_label_leaking_beside_a_bone():
+    import numpy as np
+
+    from mskai.segment.plausibility import solidity
+    from mskai.volume import Volume
+
+    bone = np.zeros((40, 40, 40), np.uint8)
+    bone[5:35, 5:35, 5:35] = 2
+    whole = solidity(Volume(bone, np.eye(4)), 2)
+    holed = bone.copy()
+    holed[12:28, 12:28, 12:28] = 0
+    leaked = bone.copy()
+    leaked[35:39, 5:8, 5:35] = 2  # a thin spur beside the bone: the hull grows, the bone hardly
+    assert solidity(Volume(holed, np.eye(4)), 2) < whole * 0.9
+    assert solidity(Volume(leaked, np.eye(4)), 2) < whole
+    assert solidity(Volume(bone, np.eye(4)), 5) is None

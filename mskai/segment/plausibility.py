@@ -109,6 +109,22 @@ def plausibility(labels: Volume) -> list[dict]:
     return checks
 
 
+def solidity(labels: Volume, value: int, max_points: int = 200_000) -> float | None:
+    """A bone's volume over its convex hull's (None when absent): holes in the marrow and bone label leaking into
+    the soft tissue beside it (the popliteal fossa) lower it; compare with the same bone of reference masks."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    points = _points(labels, value)
+    if len(points) < 10:
+        return None
+    sample = points[:: max(1, len(points) // max_points)]
+    try:
+        hull = ConvexHull(sample).volume
+    except QhullError:  # flat or degenerate
+        return None
+    return round(float(len(points) * abs(np.linalg.det(labels.affine_lps[:3, :3])) / hull), 3)
+
+
 def passed(checks: list[dict]) -> bool:
     """True when no applicable check failed."""
     return all(c["passed"] is not False for c in checks)
