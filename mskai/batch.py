@@ -257,8 +257,8 @@ def _failed_task(future, retries: int | None, unit: str) -> str:
     return f"{exc.__class__.__name__}: {exc}"
 
 
-def _earlier_rows(output: Path, run: dict, unit: str, rows_key: str, fields) -> dict:
-    """{key: row} of the manifest an earlier batch left in ``output`` (only the known columns; checked first).
+def _earlier_manifest(output: Path, run: dict) -> dict:
+    """The manifest an earlier batch left in ``output`` ({} if none), checked before the source is scanned.
 
     Another task, model (weights checksum) or other settings are refused, with or without --resume: one output
     folder holds the results of one model and one set of settings, and its manifest lists them all.
@@ -273,19 +273,21 @@ def _earlier_rows(output: Path, run: dict, unit: str, rows_key: str, fields) -> 
         raise MskaiError(f"{output} holds batch results of {earlier['task']} with {theirs['label']} and {what} than "
                          f"this run ({run['task']} with {ours['label']}): one folder holds one model's results; "
                          "resume it with the same model and settings, or choose a new output folder")
-    rows = {}
-    for row in earlier.get(rows_key, []):
-        if row.get(unit):
-            rows[row[unit]] = {k: row.get(k) for k in fields if k in row}
-    return rows
+    return earlier
 
 
-def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fields, run: dict, resume: bool,
-               identifiers: bool, progress, on_start, cluster: ClusterOptions, torch_threads: int | None) -> dict:
-    """units: [(key, uid, spec)]; one folder and one manifest row per key. ``run``: what must match an earlier
-    manifest in ``output`` (already checked by ``_check_output``)."""
+def _known_rows(earlier: dict, unit: str, rows_key: str, fields) -> dict:
+    """{key: row} of an earlier manifest, with only the columns in ``fields`` (nothing else is carried over)."""
+    return {row[unit]: {k: row.get(k) for k in fields if k in row} for row in earlier.get(rows_key, []) if row.get(unit)}
+
+
+def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fields, run: dict, earlier: dict,
+               resume: bool, identifiers: bool, progress, on_start, cluster: ClusterOptions,
+               torch_threads: int | None) -> dict:
+    """units: [(key, uid, spec)]; one folder and one manifest row per key. ``earlier``: the manifest already in
+    ``output`` (``_earlier_manifest``), of which only the known columns are carried over."""
     fields = tuple(fields) + ((f"{unit}_uid",) if identifiers else ())
-    earlier_rows = _earlier_rows(output, run, unit, rows_key, fields)
+    earlier_rows = _known_rows(earlier, unit, rows_key, fields)
     manifest = Manifest(output, unit, rows_key, fields, run | {"started": _now()})
     ours = {key for key, _, _ in units}
     for key, row in earlier_rows.items():  # units of an earlier run this one does not touch stay listed
@@ -319,12 +321,13 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
             waiting, futures, running = iter(todo), {}, as_completed()
 
             def submit_next():
-                for key, spec in waiting:
+                item = next(waiting, None)
+                if item is not None:
+                    key, spec = item
                     future = client.submit(run_unit, kind, spec | {"threads_by_host": where["threads_by_host"]},
                                            key=f"mskai-{key}-{token}", pure=False)
                     futures[future] = key
                     running.add(future)
-                    return
 
             # As many tasks in flight as the cluster has threads: a worker holds only what it runs, so one that dies
             # (out of memory on one series) takes no queued series with it, and Dask's allowed-failures counts the
@@ -409,7 +412,7 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
                 "formats": sorted(formats) if formats else None}
     run = _model_run(package, "segment", settings)
     output = _check_output(output, source)
-    _earlier_rows(output, run, "series", "series", ())  # another model or settings: refused before the scan
+    earlier = _earlier_manifest(output, run)  # another model or settings: refused before the scan
     report = scan_source(source)
     chosen = [s for s in report.require_series(str(source)) if s.is_image
               and (modality is None or s.modality == modality)
@@ -420,7 +423,7 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
     return _run_units("segment", units, output, unit="series", rows_key="series",
                       fields=("series", "status", "error", "seconds", "volume", "model", "worker", "finished",
                               "output"),
-                      run=run, resume=resume, identifiers=identifiers,
+                      run=run, earlier=earlier, resume=resume, identifiers=identifiers,
                       progress=progress, on_start=on_start, cluster=cluster,
                       torch_threads=segment_options.threads)
 
@@ -439,7 +442,7 @@ def run_batch_classify(source, output, *, resume: bool = True, model=None, ident
     classes = package.metadata["classes"]
     run = _model_run(package, "classify", {})
     output = _check_output(output, source)
-    _earlier_rows(output, run, "study", "studies", ())  # another model: refused before the scan
+    earlier = _earlier_manifest(output, run)  # another model: refused before the scan
     report = scan_source(source)
     studies = {}  # study UID -> patient -> series: a study is one patient's (as `mskai dicom index` requires)
     for series in report.require_series(str(source)):
@@ -456,5 +459,5 @@ def run_batch_classify(source, output, *, resume: bool = True, model=None, ident
     fields = ("study", "status", "error", "seconds", "series", "predicted", *(f"p_{c}" for c in classes), "model",
               "worker", "finished", "output", "note")
     return _run_units("classify", units, output, unit="study", rows_key="studies", fields=fields,
-                      run=run, resume=resume, identifiers=identifiers,
+                      run=run, earlier=earlier, resume=resume, identifiers=identifiers,
                       progress=progress, on_start=on_start, cluster=cluster, torch_threads=None)

@@ -99,8 +99,7 @@ def open_client(options: ClusterOptions):
             except (OSError, TimeoutError) as exc:
                 raise MskaiError(f"Cannot reach the Dask scheduler at {options.scheduler}: {exc}") from None
         else:
-            check_main_guard()  # the batch runner checks first, before it writes anything; others start here
-            _spawn_interpreter()
+            _spawn_interpreter()  # the batch runner has run check_main_guard() before writing anything
             cluster = _start_local_cluster(options)
             client = Client(cluster)
         with client:

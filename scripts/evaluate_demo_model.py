@@ -163,8 +163,7 @@ def main():
     from mskai.synth.hip_ct import HipCTSource, hip_ct_split
 
     hips = itertools.chain(hip_cases(args.hip_cases, args.seed, args.hip_subjects.split(",")),
-                           hip_cases(args.hipct_cases, args.seed, hip_ct_split()["test"], "hipct",
-                                     lambda subject, rng: HipCTSource(subject, rng)))
+                           hip_cases(args.hipct_cases, args.seed, hip_ct_split()["test"], "hipct", HipCTSource))
     for name, image, labels, *other_bone in itertools.chain(cases(args.cases, args.seed),
                                                             oai_cases(args.oai_cases, args.seed),
                                                             pd_cases(args.pd_cases, args.seed), hips):

@@ -1,4 +1,4 @@
-"""A contact sheet of the 30 hip CT label maps (../shared/data/hip_ct_labels), raw and as cleaned for training.
+"""A contact sheet of the 30 hip CT label maps (../shared/data/hip_ct_labels), as cleaned for training.
 
     python scripts/hip_ct_contact_sheet.py --out build/hip_ct_sheet
 

@@ -74,8 +74,6 @@ def validation_patches(n, seed, patch, spacing, oai_val, pelves=(), hip_ct_val=(
     """n patches: bundled knee, OAI validation subjects and phantoms (hip most often), in turn; with ``pelves``,
     every fourth patch is a hip of a training pelvis (no pelvis subject is left for validation: other renders),
     of a hip CT validation person when ``hip_ct_val`` is given."""
-    from mskai.synth.hip_ct import HipCTSource
-
     rng = np.random.default_rng(seed)
     make_pelvis = (pelvis_source_maker(hip_ct_val, HipCTSource) if hip_ct_val
                    else pelvis_source_maker(pelves) if pelves else None)

@@ -13,7 +13,7 @@ import pytest
 
 from mskai import MskaiError
 from mskai.acl.data import load_npy_array, load_pickle_array, read_csv
-from mskai.batch import Manifest, _earlier_rows
+from mskai.batch import Manifest, _earlier_manifest, _known_rows
 
 SECONDS = float(os.environ.get("MSKAI_FUZZ_SECONDS", "20")) / 4
 SEED = int(os.environ.get("MSKAI_FUZZ_SEED", "20261201"))
@@ -123,7 +123,7 @@ def test_fuzz_batch_manifests(tmp_path):
         (tmp_path / "batch.json").write_text(text)
         n += 1
         try:
-            rows = _earlier_rows(tmp_path, run, "series", "series", fields)
+            rows = _known_rows(_earlier_manifest(tmp_path, run), "series", "series", fields)
         except MskaiError:
             outcomes["clear error"] += 1
             continue

@@ -209,7 +209,7 @@ def test_hip_ct_people_are_split_before_training_and_render_as_hips():
     cleaned, notes = clean_hip_labels(labels, (1.0, 1.0, 1.0))
     assert cleaned[5, 5, 5] == 3 and cleaned[15, 15, 15] == 0 and notes["3"]["pieces"] == 2
     (name, image, truth, tissue), = hip_cases(1, seed=3, subjects=split["train"][:1], with_tissue=True,
-                                              make_source=lambda subject, rng: HipCTSource(subject, rng))
+                                              make_source=HipCTSource)
     values = set(np.unique(truth.array).tolist())
     assert name.startswith("hip") and {2, 4} <= values and not values & {1, 3, 5}  # femur, hip bone only
     sacrum = tissue.array == OTHER_MARROW

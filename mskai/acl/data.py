@@ -498,10 +498,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         try:
             found = _ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
-            found = None
-        if found is None:
             raise MskaiError(f"refused to load {str(module)[:80]}.{str(name)[:80]}: a volume pickle may only "
-                             "rebuild a numeric numpy array")
+                             "rebuild a numeric numpy array") from None
         return functools.partial(found, self.budget) if found in _CHARGED else found
 
     def persistent_load(self, pid):

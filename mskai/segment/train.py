@@ -253,7 +253,6 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
                 "iteration": iteration, "log": log, "best": best, "stale": stale, "best_state": best_state}
 
     start = time.perf_counter()
-    iteration = done
     for iteration, batch in enumerate(loader, start=done + 1):
         if iteration > config.iterations:
             break
