@@ -1,7 +1,7 @@
 """Held-out evaluation of a bone model on synthetic cases never used in training.
 
     python scripts/evaluate_demo_model.py [--model mskai-bones-demo] [--cases 8] [--oai-cases 30] [--pd-cases 4]
-        [--out heldout]
+        [--vh-cases 12] [--hip-cases 2 --hip-subjects 005] [--hipct-cases 7] [--out heldout]
 
 Real-shape knee cases (--oai-cases): femur and tibia of OAI test-split subjects (``split_subjects``: never
 used for training or validation), rendered as whole scans with realistic fields of view: the knee off-centre
@@ -11,6 +11,10 @@ labelled in those subjects).
 
 PD knee cases (--pd-cases): the manually corrected femur/patella/tibia map of one real PD knee, never trained on
 (the held-out knee with a patella), in its own sagittal 4 mm acquisition and in other planes.
+
+Visible Human cases (--vh-cases): the patellae and fibulae of the Visible Human Male (never trained on), each in
+place of the bundled knee's own, sagittal, coronal and axial, thin and thick (3-4 mm) slices; only patella and
+fibula are scored there (femur and tibia are the bundled knee's, which is trained on).
 
 Knee cases: the real knee label map under new random deformations, poses and acquisition grids.
 Lower-limb cases: procedural phantoms from seeds the training never drew (new shapes), imaged at the
@@ -90,15 +94,35 @@ def pd_cases(n, seed):
         yield f"pd-{i}-{plane}-{spacing[2]:g}mm", image, truth
 
 
+def vh_cases(n, seed):
+    """(name, image, labels, {"scored": patella, fibula}) of n knee scans with held-out Visible Human bones."""
+    from mskai.synth.visible_human import VH_TEST, visible_human_knee
+
+    rng = np.random.default_rng(seed + 2)
+    planes = ["sagittal", "coronal", "axial"]
+    for i in range(n):
+        side = ["Left", "Right"][i % 2]
+        source = visible_human_knee(VH_TEST[0], side)
+        plane, thick = planes[(i // 2) % 3], (i // 6) % 2 == 1
+        in_plane = rng.uniform(0.4, 0.8, 2) if thick else rng.uniform(0.5, 0.8, 2)
+        spacing = (*in_plane, rng.uniform(3.0, 4.0) if thick else rng.uniform(0.7, 1.5))
+        extent = (rng.uniform(140, 170), rng.uniform(140, 170), rng.uniform(120, 160))
+        image, truth = synthetic_case(source, rng, spacing, extent_mm=extent, plane=plane,
+                                      centre=source.centre_mm + rng.uniform(-15, 15, 3))
+        yield (f"vh-{VH_TEST[0]}{side[0]}-{plane}{'-thick' if thick else ''}", image, truth,
+               {"scored": ("patella", "fibula")})
+
+
 def hip_cases(n, seed, subjects, group="hip", make_source=None):
-    """(name, image, labels, sacrum and spine mask) of n whole hip scans of real pelves (``subjects``: left out of
-    training), axial or coronal, 1-5 mm slices; the mask is where a bone lies that must not be called hip bone.
+    """(name, image, labels, {"other_bone": sacrum and spine mask}) of n whole hip scans of real pelves (``subjects``:
+    left out of training), axial or coronal, 1-5 mm slices; the mask is where a bone lies that must not be called hip
+    bone.
     make_source: HipCTSource for the hip CT people (group "hipct")."""
     from mskai.synth.real_pelves import hip_cases as scans
     from mskai.synth.synthseg import OTHER_MARROW
 
     for name, image, labels, tissue in scans(n, seed, subjects, with_tissue=True, make_source=make_source):
-        yield f"{group}-{name}", image, labels, tissue.array == OTHER_MARROW
+        yield f"{group}-{name}", image, labels, {"other_bone": tissue.array == OTHER_MARROW}
 
 
 def cases(n, seed):
@@ -153,6 +177,8 @@ def main():
     parser.add_argument("--hip-subjects", default="005", help="pelvis subjects never trained on, e.g. 005")
     parser.add_argument("--hipct-cases", type=int, default=0,
                         help="hip scans of the hip CT test people (hip_ct_split: never trained on)")
+    parser.add_argument("--vh-cases", type=int, default=0,
+                        help="knee scans with the Visible Human Male's patellae and fibulae (never trained on)")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--out", default="heldout", help="folder for the JSON results and overlay PNGs")
     args = parser.parse_args()
@@ -164,15 +190,18 @@ def main():
 
     hips = itertools.chain(hip_cases(args.hip_cases, args.seed, args.hip_subjects.split(",")),
                            hip_cases(args.hipct_cases, args.seed, hip_ct_split()["test"], "hipct", HipCTSource))
-    for name, image, labels, *other_bone in itertools.chain(cases(args.cases, args.seed),
-                                                            oai_cases(args.oai_cases, args.seed),
-                                                            pd_cases(args.pd_cases, args.seed), hips):
+    for name, image, labels, *info in itertools.chain(cases(args.cases, args.seed), oai_cases(args.oai_cases, args.seed),
+                                                      pd_cases(args.pd_cases, args.seed), vh_cases(args.vh_cases, args.seed),
+                                                      hips):
+        info = info[0] if info else {}
         prediction = segment_volume(image, package, SegmentOptions()).labels
-        rows = [r for r in evaluate(prediction, labels) if r["reference_volume_ml"] > 0]
+        rows = [r for r in evaluate(prediction, labels) if r["reference_volume_ml"] > 0
+                and r["name"] in info.get("scored", [r["name"]])]
         pelvis = prediction.array == next(b.value for b in BONES if b.name == "pelvis")
         extra = {"pelvis_ml": round(float(pelvis.sum() * np.prod(image.spacing) / 1000), 2)}
-        if other_bone:  # sacrum and spine: how much of them the model calls hip bone
-            extra["sacrum_spine_as_pelvis"] = round(float(pelvis[other_bone[0]].mean()), 4) if other_bone[0].any() else 0
+        if "other_bone" in info:  # sacrum and spine: how much of them the model calls hip bone
+            other = info["other_bone"]
+            extra["sacrum_spine_as_pelvis"] = round(float(pelvis[other].mean()), 4) if other.any() else 0
         extra["solidity"] = {b.name: [solidity(prediction, b.value), solidity(labels, b.value)]  # [model, truth]
                              for b in BONES if b.name in ("femur", "tibia", "pelvis")
                              and (labels.array == b.value).any()}

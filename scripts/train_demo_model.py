@@ -14,7 +14,9 @@ Training patches are rendered on the fly from shape sources, each drawn by weigh
 - procedural hip-to-ankle phantoms, new ones every few samples;
 - real pelves (``--pelves``: the subjects trained on; the others stay for testing), when available;
 - real hips of 20 more people (``--hip-ct-weight``): the training part of ``hip_ct_split`` (hip CT label maps,
-  muscles grown around the bones), alone or continued into procedural legs; sacrum as bone that is not hip bone.
+  muscles grown around the bones), alone or continued into procedural legs; sacrum as bone that is not hip bone;
+- real patellae and fibulae of the Visible Human Female (``--vh-weight``), each in place of the bundled knee's own
+  (``visible_human.VisibleHumanKnee``); the Male's are left for testing.
 Validation patches come from the OAI validation subjects, the hip CT validation people, other phantoms and other
 deformations (another seed).
 The result is a demo model: not for clinical use.
@@ -36,6 +38,7 @@ from mskai.synth.real_shapes import (RealKneeSource, cached_split, oai_subjects,
                                      split_subjects)
 from mskai.synth.synthseg import (BUNDLED_KNEE_LABELS, CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom,  # noqa: E402
                                   SyntheticPatches, labelled_classes, make_sample)
+from mskai.synth.visible_human import VH_TRAIN, visible_human_knee  # noqa: E402
 
 KNEE = BUNDLED_KNEE_LABELS  # a copy of ../shared/data/knee_bones_cartilage_label.nrrd (pymskt, MIT)
 OAI = REPO.parent / "shared" / "data" / "oai_knee_bone_masks"
@@ -47,7 +50,8 @@ TRAINING_DATA = (
     "training subjects only), (b) one real knee label map (pymskt project, MIT licence) under random elastic "
     "deformations, (c) procedural lower-limb phantoms, (d) real pelvis label maps (pelvic-annonation, MIT; "
     "CT of TCIA Pelvic Reference Data) and (e) hip label maps of 20 people (AuToSeg predictions on CT, MIT) where "
-    "listed under training_sources. No patient images were used as training images. Demo model, not for clinical use."
+    "listed under training_sources, (f) patellae and fibulae of the Visible Human Female (CC BY 4.0, Andreassen et "
+    "al. 2022) in place of the bundled knee's when vh_train_people is not empty. No patient images were used as training images. Demo model, not for clinical use."
 )
 
 
@@ -114,6 +118,10 @@ def main():
     parser.add_argument("--pelvis-weight", type=float, default=0.15, help="share of patches from the real pelves")
     parser.add_argument("--hip-ct-weight", type=float, default=0.0,
                         help="share of patches from the hip CT training people (0: none)")
+    parser.add_argument("--vh-weight", type=float, default=0.0,
+                        help="share of patches from the bundled knee with Visible Human Female patellae/fibulae")
+    parser.add_argument("--phantom-weight", type=float,
+                        help="share of procedural phantoms (default: what the real pelves and hips leave of 0.4)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast + channels_last_3d (CPU)")
     parser.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes (then --resume)")
     parser.add_argument("--workers", type=int, default=0, help="processes rendering patches ahead")
@@ -134,6 +142,11 @@ def main():
     if args.hip_ct_weight:
         mixture[2] = (max(0.05, mixture[2][0] - args.hip_ct_weight), LowerLimbPhantom, 20)
         mixture.append((args.hip_ct_weight, pelvis_source_maker(hip_ct["train"], HipCTSource), 30))
+    if args.phantom_weight is not None:
+        mixture[2] = (args.phantom_weight, LowerLimbPhantom, 20)
+    if args.vh_weight:
+        mixture.append((args.vh_weight, lambda rng: visible_human_knee(VH_TRAIN[0], str(rng.choice(["Left", "Right"]))),
+                        40))
     init = load_package(args.init) if args.init else None
     config = TrainConfig(spacing_mm=args.spacing, patch=args.patch, batch_size=args.batch, iterations=args.iterations,
                          eval_every=args.eval_every, lr=args.lr, threads=args.threads, patience=args.patience,
@@ -143,7 +156,9 @@ def main():
                              "oai_train_subjects": len(usable), "oai_val_subjects": subjects["val"],
                              "oai_test_subjects": subjects["test"], "pelvis_subjects": pelves,
                              "hip_ct_train_people": hip_ct["train"] if args.hip_ct_weight else [],
-                             "hip_ct_val_people": hip_ct["val"], "hip_ct_test_people": hip_ct["test"]}})
+                             "hip_ct_val_people": hip_ct["val"], "hip_ct_test_people": hip_ct["test"],
+                             "vh_train_people": list(VH_TRAIN) if args.vh_weight else [],
+                             "mixture": [round(w, 3) for w, _, _ in mixture]}})
     val = validation_patches(args.val_patches, seed=10_000, patch=args.patch, spacing=args.spacing,
                              oai_val=subjects["val"], pelves=pelves,
                              hip_ct_val=hip_ct["val"] if args.hip_ct_weight else ())
