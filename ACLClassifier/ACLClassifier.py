@@ -22,6 +22,7 @@ from slicer.util import VTKObservationMixin
 import mskai
 from AutoSegMSK import EngineWidgetMixin, guiAction, modelKey
 from mskai import dependencies
+from mskai.models.tasks import ACL_MODEL
 
 EVIDENCE_ATTRIBUTE = "ACLClassifier.evidence"  # ACLClassifierLib.results.EVIDENCE: the result selector lists these
 
@@ -301,7 +302,7 @@ class ACLClassifierTest(ScriptedLoadableModuleTest):
         if not models:
             self.delayDisplay("Skipped: no ACL model is installed.")
             return
-        model = next((m for m in models if m["id"] == "mskai-acl-demo"), models[0])
+        model = next((m for m in models if m["id"] == ACL_MODEL), models[0])
         self.delayDisplay("Writing synthetic knee studies (a sagittal and a coronal series)")
         folder = Path(tempfile.mkdtemp(prefix="ACLClassifierTest-"))
         try:

@@ -26,6 +26,7 @@ from mskai import MskaiError
 from mskai.cluster import ClusterOptions, check_main_guard, open_client, usable_cores
 from mskai.io import (OUTPUT_MARKER, _remove_stale, atomic_output, check_output_folder, read_marker, write_csv,
                       write_marker)
+from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
 
 BATCH_MARKER = ".mskai-batch.json"
 MANIFEST = "batch.json"
@@ -400,14 +401,14 @@ def run_batch(source, output, *, resume: bool = True, series_filter=None, modali
     batch.json/.csv is in ``output``.
     """
     from mskai.dicom import scan_source
-    from mskai.models.registry import find_model
+    from mskai.models.registry import resolve_model
     from mskai.segment.infer import SegmentOptions
     from mskai.segment.outputs import parse_formats
 
     cluster = _cluster(cluster)
     segment_options = options or SegmentOptions(**fields)  # bad options fail before anything is read or written
     formats = parse_formats(formats) if isinstance(formats, str) else formats
-    package = find_model(model or "mskai-bones-demo", task="segmentation")
+    package = resolve_model(model, SEGMENTATION)
     settings = {"options": json.loads(json.dumps(dataclasses.asdict(segment_options), default=str)),
                 "formats": sorted(formats) if formats else None}
     run = _model_run(package, "segment", settings)
@@ -433,12 +434,11 @@ def run_batch_classify(source, output, *, resume: bool = True, model=None, ident
     """Classify the ACL of each study of ``source``: the study's sagittal series is chosen as `mskai classify` does,
     into ``output``/study-<pseudonym>/; manifest rows: study, chosen series (pseudonyms), predicted class and one
     probability column per class. A study without a usable sagittal series fails with the reason."""
-    from mskai.acl.infer import TASK
     from mskai.dicom import scan_source
-    from mskai.models.registry import find_model
+    from mskai.models.registry import resolve_model
 
     cluster = _cluster(cluster)
-    package = find_model(model or "mskai-acl-demo", task=TASK)
+    package = resolve_model(model, ACL_CLASSIFICATION)
     classes = package.metadata["classes"]
     run = _model_run(package, "classify", {})
     output = _check_output(output, source)

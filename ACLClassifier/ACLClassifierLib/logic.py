@@ -7,13 +7,12 @@ import slicer
 from AutoSegMSKLib.job import EngineBatchJob, installed_models
 from AutoSegMSKLib.nodes import add_volume_node, dicom_study_item, ijk_to_ras
 from mskai import MskaiError
+from mskai.models.tasks import ACL_CLASSIFICATION, ACL_MODEL
 from mskai.volume import LPS_TO_RAS
 
 from . import results
 from .job import ClassificationJob
 
-TASK = "acl-classification"  # mskai.acl.infer.TASK (that module imports PyTorch)
-DEFAULT_MODEL = "mskai-acl-demo"
 
 
 class ACLClassifierLogic:
@@ -32,7 +31,7 @@ class ACLClassifierLogic:
     @staticmethod
     def models() -> list[dict]:
         """Installed ACL models: id, version, description, demo flag and a display title."""
-        return installed_models(TASK)
+        return installed_models(ACL_CLASSIFICATION)
 
     @staticmethod
     def databaseStudies(databaseDir) -> list[dict]:
@@ -189,6 +188,6 @@ class ACLClassifierLogic:
         """
         from mskai.batch import run_batch_classify
 
-        summary = run_batch_classify(databaseDir, outputDir, resume=resume, model=model or DEFAULT_MODEL,
+        summary = run_batch_classify(databaseDir, outputDir, resume=resume, model=model or ACL_MODEL,
                                      cluster=cluster)
         return {key: summary[key] for key in ("done", "skipped", "failed")}

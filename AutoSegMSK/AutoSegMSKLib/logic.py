@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mskai import MskaiError
+from mskai.models.tasks import SEGMENTATION
 
 from . import segmentations as seg
 from .job import CONFIDENCE_REFERENCE, LEAST_CERTAIN, BatchJob, SegmentationJob, SegmentationOptions, installed_models
@@ -26,7 +27,7 @@ class AutoSegMSKLogic:
     @staticmethod
     def models() -> list[dict]:
         """Installed bone models: id, version, description, demo flag and a display title."""
-        return installed_models("segmentation")
+        return installed_models(SEGMENTATION)
 
     @staticmethod
     def databaseSeries(databaseDir, modality="MR") -> list[dict]:

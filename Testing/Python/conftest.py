@@ -108,7 +108,7 @@ def make_acl_package(folder, classes=None, size=48, depth=8, widths=(8, 8, 16, 1
     import torch
 
     from mskai.acl import GRADES
-    from mskai.acl.infer import TASK
+    from mskai.models.tasks import ACL_CLASSIFICATION as TASK
     from mskai.acl.model import MRNetStyle
     from mskai.acl.preprocess import AclPreprocessing
     from mskai.acl.train import TrainAclConfig, network_spec

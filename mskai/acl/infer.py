@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mskai import MskaiError
+from mskai.models.registry import check_task, resolve_model
+from mskai.models.tasks import ACL_CLASSIFICATION, BONE_MODEL, SEGMENTATION
 from mskai.volume import Volume
-
-TASK = "acl-classification"
 
 
 @dataclass
@@ -25,26 +24,19 @@ class AclResult:
     notes: dict  # what preprocessing did (slices used, crop), timings
 
 
-def check_package(package):
-    if package.metadata["task"] != TASK:
-        raise MskaiError(f"Model {package.id} is a {package.metadata['task']} model, not an ACL classifier "
-                         "(use `mskai segment` for bone models)")
-
-
 def preprocessing_of(package):
     from mskai.acl.preprocess import AclPreprocessing
 
     return AclPreprocessing.from_json(package.metadata["preprocessing"])
 
 
-def bone_segmenter_for(config, bone_model="mskai-bones-demo"):
+def bone_segmenter_for(config, bone_model=BONE_MODEL):
     """The bone engine as a Volume -> labels function, when the preprocessing crops around the joint."""
     if not config.joint_crop:
         return None
-    from mskai.models.registry import find_model
     from mskai.segment.infer import SegmentOptions, segment_volume
 
-    package = find_model(bone_model, task="segmentation")
+    package = resolve_model(bone_model, SEGMENTATION)
     return lambda volume: segment_volume(volume, package, SegmentOptions(fast=True, check_compatibility=False)).labels
 
 
@@ -58,7 +50,7 @@ def classify_volume(volume: Volume, package, network=None, bone_segmenter=None) 
     from mskai.acl.cam import grad_cam
     from mskai.acl.preprocess import check_sagittal, check_structure, prepare
 
-    check_package(package)
+    check_task(package, ACL_CLASSIFICATION)
     config = preprocessing_of(package)
     check_sagittal(volume)
     check_structure(volume)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mskai import MskaiError
+from mskai.models.tasks import ACL_CLASSIFICATION, ACL_MODEL
 
 
 def _input(source, series_key=None, show_descriptions=False, series_list=None):
@@ -38,7 +39,7 @@ def _input(source, series_key=None, show_descriptions=False, series_list=None):
     return read_volume(plan), reason, plan.series.uid
 
 
-def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=None, show_descriptions=False,
+def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show_descriptions=False,
                        progress=None, series_list=None) -> dict:
     """Classify the ACL on the sagittal series of ``source`` (or of ``series_list``, one study's scanned series)
     and write report.json, cam.nrrd and key_slice.png into ``output`` as one unit.
@@ -46,13 +47,13 @@ def classify_to_folder(source, output, *, model="mskai-acl-demo", series_key=Non
     model: an id[@version], a package path, or a loaded package. Returns the report as written (it names no
     patient) plus, in memory only, "series_uid": the chosen series' UID (None for a volume file).
     """
-    from mskai.acl.infer import TASK, classify_volume, key_slice_png
+    from mskai.acl.infer import classify_volume, key_slice_png
     from mskai.io import atomic_output, output_folder, write_volume
-    from mskai.models.registry import find_model
+    from mskai.models.registry import resolve_model
 
     progress = progress or (lambda stage, fraction: None)
-    with output_folder(output, "acl-classification", inputs=[source]) as staging:
-        package = model if hasattr(model, "metadata") else find_model(model, task=TASK)
+    with output_folder(output, ACL_CLASSIFICATION, inputs=[source]) as staging:
+        package = resolve_model(model, ACL_CLASSIFICATION)
         start = time.perf_counter()
         progress("load", 0.0)
         volume, reason, series_uid = _input(source, series_key, show_descriptions, series_list)
@@ -150,12 +151,13 @@ def case_sets(source: dict, classes: str, seed: int = 0, synthetic=None) -> dict
 def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None, progress=print, workers=1) -> dict:
     """Per-class precision/recall/F1, confusion matrix, AUC with bootstrap CI of ``package`` on ``items``;
     evaluation.json, roc.png and confusion.png in ``output`` (one unit)."""
-    from mskai.acl.infer import bone_segmenter_for, check_package, preprocessing_of
+    from mskai.acl.infer import bone_segmenter_for, preprocessing_of
     from mskai.acl.metrics import classification_report, confusion_png, roc_png
     from mskai.acl.train import PreparedSet, scores
     from mskai.io import atomic_output, output_folder
+    from mskai.models.registry import check_task
 
-    check_package(package)
+    check_task(package, ACL_CLASSIFICATION)
     config = preprocessing_of(package)
     classes = package.metadata["classes"]
     with output_folder(output, "acl-evaluation") as staging:

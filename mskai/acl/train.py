@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mskai import MskaiError, check_range
 from mskai.acl import BINARY_CLASSES, GRADES
-from mskai.acl.infer import TASK
+from mskai.models.tasks import ACL_CLASSIFICATION
 
 
 @dataclass
@@ -266,7 +266,7 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = {
-        "id": package_id, "version": version, "task": TASK, "demo": demo,
+        "id": package_id, "version": version, "task": ACL_CLASSIFICATION, "demo": demo,
         "title": "ACL classifier (demo)" if demo else "ACL classifier",
         "description": f"MRNet-style ACL classifier ({', '.join(config.class_names)}) on sagittal knee MR.",
         "licence": "Apache-2.0", "training_data": training_data,

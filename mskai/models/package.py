@@ -21,6 +21,7 @@ import jsonschema
 
 from mskai import MskaiError
 from mskai.io import atomic_output
+from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
 
 METADATA = "metadata.json"
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ SCHEMA = {
         # id and version name the install folder <id>-<version>: one path component, no "..".
         "id": {"type": "string", "pattern": r"^(?!.*\.\.)[a-z0-9][a-z0-9._-]{0,63}\Z"},
         "version": {"type": "string", "pattern": r"^(?!.*\.\.)[0-9A-Za-z][0-9A-Za-z.+-]{0,31}\Z"},
-        "task": {"enum": ["segmentation", "acl-classification"]},
+        "task": {"enum": [SEGMENTATION, ACL_CLASSIFICATION]},
         "title": {"type": "string"},
         "description": {"type": "string"},
         "demo": {"type": "boolean"},
@@ -86,10 +87,10 @@ SCHEMA = {
         "preprocessing": {"type": "object"},  # acl-classification: mskai.acl.preprocess.AclPreprocessing
         "metrics": {"type": "object"},
     },
-    "allOf": [{"if": {"properties": {"task": {"const": "segmentation"}}},
+    "allOf": [{"if": {"properties": {"task": {"const": SEGMENTATION}}},
                "then": {"required": ["labels"], "properties": {
                    "input": {"required": ["spacing_mm", "intensity", "patch_size"]}}}},
-              {"if": {"properties": {"task": {"const": "acl-classification"}}},
+              {"if": {"properties": {"task": {"const": ACL_CLASSIFICATION}}},
                "then": {"required": ["classes", "preprocessing"]}}],
 }
 

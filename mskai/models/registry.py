@@ -16,6 +16,7 @@ from pathlib import Path
 from mskai import MskaiError
 from mskai.io import swap_in
 from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, inside, load_package, one_line, sha256_bytes
+from mskai.models.tasks import DEFAULT_MODEL
 
 _HERE = Path(__file__).resolve()
 URL_SCHEMES = ("http", "https", "file")
@@ -61,15 +62,34 @@ def is_path(name: str) -> bool:
     return "/" in name or "\\" in name or name.startswith((".", "~")) or name.lower().endswith(".zip")
 
 
+def check_task(package: ModelPackage, task: str | None, name: str | None = None) -> ModelPackage:
+    """``package`` if it is a ``task`` model (any model when task is None), else one clear error."""
+    actual = package.metadata.get("task")
+    if task and actual != task:
+        raise MskaiError(f"Model {name or package.id} is a {actual} model, not a {task} model")
+    return package
+
+
+def resolve_model(model, task: str) -> ModelPackage:
+    """The ``task`` model ``model`` names: a loaded package as it is, a ``Path`` as a path (never a registry id),
+    an id[@version] or path string, or None for the task's bundled default (``tasks.DEFAULT_MODEL``)."""
+    if model is None:
+        model = DEFAULT_MODEL[task]
+    if isinstance(model, Path):
+        return find_model(str(model.expanduser().resolve()), task)
+    if isinstance(model, str):
+        return find_model(model, task)
+    if not hasattr(model, "metadata") or not hasattr(model, "build_network"):
+        raise MskaiError(f"Not a model package: {model!r}")
+    return check_task(model, task)
+
+
 def find_model(name: str, task: str | None = None) -> ModelPackage:
     """A package by ``id`` or ``id@version`` from the registry (the newest version wins when none is given), or
     by path when ``name`` is explicitly one (``is_path``); a folder in the current directory never shadows a model.
     """
     if is_path(name):
-        package = load_package(Path(name).expanduser())
-        if task and package.metadata["task"] != task:
-            raise MskaiError(f"Model {name} is a {package.metadata['task']} model, not a {task} model")
-        return package
+        return check_task(load_package(Path(name).expanduser()), task, name)
     model_id, _, version = name.partition("@")
     matches = [p for p in list_models(task) if p.id == model_id and (not version or p.version == version)]
     if not matches:

@@ -65,6 +65,16 @@ def nnunet_label_remap(folder: Path):
     return remap
 
 
+def split_cases(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) case indices, shuffled by ``seed``: at least one validation case when there are two
+    or more; a single case trains (and validates: the caller's choice)."""
+    order = np.random.default_rng(seed).permutation(n)
+    if n < 2:
+        return order, order[:0]
+    n_val = max(1, round(n * val_fraction))
+    return order[n_val:], order[:n_val]
+
+
 def load_case(image_path, label_path, spacing, intensity, remap=None):
     """(image 1xDxHxW, labels DxHxW) of one case on the model grid (canonical orientation, model spacing)."""
     image = read_volume_file(image_path)

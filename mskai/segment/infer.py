@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from mskai import MskaiError, check_range
+from mskai.models.registry import check_task
+from mskai.models.tasks import SEGMENTATION
 from mskai.segment.labels import BONE_VALUES, labels_from_table
 from mskai.segment.postprocess import PostprocessOptions, clean_labels
 from mskai.segment.preprocess import argmax_on_grid, canonical_grid, check_input, model_grid_shape, model_image
@@ -133,8 +135,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
 
     options = options or SegmentOptions()
     progress = progress or (lambda stage, fraction: None)
-    if package.metadata["task"] != "segmentation":
-        raise MskaiError(f"Model {package.id} is a {package.metadata['task']} model, not a segmentation model")
+    check_task(package, SEGMENTATION)
     check_input(volume)
     if options.check_compatibility:
         check_compatible(volume, package)

@@ -6,25 +6,12 @@ import time
 from pathlib import Path
 
 from mskai import MskaiError
+from mskai.models.registry import resolve_model
+from mskai.models.tasks import SEGMENTATION
 from mskai.segment.infer import SegmentOptions
 from mskai.volume import Volume
 
 DEFAULT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "stl", "ply", "obj", "report")  # `mskai segment`'s default
-
-
-def resolve_package(package):
-    """A segmentation model package: an already loaded ``ModelPackage`` as it is, else an id[@version] or a path."""
-    from mskai.models.registry import find_model
-
-    if isinstance(package, Path):  # a Path is always a path, never a registry id
-        return find_model(str(package.expanduser().resolve()), task="segmentation")
-    if isinstance(package, str):
-        return find_model(package, task="segmentation")
-    if not hasattr(package, "metadata") or not hasattr(package, "build_network"):
-        raise MskaiError(f"Not a model package: {package!r}")
-    if package.metadata.get("task") != "segmentation":
-        raise MskaiError(f"Model {package.id} is a {package.metadata.get('task')} model, not a segmentation model")
-    return package
 
 
 def _formats(formats) -> tuple:
@@ -64,8 +51,8 @@ def segment_to_folder(volume_or_loader, package, output, *, options: SegmentOpti
     if not isinstance(volume_or_loader, Volume) and not callable(volume_or_loader):
         raise MskaiError(f"Expected a Volume or a function that reads one, not {type(volume_or_loader).__name__}")
     final = Path(output).resolve()
-    package = resolve_package(package)
-    with output_folder(output, "segmentation", inputs) as staging:
+    package = resolve_model(package, SEGMENTATION)
+    with output_folder(output, SEGMENTATION, inputs) as staging:
         t = time.perf_counter()
         volume = volume_or_loader if isinstance(volume_or_loader, Volume) else volume_or_loader()
         if not isinstance(volume, Volume):

@@ -18,6 +18,7 @@ import torch
 
 from mskai import MskaiError, check_range
 from mskai.io import atomic_output
+from mskai.models.tasks import SEGMENTATION
 from mskai.segment.labels import BONES, label_table
 
 INTENSITY = {"method": "percentile", "lower": 0.5, "upper": 99.5}
@@ -159,7 +160,7 @@ def _save(out_dir, config, spec, init_package, best_entry, best_state):
     metadata = {
         "id": config.model_id,
         "version": config.version,
-        "task": "segmentation",
+        "task": SEGMENTATION,
         "title": base.get("title", "Lower-limb bones (MR)"),
         "description": base.get("description", "Tibia, femur, fibula, pelvis (hip bone) and patella on MR."),
         "demo": bool(config.demo or base.get("demo", False)),
