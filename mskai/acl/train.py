@@ -97,12 +97,10 @@ class PreparedSet:
 
 
 def prepared_cache_dir() -> Path:
-    """The user's cache of prepared ACL cases: $MSKAI_CACHE_DIR, else $XDG_CACHE_HOME/mskai or ~/.cache/mskai
-    (never inside the installed extension or the working directory); its ``acl-prepared`` folder."""
-    import os
+    """The user's cache of prepared ACL cases (``cache.user_cache_dir``)."""
+    from mskai.cache import user_cache_dir
 
-    root = os.environ.get("MSKAI_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mskai"
-    return Path(root).expanduser() / "acl-prepared"
+    return user_cache_dir("acl-prepared")
 
 
 _FINGERPRINT_BYTES = 1 << 16
