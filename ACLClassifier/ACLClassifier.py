@@ -2,8 +2,7 @@
 self-test).
 
 The logic lives in ACLClassifierLib (MRML glue, no Qt) and the work runs in the mskai engine's own process. The Slicer
-glue both modules need has one home: AutoSegMSKLib (engine job, nodes) and, for the widget's generic parts (engine
-packages check and install, parameter node wiring, progress, cancel), AutoSegMSK.EngineWidgetMixin.
+glue both modules share lives in SlicerMSKCommon (widget base, engine jobs, MRML node helpers).
 """
 
 import shutil
@@ -17,12 +16,10 @@ from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
 
 import mskai
-from AutoSegMSK import EngineWidgetMixin, guiAction, modelKey
 from mskai import dependencies
-from mskai.models.tasks import ACL_MODEL
+from SlicerMSKCommon.widget import EngineWidget, guiAction, modelKey
 
 EVIDENCE_ATTRIBUTE = "ACLClassifier.evidence"  # ACLClassifierLib.results.EVIDENCE: the result selector lists these
 
@@ -32,7 +29,6 @@ class ACLClassifier(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         parent.title = "ACLClassifier"
         parent.categories = ["Quantification"]
-        parent.dependencies = ["AutoSegMSK"]  # the shared Slicer glue (AutoSegMSKLib) ships with it
         parent.contributors = ["SlicerAutoSegMSK developers"]
         parent.helpText = (
             "Classifies the anterior cruciate ligament on the sagittal knee series (healthy, minor strain, partial or "
@@ -68,14 +64,11 @@ def parameterNode():
     return ACLClassifierParameterNode(helper.getParameterNode())
 
 
-class ACLClassifierWidget(EngineWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class ACLClassifierWidget(EngineWidget):
     moduleParameterNode = staticmethod(parameterNode)
 
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic, self.job, self._models, self._askedToInstall = None, None, [], False
-        self._parameterNode, self._parameterNodeGuiTag = None, None
+        EngineWidget.__init__(self, parent)
         self._evidence, self._evidenceIndex = [], 0
 
     def setup(self):
@@ -292,7 +285,7 @@ class ACLClassifierTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"Skipped: install the engine's packages first ({', '.join(map(str, missing))}).")
             return
         from ACLClassifierLib import ACLClassifierLogic
-        from AutoSegMSKLib.nodes import same_geometry
+        from SlicerMSKCommon.nodes import same_geometry
         from mskai import MskaiError
         from mskai.dicom import index_folder
         from mskai.engine import EngineJob
@@ -302,6 +295,8 @@ class ACLClassifierTest(ScriptedLoadableModuleTest):
         if not models:
             self.delayDisplay("Skipped: no ACL model is installed.")
             return
+        from mskai.models.tasks import ACL_MODEL
+
         model = next((m for m in models if m["id"] == ACL_MODEL), models[0])
         self.delayDisplay("Writing synthetic knee studies (a sagittal and a coronal series)")
         folder = Path(tempfile.mkdtemp(prefix="ACLClassifierTest-"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from AutoSegMSKLib.job import VolumeEngineJob
+from SlicerMSKCommon.jobs import VolumeEngineJob
 
 from .results import load_classification
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import slicer
 
-from AutoSegMSKLib.job import EngineBatchJob, installed_models
-from AutoSegMSKLib.nodes import add_volume_node, dicom_study_item, ijk_to_ras
 from mskai import MskaiError
 from mskai.models.tasks import ACL_CLASSIFICATION, ACL_MODEL
 from mskai.volume import LPS_TO_RAS
+from SlicerMSKCommon.jobs import EngineBatchJob, installed_models
+from SlicerMSKCommon.nodes import add_volume_node, dicom_study_item, ijk_to_ras
 
 from . import results
 from .job import ClassificationJob
-
 
 
 class ACLClassifierLogic:

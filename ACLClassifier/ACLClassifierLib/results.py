@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import vtk
 
-from AutoSegMSKLib.nodes import (add_node, add_volume_node, color_table, ijk_to_ras, jump_slices, new_table,
-                                 node_array, place_beside, table_rows, volume_from_node, voxel_slice_centre_ras)
 from mskai import MskaiError
 from mskai.volume import LPS_TO_RAS
+from SlicerMSKCommon.nodes import (add_node, add_volume_node, color_table, ijk_to_ras, jump_slices, new_table,
+                                   node_array, place_beside, table_rows, volume_from_node, voxel_slice_centre_ras)
 
 EVIDENCE = "ACLClassifier.evidence"  # attribute "true": an evidence (CAM) node this module made
 REPORT = "ACLClassifier.report"  # attribute of the evidence node: the engine's report.json as JSON text
@@ -159,7 +159,7 @@ def show_evidence(scene, camNode, opacity: float = 0.4, jump: bool = True):
     scene knows legend nodes: always in the application), and the views on the key slice. Returns the legend."""
     import slicer
 
-    from AutoSegMSKLib.nodes import show_overlay
+    from SlicerMSKCommon.nodes import show_overlay
 
     result = result_of(camNode)
     if result["input"] is None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from mskai import MskaiError
+from SlicerMSKCommon.nodes import ijk_to_ras, node_array
 
-from .nodes import ijk_to_ras, node_array
 from .segmentations import label_volume
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from mskai import MskaiError
 from mskai.models.tasks import SEGMENTATION
+from SlicerMSKCommon.jobs import installed_models
+from SlicerMSKCommon.nodes import new_table, show_overlay
 
 from . import segmentations as seg
-from .job import CONFIDENCE_REFERENCE, LEAST_CERTAIN, BatchJob, SegmentationJob, SegmentationOptions, installed_models
-from .nodes import new_table, show_overlay
+from .job import CONFIDENCE_REFERENCE, LEAST_CERTAIN, BatchJob, SegmentationJob, SegmentationOptions
 
 
 class AutoSegMSKLogic:

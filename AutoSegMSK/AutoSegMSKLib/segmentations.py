@@ -11,8 +11,7 @@ import vtk
 from mskai import MskaiError
 from mskai.segment.labels import BONES
 from mskai.volume import LPS_TO_RAS, Volume
-
-from .nodes import add_node, add_volume_node, ijk_to_ras, node_array, place_beside
+from SlicerMSKCommon.nodes import add_node, add_volume_node, ijk_to_ras, node_array, place_beside
 
 _HEADLESS_LOGIC = {}
 CERTAIN = 0.9  # confidence overlays leave voxels at or above this clear
@@ -147,8 +146,7 @@ def least_certain(rows) -> list[str]:
 def add_confidence_node(scene, path, name: str, reference):
     """The engine's confidence map as a volume node beside ``reference``, coloured red (uncertain) to green."""
     from mskai.io import read_volume_file
-
-    from .nodes import confidence_colors
+    from SlicerMSKCommon.nodes import confidence_colors
 
     node = add_volume_node(scene, read_volume_file(path), name)
     display = node.GetDisplayNode()

@@ -17,12 +17,12 @@ import pytest
 
 from conftest import REPO, make_acl_package, mrml_scene_with_views
 
-sys.path[:0] = [str(REPO / "AutoSegMSK"), str(REPO / "ACLClassifier")]
+sys.path[:0] = [str(REPO), str(REPO / "ACLClassifier")]  # SlicerMSKCommon, ACLClassifierLib
 
 import slicer  # noqa: E402  (the slicer-core wheel: a test dependency, installed by the README command)
 
 from ACLClassifierLib import ACLClassifierLogic  # noqa: E402
-from AutoSegMSKLib.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
+from SlicerMSKCommon.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
 from mskai import MskaiError  # noqa: E402
 from mskai.acl import GRADES  # noqa: E402
 from mskai.dicom import index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
@@ -283,7 +283,7 @@ def test_process_database_keeps_going_past_failures_and_resumes(database, acl_pa
 
 
 def test_the_lib_imports_with_slicer_core_alone_and_without_torch():
-    code = ("import sys; sys.modules.update(qt=None, ctk=None); sys.path[:0] = ['AutoSegMSK', 'ACLClassifier']; "
+    code = ("import sys; sys.modules.update(qt=None, ctk=None); sys.path[:0] = ['.', 'ACLClassifier']; "
             "import ACLClassifierLib; import slicer; assert not hasattr(slicer, 'app'); "
             "assert 'torch' not in sys.modules and 'monai' not in sys.modules; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -15,12 +15,12 @@ import pytest
 
 from conftest import REPO, make_package, run_mskai
 
-sys.path.insert(0, str(REPO / "AutoSegMSK"))
+sys.path[:0] = [str(REPO), str(REPO / "AutoSegMSK")]  # SlicerMSKCommon, AutoSegMSKLib
 
 import slicer  # noqa: E402  (the slicer-core wheel: a test dependency, installed by the README command)
 
 from AutoSegMSKLib import AutoSegMSKLogic  # noqa: E402
-from AutoSegMSKLib.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
+from SlicerMSKCommon.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
 from AutoSegMSKLib.segmentations import label_volume, segment_ids  # noqa: E402
 from mskai.dicom import DicomDatabase, index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
 from mskai.io import read_volume_file, write_volume  # noqa: E402
@@ -287,7 +287,7 @@ def test_batch_in_the_background_reports_progress_and_its_summary(tmp_path):
 
 
 def test_the_lib_imports_with_slicer_core_alone_and_without_torch():
-    code = ("import sys; sys.modules.update(qt=None, ctk=None); sys.path.insert(0, 'AutoSegMSK'); "
+    code = ("import sys; sys.modules.update(qt=None, ctk=None); sys.path[:0] = ['.', 'AutoSegMSK']; "
             "import AutoSegMSKLib; import slicer; assert not hasattr(slicer, 'app'); "
             "assert 'torch' not in sys.modules and 'monai' not in sys.modules; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -295,7 +295,7 @@ def test_the_lib_imports_with_slicer_core_alone_and_without_torch():
 
 
 def test_segments_whose_names_collide_as_files_get_one_surface_file_each(tmp_path):
-    from AutoSegMSKLib.nodes import add_node
+    from SlicerMSKCommon.nodes import add_node
     from AutoSegMSKLib.segmentations import export_models, segmentations_logic
     from mskai.volume import Volume
 
@@ -316,10 +316,10 @@ def test_segments_whose_names_collide_as_files_get_one_surface_file_each(tmp_pat
 
 NUL_SCRIPT = """
 import sys
-sys.path[:0] = [{autoseg!r}, {acl!r}]
+sys.path[:0] = [{repo!r}, {acl!r}]
 import slicer
 from ACLClassifierLib import ACLClassifierLogic
-from AutoSegMSKLib.nodes import add_node
+from SlicerMSKCommon.nodes import add_node
 scene = slicer.vtkMRMLScene()
 add_node(scene, "vtkMRMLScalarVolumeNode", "1: KNEE")  # what MRML keeps of "1: KNEE\\0 PD"
 node, _ = ACLClassifierLogic(scene).loadStudy({db!r}, {study!r})
@@ -337,7 +337,7 @@ def test_a_nul_in_a_dicom_description_never_hangs_node_naming(tmp_path):
     write_series(phantom(shape=(48, 48, 16)), tmp_path / "in", series_number=1, study_uid=study,
                  description="KNEE\0 PD\x1b[2J")
     index_folder(tmp_path / "in", tmp_path / "db")
-    script = NUL_SCRIPT.format(autoseg=str(REPO / "AutoSegMSK"), acl=str(REPO / "ACLClassifier"),
+    script = NUL_SCRIPT.format(repo=str(REPO), acl=str(REPO / "ACLClassifier"),
                                db=str(tmp_path / "db"), study=study)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

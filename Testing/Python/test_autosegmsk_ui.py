@@ -1,6 +1,6 @@
 """The two modules' widgets without Qt: each .ui file and <Module>.py agree, imports stay within what Slicer
 provides, the parameter node binds to widgets that can represent it, every logic call exists in <Module>Lib, and the
-widget glue ACLClassifier borrows from AutoSegMSK finds its widgets. Then the widgets' flows with test doubles for Qt
+widget base both share (SlicerMSKCommon.widget) finds its widgets. Then the widgets' flows with test doubles for Qt
 and the Slicer application only (FakeWidget, FakeUi, _fake_slicer): AutoSegMSK's with a stand-in logic, ACLClassifier's
 with its real logic on a real slicer-core scene and the real engine."""
 
@@ -18,7 +18,8 @@ MODULE = REPO / "AutoSegMSK" / "AutoSegMSK.py"
 
 # What 3D Slicer's Python provides to a scripted module, besides the standard library and this extension's own code.
 SLICER_IMPORTS = {"qt", "ctk", "vtk", "slicer", "slicer.ScriptedLoadableModule", "slicer.util",
-                  "slicer.parameterNodeWrapper", "mskai", "mskai.dependencies"}
+                  "slicer.parameterNodeWrapper", "mskai", "mskai.dependencies", "SlicerMSKCommon.widget"}
+SHARED_WIDGET = REPO / "SlicerMSKCommon" / "widget.py"
 # Widget classes the parameter node wrapper can connect to each parameter type (slicer.parameterNodeWrapper).
 CONNECTABLE = {"bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
                "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox", "qMRMLSliderWidget"},
@@ -47,14 +48,13 @@ class ModuleSpec:
 
 
 SPECS = [
-    ModuleSpec("AutoSegMSK", frozenset({"AutoSegMSKLib"}),
-               frozenset({"AutoSegMSKLib", "AutoSegMSKLib.nodes", "DICOMLib", "PyTorchUtils", "mskai.engine",
+    ModuleSpec("AutoSegMSK", frozenset(),
+               frozenset({"AutoSegMSKLib", "SlicerMSKCommon.nodes", "DICOMLib", "PyTorchUtils", "mskai.engine",
                           "mskai.segment.labels"}),
                frozenset({"startSegmentation", "segmentVolume", "exportModels", "compare", "startBatch"}),
                frozenset({"model"})),
-    # ACLClassifier borrows the generic widget glue from the AutoSegMSK module file (one home, see the README).
-    ModuleSpec("ACLClassifier", frozenset({"AutoSegMSK"}),
-               frozenset({"ACLClassifierLib", "AutoSegMSKLib.nodes", "mskai.dicom", "mskai.engine"}),
+    ModuleSpec("ACLClassifier", frozenset(),
+               frozenset({"ACLClassifierLib", "SlicerMSKCommon.nodes", "mskai.dicom", "mskai.engine", "mskai.models.tasks"}),
                frozenset({"startClassification", "classifyVolume", "loadStudy", "databaseStudies", "showResult",
                           "jumpToSlice", "evidenceSlices", "saveResult", "startBatch", "verdict", "planeOf"}),
                frozenset({"model"})),
@@ -97,11 +97,11 @@ def _ui_names(node):
 
 
 def _shared(widget) -> dict:
-    """{name: FunctionDef} of the widget glue both modules share (AutoSegMSK.EngineWidgetMixin), when ``widget``
-    inherits it."""
-    if "EngineWidgetMixin" not in {base.id for base in widget.bases if isinstance(base, ast.Name)}:
+    """{name: FunctionDef} of the widget base both modules share (SlicerMSKCommon.widget.EngineWidget), when
+    ``widget`` inherits it."""
+    if "EngineWidget" not in {base.id for base in widget.bases if isinstance(base, ast.Name)}:
         return {}
-    mixin = _class(ast.parse((REPO / "AutoSegMSK" / "AutoSegMSK.py").read_text()), "EngineWidgetMixin")
+    mixin = _class(ast.parse(SHARED_WIDGET.read_text()), "EngineWidget")
     return {f.name: f for f in mixin.body if isinstance(f, ast.FunctionDef)}
 
 
@@ -137,7 +137,7 @@ def test_shared_widget_glue_finds_its_widgets(spec, ui, tree):
     assert {"checkDependencies", "installDependencies", "onPoll", "onCancel", "setParameterNode"} <= set(shared)
     for name, method in shared.items():
         missing = _ui_names(method) - set(_widgets(ui))
-        assert not missing, f"{name} (EngineWidgetMixin) uses {sorted(missing)}, absent from {spec.name}.ui"
+        assert not missing, f"{name} (EngineWidget) uses {sorted(missing)}, absent from {spec.name}.ui"
 
 
 def test_module_compiles_and_imports_only_what_slicer_provides(spec, tree):
@@ -221,8 +221,8 @@ def test_parameter_node_binds_to_widgets_that_can_show_it(spec, ui, tree):
 
 
 def test_the_result_selector_lists_the_evidence_nodes_the_lib_marks(monkeypatch):
-    for folder in ("ACLClassifier", "AutoSegMSK"):
-        monkeypatch.syspath_prepend(str(REPO / folder))
+    for folder in (REPO, REPO / "ACLClassifier"):
+        monkeypatch.syspath_prepend(str(folder))
     from ACLClassifierLib.results import EVIDENCE
 
     source = (REPO / "ACLClassifier" / "ACLClassifier.py").read_text()
@@ -284,6 +284,9 @@ def _fake_slicer(monkeypatch, calls, scene=None, real=None, dicomDatabase=None):
     carries, with ``scene`` (a real vtkMRMLScene) as slicer.mrmlScene. Returns the doubles tests look at."""
     import contextlib
     import types
+
+    monkeypatch.syspath_prepend(str(REPO))  # SlicerMSKCommon
+    monkeypatch.delitem(sys.modules, "SlicerMSKCommon.widget", raising=False)  # imported again, onto these doubles
 
     def module(name, **attributes):
         m = types.ModuleType(name)
@@ -525,8 +528,8 @@ def acl(monkeypatch, model_dirs):
     from conftest import make_acl_package, mrml_scene_with_views
     from mskai import dependencies
 
-    for folder in ("ACLClassifier", "AutoSegMSK"):
-        monkeypatch.syspath_prepend(str(REPO / folder))
+    for folder in (REPO, REPO / "ACLClassifier"):
+        monkeypatch.syspath_prepend(str(folder))
     import slicer
 
     importlib.import_module("ACLClassifierLib")  # the real Lib, imported with the real slicer-core before the doubles
@@ -536,7 +539,6 @@ def acl(monkeypatch, model_dirs):
     database = types.SimpleNamespace(isOpen=True, databaseDirectory="")
     doubles = _fake_slicer(monkeypatch, calls, scene=scene, real=slicer, dicomDatabase=database)
     monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements=None: [])
-    monkeypatch.setitem(sys.modules, "AutoSegMSK", _load_module("AutoSegMSK", MODULE))  # the borrowed glue
     module = _load_module("ACLClassifier_under_test", REPO / "ACLClassifier" / "ACLClassifier.py")
     w = module.ACLClassifierWidget()
     w.setup()
@@ -545,7 +547,7 @@ def acl(monkeypatch, model_dirs):
 
 
 def test_acl_widget_lists_the_model_with_its_demo_badge_and_names_a_wrong_plane(acl):
-    from AutoSegMSKLib.nodes import add_volume_node
+    from SlicerMSKCommon.nodes import add_volume_node
     from mskai import MskaiError
     from mskai.synth.phantom import phantom
 
@@ -563,7 +565,7 @@ def test_acl_widget_lists_the_model_with_its_demo_badge_and_names_a_wrong_plane(
 
 
 def test_acl_widget_classifies_in_the_background_and_cancel_leaves_the_scene_alone(acl):
-    from AutoSegMSKLib.nodes import add_volume_node
+    from SlicerMSKCommon.nodes import add_volume_node
     from mskai.synth.phantom import phantom
 
     w = acl.w

@@ -52,3 +52,70 @@ def test_mskai_never_imports_slicer_or_qt():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def _module_imports(path: Path, top_level_only: bool = False) -> set:
+    """Modules ``path`` imports (relative imports resolved within its package folder); with top_level_only, only
+    those run when it is imported (not inside functions)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return names
+
+
+def test_no_module_imports_its_sibling_and_the_shared_glue_imports_neither():
+    owners = {"AutoSegMSK": ("ACLClassifier",), "ACLClassifier": ("AutoSegMSK",),
+              "SlicerMSKCommon": ("AutoSegMSK", "ACLClassifier")}
+    for folder, forbidden in owners.items():
+        for path in (REPO / folder).rglob("*.py"):
+            for name in _module_imports(path):
+                assert not name.startswith(forbidden), f"{path.relative_to(REPO)} imports {name}"
+
+
+def test_cmake_installs_every_file_of_the_shared_glue():
+    text = (REPO / "CMakeLists.txt").read_text()
+    block = text[text.index("TARGET_NAME SlicerMSKCommon"):]
+    listed = set(re.findall(r"SlicerMSKCommon/\S+\.py", block[:block.index(")")]))
+    present = {p.relative_to(REPO).as_posix() for p in (REPO / "SlicerMSKCommon").glob("*.py")}
+    assert listed == present
+
+
+def test_mskai_modules_import_no_circle_when_loaded():
+    graph = {}
+    for path in (REPO / "mskai").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {n for n in _module_imports(path, top_level_only=True) if n.startswith("mskai")}
+    for name in graph:
+        graph[name] = {n for n in graph[name] if n in graph and n != name}
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in graph[node]:
+            assert state.get(nxt) != "open", "import circle: " + " -> ".join(path + [nxt])
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_command_line_starts_without_training_synthesis_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, mskai.cli; mskai.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or '.train' in m or m.startswith('mskai.synth')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

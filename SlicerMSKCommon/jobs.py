@@ -1,0 +1,165 @@
+"""The engine run in a background process, and its result brought into the scene (slicer-core, no Qt).
+
+``VolumeEngineJob`` runs one `mskai <command>` on a volume node (temporary folder, the node written to a fixed-name
+NRRD, EngineJob, progress forwarded by ``poll()``, output loaded into the scene all or nothing, cleanup, cancel);
+``EngineBatchJob`` runs one `mskai batch <command>` over a DICOM database. AutoSegMSKLib's SegmentationJob/BatchJob and
+ACLClassifierLib's job build on them; the process launcher itself is ``mskai.engine.EngineJob`` (pure Python).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from mskai import MskaiError
+from mskai.engine import EngineJob
+from mskai.io import write_volume
+
+from .nodes import remove_node, volume_from_node
+
+
+def installed_models(task: str) -> list[dict]:
+    """Installed model packages of ``task`` ("segmentation", "acl-classification"): id, version, description,
+    demo flag and a display title that says DEMO - not for clinical use where it applies."""
+    from mskai.models.registry import list_models
+
+    return [{"id": p.id, "version": p.version, "description": p.metadata.get("description", ""),
+             "demo": bool(p.metadata["demo"]),
+             "title": f"{p.id} {p.version}" + (" (DEMO - not for clinical use)" if p.metadata["demo"] else "")}
+            for p in list_models(task=task)]
+
+
+class VolumeEngineJob:
+    """`mskai <command> input.nrrd -o <output> --progress json <arguments>` on a volume node, in another process.
+
+    The node is written to a private temporary folder under a fixed name (node names may name the patient).
+    ``poll()`` (from a GUI timer) forwards progress as ``onProgress(stage, fraction)`` and, once the engine has
+    finished, calls ``load(output_folder, keep)`` to bring its files into the scene: ``keep(node)`` records each
+    node it adds, and if loading fails every recorded node is removed again (all or nothing). Then it calls
+    ``onFinished(result)`` once: load's dict, or {"error": message}, or {"cancelled": True}. The temporary folder
+    is removed in every case.
+    """
+
+    failure = "The engine failed"  # the message when the engine ends without a one-line error of its own
+
+    def __init__(self, scene, volumeNode, command, arguments, load, onProgress=None, onFinished=None,
+                 prefix="mskai-"):
+        self.scene, self.volumeNode = scene, volumeNode
+        self.onProgress, self.onFinished, self._load_output = onProgress, onFinished, load
+        self.result = None
+        volume = volume_from_node(volumeNode)  # a bad input fails here, before anything is written
+        self._work = Path(tempfile.mkdtemp(prefix=prefix))
+        try:
+            source = write_volume(volume, self._work / "input.nrrd")  # a fixed name: node names may name the patient
+            self._output = self._work / "result"
+            self._engine = EngineJob([*([command] if isinstance(command, str) else command), str(source),
+                                      "-o", str(self._output), "--progress", "json", *arguments],
+                                     output=self._output)
+            self._engine.start()
+        except BaseException:
+            shutil.rmtree(self._work, ignore_errors=True)
+            raise
+
+    def poll(self) -> bool:
+        """Forward new progress; True once the job has finished (then ``result`` is set)."""
+        if self.result is not None:
+            return True
+        for event in self._engine.poll():
+            if self.onProgress and "stage" in event:
+                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
+        if self._engine.running:
+            return False
+        self._engine.wait()
+        if self._engine.state == "done":
+            self._finish(self._load)
+        elif self._engine.state == "cancelled":
+            self._finish(lambda: {"cancelled": True})
+        else:
+            self._finish(lambda: {"error": self._engine.error or self.failure})
+        return True
+
+    def wait(self, poll_s: float = 0.1) -> dict:
+        """Block until finished; returns the result."""
+        while not self.poll():
+            time.sleep(poll_s)
+        return self.result
+
+    def cancel(self):
+        """End the engine process tree; the scene is left as it was."""
+        if self.result is None:
+            self._engine.cancel()
+            self.poll()
+
+    def _finish(self, make_result):
+        try:
+            self.result = make_result()
+        except MskaiError as exc:
+            self.result = {"error": str(exc)}
+        finally:
+            shutil.rmtree(self._work, ignore_errors=True)
+        if self.onFinished:
+            self.onFinished(self.result)
+
+    def _load(self) -> dict:
+        """Bring the engine's files into the scene, all or nothing."""
+        added = []
+        try:
+            return self._load_output(self._output, added.append)
+        except BaseException:
+            for node in reversed(added):
+                if self.scene.IsNodePresent(node):
+                    remove_node(self.scene, node)
+            raise
+
+
+class EngineBatchJob:
+    """`mskai batch <command>` over a DICOM database in another process: the module's GUI stays usable.
+
+    ``poll()`` calls ``onProgress("batch", fraction)`` per unit (series or study) and, once, ``onFinished(summary)``
+    with the batch report ({"done", "skipped", "failed"}), or {"error": message}, or {"cancelled": True}. A cancelled
+    batch keeps the units it finished (a later run with resume does the rest) and leaves no half-written unit.
+    """
+
+    def __init__(self, command, databaseDir, outputDir, resume=True, arguments=(), onProgress=None, onFinished=None):
+        self.output = Path(outputDir).resolve()
+        self.onProgress, self.onFinished, self.result = onProgress, onFinished, None
+        self._engine = EngineJob(["batch", command, str(databaseDir), "-o", str(self.output), "--progress", "json",
+                                  *(["--resume"] if resume else []), *arguments]).start()
+
+    def poll(self) -> bool:
+        if self.result is not None:
+            return True
+        for event in self._engine.poll():
+            if self.onProgress:
+                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
+        if self._engine.running:
+            return False
+        self._engine.wait()
+        report = self.output / "batch.json"
+        if self._engine.state == "cancelled":
+            self.result = {"cancelled": True}
+        elif report.is_file() and self._engine.returncode in (0, 1):  # 1: some units failed, the batch finished
+            summary = json.loads(report.read_text())
+            self.result = {key: summary[key] for key in ("done", "skipped", "failed")}
+        else:
+            self.result = {"error": self._engine.error or "The batch engine failed"}
+        if self.onFinished:
+            self.onFinished(self.result)
+        return True
+
+    def cancel(self):
+        if self.result is None:
+            self._engine.cancel()
+            remove_half_written(self.output)
+            self.poll()
+
+
+def remove_half_written(folder: Path):
+    """Remove the staging folders that a killed batch left beside its unit folders."""
+    from mskai.io import _remove_stale
+
+    for entry in folder.glob(".*.mskai-*"):
+        _remove_stale(folder, f".{entry.name[1:].split('.mskai-')[0]}.mskai-")
