@@ -159,7 +159,7 @@ class EngineBatchJob:
 
 def remove_half_written(folder: Path):
     """Remove the staging folders that a killed batch left beside its unit folders."""
-    from mskai.io import _remove_stale
+    from mskai.io import remove_stale
 
     for entry in folder.glob(".*.mskai-*"):
-        _remove_stale(folder, f".{entry.name[1:].split('.mskai-')[0]}.mskai-")
+        remove_stale(folder, f".{entry.name[1:].split('.mskai-')[0]}.mskai-")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mskai import MskaiError
 from mskai.cluster import ClusterOptions, check_main_guard, open_client, usable_cores
-from mskai.io import (OUTPUT_MARKER, _remove_stale, atomic_output, check_output_folder, read_marker, write_csv,
+from mskai.io import (OUTPUT_MARKER, remove_stale, atomic_output, check_output_folder, read_marker, write_csv,
                       write_marker)
 from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
 
@@ -362,7 +362,7 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
         summary = manifest.write()
         if finished or not cluster.scheduler:  # nothing runs any more: staging folders of dead workers go
             for key, _ in todo:
-                _remove_stale(output, f".{key}.mskai-")
+                remove_stale(output, f".{key}.mskai-")
     return summary
 
 

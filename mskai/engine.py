@@ -204,14 +204,14 @@ class EngineJob:
     def _remove_output(self):
         """With the tree dead: put back an earlier output that an interrupted swap set aside, remove the staging
         folders, and remove the output folder when this cancelled run created it in its very last instant."""
-        from mskai.io import OUTPUT_MARKER, _remove_stale  # here: importing the launcher stays light for GUIs
+        from mskai.io import OUTPUT_MARKER, remove_stale  # here: importing the launcher stays light for GUIs
 
         out, prefix = self.output, f".{self.output.name}.mskai-"
         if not os.path.lexists(out):
             for old in out.parent.glob(f"{glob.escape(prefix)}old-{self._proc.pid}-*"):
                 os.rename(old, out)
                 break
-        _remove_stale(out.parent, prefix)
+        remove_stale(out.parent, prefix)
         if not self._existed and out.is_dir() and not out.is_symlink() and (out / OUTPUT_MARKER).is_file():
             shutil.rmtree(out, ignore_errors=True)
 

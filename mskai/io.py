@@ -213,7 +213,7 @@ def output_folder(folder, kind: str, inputs=()):
     prefix = f".{folder.name}.mskai-"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(folder.parent, prefix)
+        remove_stale(folder.parent, prefix)
         staging = Path(tempfile.mkdtemp(prefix=f"{prefix}staging-{os.getpid()}-", dir=folder.parent))
     except OSError as exc:
         raise _writable_error(folder, exc) from None
@@ -243,7 +243,7 @@ def swap_in(staging: Path, folder: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_stale(parent: Path, prefix: str):
+def remove_stale(parent: Path, prefix: str):
     """Remove staging and set-aside folders left by mskai runs that no longer exist (killed, crashed)."""
     import psutil
 

@@ -807,13 +807,14 @@ def stratified_subject_split(cases, fractions=(0.7, 0.15, 0.15), seed: int = 0) 
     return {name: [c for c in cases if part_of[c.subject] == name] for name in names}
 
 
-def class_weights(cases, n_classes: int) -> np.ndarray:
-    """Per-class loss weights: inverse class frequency, normalised so the mean weight per case is 1.
+def class_weights(labels, n_classes: int) -> np.ndarray:
+    """Per-class weights (loss weights, or sampling weights per case): inverse class frequency, normalised so the
+    mean weight per case is 1.
 
     w[c] = N / (K * n_c) over the K classes present (scikit-learn's "balanced"); absent classes get 0
     (no case carries them, e.g. KneeMRI's empty "minor strain").
     """
-    labels = np.array([c.label for c in cases], dtype=int)
+    labels = np.asarray(labels, dtype=int)
     if labels.size == 0:
         raise MskaiError("no cases to weigh")
     if labels.min() < 0 or labels.max() >= n_classes:
@@ -823,19 +824,3 @@ def class_weights(cases, n_classes: int) -> np.ndarray:
     weights = np.zeros(n_classes)
     weights[present] = labels.size / (present.sum() * counts[present])
     return weights
-
-
-def sample_weights(cases, n_classes: int) -> np.ndarray:
-    """One weight per case (its class weight) for torch.utils.data.WeightedRandomSampler: classes drawn evenly."""
-    weights = class_weights(cases, n_classes)
-    return weights[np.array([c.label for c in cases], dtype=int)]
-
-
-def balanced_sampler(cases, n_classes: int, num_samples: int | None = None, seed: int = 0):
-    """A seeded torch WeightedRandomSampler drawing the classes of ``cases`` equally often (with replacement)."""
-    import torch
-    from torch.utils.data import WeightedRandomSampler
-
-    weights = torch.as_tensor(sample_weights(cases, n_classes), dtype=torch.double)
-    generator = torch.Generator().manual_seed(int(seed))
-    return WeightedRandomSampler(weights, num_samples or len(weights), replacement=True, generator=generator)

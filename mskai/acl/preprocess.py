@@ -26,6 +26,7 @@ import numpy as np
 from mskai import MskaiError, check_range
 from mskai.acl.series import MIN_SLICES
 from mskai.dicom.plane import volume_plane
+from mskai.segment.labels import BONE_VALUES
 from mskai.volume import Volume
 
 HIST_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)  # Nyul-Udupa landmarks (foreground percentiles)
@@ -35,7 +36,7 @@ MAX_VOXELS = 300_000_000  # a 1024-slice 512x512 series is 268 M
 SAMPLE_VOXELS = 2_000_000  # intensity statistics come from a strided sample of about this many voxels
 KMEANS_SAMPLE = 20_000
 NMF_MAX_ITER = 100  # the fit error changes < 1 % of itself from 100 to 200 iterations
-FEMUR, TIBIA = 2, 1  # the bone model's labels (mskai.segment.labels)
+FEMUR, TIBIA = BONE_VALUES["femur"], BONE_VALUES["tibia"]  # the bone model's labels
 CONDYLE_MM = 25.0  # the distal femur (condyles) and ...
 PLATEAU_MM = 15.0  # ... the proximal tibia that locate the notch
 BONE_GAP_MM = 20.0  # femur's lowest point may lie at most this far below the tibial plateau (else labels are wrong)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from mskai import MskaiError, check_range
 from mskai.acl import BINARY_CLASSES, GRADES
+from mskai.acl.data import class_weights
 from mskai.models.tasks import ACL_CLASSIFICATION
 
 
@@ -256,8 +257,7 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
         from mskai.acl.model import load_backbone
 
         load_backbone(net, backbone_weights)
-    counts = np.bincount(train.labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    weights = class_weights(train.labels, n_classes)
     loss_weights = torch.tensor(weights, dtype=torch.float32) if config.balance == "weights" else None
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from mskai.segment.labels import BONE_VALUES
 from mskai.synth.synthseg import (AIR, CARTILAGE, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, OTHER, TENDON, VESSEL,
                                   TissueMapSource)
 
-TIBIA, FEMUR = 1, 2
+TIBIA, FEMUR = BONE_VALUES["tibia"], BONE_VALUES["femur"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -276,13 +277,11 @@ def load_pd_knee(path, slice_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     so renders in other planes show bones, not 4 mm steps.
     """
     import nibabel as nib
-    import nrrd
 
-    data, header = nrrd.read(str(path))
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(header["space directions"], dtype=float).T
-    affine[:3, 3] = header["space origin"]
-    affine = RAS_TO_LPS @ affine  # LPS -> RAS (the same flip both ways)
+    from mskai.io import read_volume_file
+
+    volume = read_volume_file(path)
+    data, affine = np.asarray(volume.array), RAS_TO_LPS @ volume.affine_lps  # LPS -> RAS (the same flip both ways)
     orientation = nib.orientations.io_orientation(affine)
     labels = np.zeros(data.shape, dtype=np.uint8)
     for value, bone in PD_KNEE_BONES.items():

@@ -92,13 +92,12 @@ class KneeLabelSource(TissueMapSource):
     outside = MUSCLE
 
     def __init__(self, path):
-        import nrrd
         from scipy import ndimage
 
-        data, header = nrrd.read(str(path))
-        self.affine = np.eye(4)
-        self.affine[:3, :3] = np.asarray(header["space directions"], dtype=float).T
-        self.affine[:3, 3] = header["space origin"]
+        from mskai.io import read_volume_file
+
+        volume = read_volume_file(path)
+        data, self.affine = np.asarray(volume.array), volume.affine_lps
         spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
         tissue = np.full(data.shape, MUSCLE, dtype=np.uint8)
         owner = np.zeros(data.shape, dtype=np.uint8)
