@@ -124,6 +124,54 @@ def _available_bytes() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+def _fit_memory(crop_shape, canonical_spacing, spec, n_classes, batch, fast, spacing, fallbacks):
+    """(batch, fast, spacing, model grid shape) that fit in 60 % of the available memory: batch size 1 first, then
+    the package's fast spacing; else one clear error. Each step taken is appended to ``fallbacks``."""
+    roi = tuple(spec["patch_size"])
+    model_shape = model_grid_shape(crop_shape, canonical_spacing, spacing)
+    budget = 0.6 * _available_bytes()
+    while estimate_memory_bytes(model_shape, n_classes, roi, batch) > budget:
+        if batch > 1:
+            batch = 1
+            fallbacks.append("batch size 1 to fit memory")
+        elif not fast and spec.get("fast_spacing_mm"):
+            fast, spacing = True, spec["fast_spacing_mm"]
+            model_shape = model_grid_shape(crop_shape, canonical_spacing, spacing)
+            fallbacks.append(f"fast mode ({spacing} mm) to fit memory")
+        else:
+            need = estimate_memory_bytes(model_shape, n_classes, roi, batch) / 2**30
+            raise MskaiError(f"Not enough memory: about {need:.1f} GiB needed, {budget / 0.6 / 2**30:.1f} GiB "
+                             "available; use a slab (--slab) or a machine with more memory")
+    return batch, fast, spacing, model_shape
+
+
+def _probabilities(net, image, roi, batch, overlap, device, progress, cancel) -> torch.Tensor:
+    """Class probabilities (C x model grid, on the CPU) by Gaussian-weighted sliding windows; progress per window,
+    ``cancel`` checked before each batch of windows."""
+    from monai.inferers import sliding_window_inference
+
+    total = _n_windows(tuple(image.shape[1:]), roi, overlap)
+    done = [0]
+
+    def predictor(x):
+        if cancel is not None and cancel():
+            raise Cancelled("Segmentation cancelled")
+        y = net(x)
+        done[0] += x.shape[0]
+        progress("infer", min(1.0, done[0] / total))
+        return y
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(image[None].to(device), roi_size=roi, sw_batch_size=batch,
+                                          predictor=predictor, overlap=overlap, mode="gaussian",
+                                          sw_device=device, device=torch.device("cpu"))
+        probabilities = logits[0]  # softmax in place: no second full-size copy
+        probabilities -= probabilities.max(dim=0, keepdim=True).values
+        probabilities.exp_()
+        probabilities /= probabilities.sum(dim=0, keepdim=True)
+    return probabilities
+
+
 def segment_volume(volume: Volume, package, options: SegmentOptions | None = None, progress=None,
                    cancel=None) -> SegmentResult:
     """Segment a volume with a segmentation model package.
@@ -131,8 +179,6 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     progress: called as progress(stage, fraction) with stage in preprocess/infer/postprocess.
     cancel: a callable returning True to stop; checked between sliding windows (raises Cancelled).
     """
-    from monai.inferers import sliding_window_inference
-
     options = options or SegmentOptions()
     progress = progress or (lambda stage, fraction: None)
     check_task(package, SEGMENTATION)
@@ -157,47 +203,17 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     crop_shape = tuple(s.stop - s.start for s in crop)
     batch = options.batch_size
 
-    model_shape = model_grid_shape(crop_shape, grid.canonical_spacing, spacing)
-    budget = 0.6 * _available_bytes()
-    while estimate_memory_bytes(model_shape, n_classes, roi, batch) > budget:
-        if batch > 1:
-            batch = 1
-            settings["fallbacks"].append("batch size 1 to fit memory")
-        elif not fast and spec.get("fast_spacing_mm"):
-            fast, spacing = True, spec["fast_spacing_mm"]
-            model_shape = model_grid_shape(crop_shape, grid.canonical_spacing, spacing)
-            settings["fallbacks"].append(f"fast mode ({spacing} mm) to fit memory")
-        else:
-            need = estimate_memory_bytes(model_shape, n_classes, roi, batch) / 2**30
-            raise MskaiError(f"Not enough memory: about {need:.1f} GiB needed, {budget / 0.6 / 2**30:.1f} GiB "
-                             "available; use a slab (--slab) or a machine with more memory")
+    batch, fast, spacing, model_shape = _fit_memory(crop_shape, grid.canonical_spacing, spec, n_classes, batch, fast,
+                                                    spacing, settings["fallbacks"])
     settings.update(spacing_mm=list(spacing), batch_size=batch, fast=fast, model_grid=list(model_shape))
     image = model_image(grid.to_canonical(volume.array)[crop], model_shape, spec["intensity"])[None]
     timings["preprocess"] = time.perf_counter() - t
     progress("preprocess", 1.0)
 
     t = time.perf_counter()
-    net = package.build_network().to(device)
-    total = _n_windows(model_shape, roi, options.overlap)
-    done = [0]
-
-    def predictor(x):
-        if cancel is not None and cancel():
-            raise Cancelled("Segmentation cancelled")
-        y = net(x)
-        done[0] += x.shape[0]
-        progress("infer", min(1.0, done[0] / total))
-        return y
-
-    with torch.inference_mode():
-        logits = sliding_window_inference(image[None].to(device), roi_size=roi, sw_batch_size=batch,
-                                          predictor=predictor, overlap=options.overlap, mode="gaussian",
-                                          sw_device=device, device=torch.device("cpu"))
-        probabilities = logits[0]  # softmax in place: no second full-size copy
-        probabilities -= probabilities.max(dim=0, keepdim=True).values
-        probabilities.exp_()
-        probabilities /= probabilities.sum(dim=0, keepdim=True)
-    del logits, image
+    probabilities = _probabilities(package.build_network().to(device), image, roi, batch, options.overlap, device,
+                                   progress, cancel)
+    del image
     timings["infer"] = time.perf_counter() - t
 
     t = time.perf_counter()
