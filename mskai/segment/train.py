@@ -204,6 +204,86 @@ def load_checkpoint(out_dir) -> dict | None:
         raise MskaiError(f"Cannot resume from {path}: {exc.__class__.__name__}: {exc}") from None
 
 
+@dataclass
+class _RunState:
+    """What a run carries from evaluation to evaluation (and a checkpoint keeps): log, best so far, patience."""
+
+    log: list = field(default_factory=list)
+    best: float = -1.0
+    best_state: dict | None = None
+    stale: int = 0
+    done: int = 0  # iterations done before this run (a resumed run)
+
+    def checkpoint(self, net, optimiser, schedule, iteration) -> dict:
+        return {"model": net.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                "iteration": iteration, "log": self.log, "best": self.best, "stale": self.stale,
+                "best_state": self.best_state}
+
+
+def _network(config: TrainConfig, init_package, device, bf16):
+    """(network spec, network on ``device`` in training mode): a new one, or ``init_package``'s to fine-tune."""
+    from mskai.models.networks import build_network
+
+    spec = init_package.metadata["network"] if init_package is not None else network_spec(config)
+    net = build_network(spec)
+    if init_package is not None:
+        net.load_state_dict(init_package.state_dict())
+    net.to(device).train()
+    return spec, net.to(memory_format=torch.channels_last_3d) if bf16 else net
+
+
+def _resumed(out_dir: Path, net, optimiser, schedule, train_data, progress) -> _RunState:
+    """The state of the run that stopped in ``out_dir``, loaded into net, optimiser and schedule."""
+    checkpoint = load_checkpoint(out_dir)
+    if checkpoint is None:
+        raise MskaiError(f"Nothing to resume: {out_dir / CHECKPOINT} does not exist")
+    net.load_state_dict(checkpoint["model"])
+    optimiser.load_state_dict(checkpoint["optimiser"])
+    schedule.load_state_dict(checkpoint["schedule"])
+    run = _RunState(log=checkpoint["log"], best=checkpoint["best"], best_state=checkpoint["best_state"],
+                    stale=checkpoint["stale"], done=checkpoint["iteration"])
+    if hasattr(train_data, "reseed"):
+        train_data.reseed(run.done)
+    progress(f"resuming at iteration {run.done} (best validation mean Dice so far {run.best:.3f})")
+    return run
+
+
+def _step(net, optimiser, schedule, batch, device, bf16) -> float:
+    """One optimiser step on a batch (image, labels[, labelled]); the loss in float32."""
+    image, label = batch[0].to(device), batch[1].to(device).long()
+    if bf16:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    with step_context(bf16):
+        logits = net(image)
+    logits = logits.float()
+    labelled = batch[2].to(device) if len(batch) > 2 else torch.ones(logits.shape[:2], dtype=torch.bool, device=device)
+    optimiser.zero_grad()
+    loss = marginal_dice_focal(logits, label, labelled)
+    loss.backward()
+    optimiser.step()
+    schedule.step()
+    return float(loss.detach())
+
+
+def _evaluate(run: _RunState, net, val_set, device, iteration, losses, lr, seconds, save_best, progress):
+    """Validate, log, keep the best state (``save_best(entry, state)`` writes its package) and count patience."""
+    dice = _validate(net, val_set, device)
+    finite = [v for v in dice.values() if np.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else 0.0
+    entry = {"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": dice, "val_mean_dice": mean,
+             "lr": lr, "seconds": round(seconds, 1)}
+    run.log.append(entry)
+    if mean > run.best:
+        run.best, run.stale = mean, 0
+        run.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        save_best(entry, run.best_state)
+    else:
+        run.stale += 1
+    progress(f"iteration {iteration}: loss {entry['train_loss']:.4f}, val Dice "
+             + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) + f", mean {mean:.3f}"
+             + (" (best)" if run.stale == 0 else ""))
+
+
 def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, progress=print, resume=False):
     """Train (or fine-tune ``init_package``) and write the best model as a package in ``out_dir``.
 
@@ -214,8 +294,6 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
     A checkpoint is written at every evaluation and when the time budget (``config.max_minutes``) ends the run.
     Returns the training log (one entry per evaluation).
     """
-    from mskai.models.networks import build_network
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -223,79 +301,30 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
         torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = config.bf16 and device.type == "cpu"
-    spec = init_package.metadata["network"] if init_package is not None else network_spec(config)
-    net = build_network(spec)
-    if init_package is not None:
-        net.load_state_dict(init_package.state_dict())
-    net.to(device).train()
-    if bf16:
-        net = net.to(memory_format=torch.channels_last_3d)
+    spec, net = _network(config, init_package, device, bf16)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.02)
-    log, best, best_state, stale, losses, done = [], -1.0, None, 0, [], 0
-    checkpoint = load_checkpoint(out_dir) if resume else None
-    if resume and checkpoint is None:
-        raise MskaiError(f"Nothing to resume: {out_dir / CHECKPOINT} does not exist")
-    if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
-        optimiser.load_state_dict(checkpoint["optimiser"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        log, best, stale, done = checkpoint["log"], checkpoint["best"], checkpoint["stale"], checkpoint["iteration"]
-        best_state = checkpoint["best_state"]
-        if hasattr(train_data, "reseed"):
-            train_data.reseed(done)
-        progress(f"resuming at iteration {done} (best validation mean Dice so far {best:.3f})")
+    run = _resumed(out_dir, net, optimiser, schedule, train_data, progress) if resume else _RunState()
     loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=config.workers,
                                          **({"prefetch_factor": 4, "worker_init_fn": _one_thread}
                                             if config.workers else {}))
-
-    def state(iteration):
-        return {"model": net.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                "iteration": iteration, "log": log, "best": best, "stale": stale, "best_state": best_state}
-
-    start = time.perf_counter()
-    for iteration, batch in enumerate(loader, start=done + 1):
+    save_best = lambda entry, state: _save(out_dir, config, spec, init_package, entry, state)  # noqa: E731
+    start, losses = time.perf_counter(), []
+    for iteration, batch in enumerate(loader, start=run.done + 1):
         if iteration > config.iterations:
             break
-        image, label = batch[0].to(device), batch[1].to(device).long()
-        if bf16:
-            image = image.contiguous(memory_format=torch.channels_last_3d)
-        with step_context(bf16):
-            logits = net(image)
-        logits = logits.float()  # the loss in float32
-        labelled = batch[2].to(device) if len(batch) > 2 else torch.ones(logits.shape[:2], dtype=torch.bool,
-                                                                         device=device)
-        optimiser.zero_grad()
-        loss = marginal_dice_focal(logits, label, labelled)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(_step(net, optimiser, schedule, batch, device, bf16))
         out_of_time = config.max_minutes is not None and time.perf_counter() - start > config.max_minutes * 60
         if iteration % config.eval_every == 0 or iteration == config.iterations or out_of_time:
-            dice = _validate(net, val_set, device)
-            finite = [v for v in dice.values() if np.isfinite(v)]
-            mean = float(np.mean(finite)) if finite else 0.0
-            entry = {"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": dice,
-                     "val_mean_dice": mean, "lr": schedule.get_last_lr()[0],
-                     "seconds": round(time.perf_counter() - start, 1)}
-            log.append(entry)
+            _evaluate(run, net, val_set, device, iteration, losses, schedule.get_last_lr()[0],
+                      time.perf_counter() - start, save_best, progress)
             losses = []
-            if mean > best:
-                best, stale = mean, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                _save(out_dir, config, spec, init_package, entry, best_state)
-            else:
-                stale += 1
-            progress(f"iteration {iteration}: loss {entry['train_loss']:.4f}, val Dice "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) + f", mean {mean:.3f}"
-                     + (" (best)" if stale == 0 else ""))
             with atomic_output(out_dir / "training_log.json") as tmp:
-                tmp.write_text(json.dumps({"config": asdict(config), "log": log}, indent=2))
-            _plot(log, out_dir)
-            _save_checkpoint(out_dir, state(iteration))
-            if stale >= config.patience:
-                progress(f"stopping early: no better validation Dice for {stale} evaluations")
+                tmp.write_text(json.dumps({"config": asdict(config), "log": run.log}, indent=2))
+            _plot(run.log, out_dir)
+            _save_checkpoint(out_dir, run.checkpoint(net, optimiser, schedule, iteration))
+            if run.stale >= config.patience:
+                progress(f"stopping early: no better validation Dice for {run.stale} evaluations")
                 break
             if out_of_time:
                 progress(f"time budget of {config.max_minutes:g} min reached at iteration {iteration}: "
@@ -303,6 +332,6 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
                 break
         if iteration >= config.iterations:
             break
-    if best_state is None:
+    if run.best_state is None:
         raise MskaiError("Training ended before the first validation; increase --iterations")
-    return log
+    return run.log
