@@ -282,16 +282,12 @@ def _known_rows(earlier: dict, unit: str, rows_key: str, fields) -> dict:
     return {row[unit]: {k: row.get(k) for k in fields if k in row} for row in earlier.get(rows_key, []) if row.get(unit)}
 
 
-def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fields, run: dict, earlier: dict,
-               resume: bool, identifiers: bool, progress, on_start, cluster: ClusterOptions,
-               torch_threads: int | None) -> dict:
-    """units: [(key, uid, spec)]; one folder and one manifest row per key. ``earlier``: the manifest already in
-    ``output`` (``_earlier_manifest``), of which only the known columns are carried over."""
-    fields = tuple(fields) + ((f"{unit}_uid",) if identifiers else ())
-    earlier_rows = _known_rows(earlier, unit, rows_key, fields)
-    manifest = Manifest(output, unit, rows_key, fields, run | {"started": _now()})
+def _plan(manifest, units, earlier_rows, resume, identifiers, torch_threads) -> list:
+    """Fill the manifest's rows (earlier units this run does not touch stay listed; with resume, complete unit folders
+    are skipped) and return the (key, spec) of the units to run."""
+    output, unit, run = manifest.folder, manifest.unit, manifest.run
     ours = {key for key, _, _ in units}
-    for key, row in earlier_rows.items():  # units of an earlier run this one does not touch stay listed
+    for key, row in earlier_rows.items():
         if key not in ours and (output / key).is_dir():
             manifest.rows[key] = row | {unit: key}
     todo = []
@@ -305,6 +301,64 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
         manifest.rows[key] = {**row, unit: key, "output": key, "model": run["model"]["label"],
                               **({"note": spec["note"]} if spec.get("note") else {}),
                               **({f"{unit}_uid": uid} if identifiers else {})}
+    return todo
+
+
+def _run_on(client, where, kind, todo, manifest, cluster: ClusterOptions, progress):
+    """Run ``todo`` on the cluster, updating the manifest as each unit ends; unfinished tasks are cancelled if this
+    is interrupted.
+
+    As many tasks in flight as the cluster has threads: a worker holds only what it runs, so one that dies (out of
+    memory on one series) takes no queued series with it, and Dask's allowed-failures counts the deaths of the task
+    that was running only."""
+    from distributed import as_completed
+
+    token, start = uuid.uuid4().hex[:8], time.perf_counter()
+    waiting, futures, running = iter(todo), {}, as_completed()
+
+    def submit_next():
+        item = next(waiting, None)
+        if item is not None:
+            key, spec = item
+            future = client.submit(run_unit, kind, spec | {"threads_by_host": where["threads_by_host"]},
+                                   key=f"mskai-{key}-{token}", pure=False)
+            futures[future] = key
+            running.add(future)
+
+    for _ in range(max(1, sum(where["threads_by_host"].values()))):
+        submit_next()
+    finished = False
+    try:
+        for future in running:
+            key = futures[future]
+            submit_next()
+            if future.status == "finished":
+                result = future.result()
+            else:  # the task never returned a row: its worker died (or the cluster lost it)
+                retries = None if cluster.scheduler else cluster.retries
+                result = {"status": "failed", "error": _failed_task(future, retries, manifest.unit),
+                          "seconds": None, "finished": _now(), "worker": None}
+            row = manifest.rows[key] | result
+            manifest.update(row)
+            if progress:
+                counts = manifest.counts()
+                minutes = max(time.perf_counter() - start, 1e-3) / 60
+                progress(row, counts | {"per_minute": (counts["done"] + counts["failed"]) / minutes})
+        finished = True
+    finally:
+        if not finished:
+            client.cancel(list(futures))
+
+
+def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fields, run: dict, earlier: dict,
+               resume: bool, identifiers: bool, progress, on_start, cluster: ClusterOptions,
+               torch_threads: int | None) -> dict:
+    """units: [(key, uid, spec)]; one folder and one manifest row per key. ``earlier``: the manifest already in
+    ``output`` (``_earlier_manifest``), of which only the known columns are carried over."""
+    fields = tuple(fields) + ((f"{unit}_uid",) if identifiers else ())
+    earlier_rows = _known_rows(earlier, unit, rows_key, fields)
+    manifest = Manifest(output, unit, rows_key, fields, run | {"started": _now()})
+    todo = _plan(manifest, units, earlier_rows, resume, identifiers, torch_threads)
     manifest.write()
     if not todo:
         return manifest.summary()
@@ -313,48 +367,11 @@ def _run_units(kind: str, units, output: Path, *, unit: str, rows_key: str, fiel
     finished = False
     try:
         with open_client(cluster) as (client, where):
-            from distributed import as_completed
-
             manifest.run["engine"] = where
             if on_start:
                 on_start(where, len(todo))
-            token, start = uuid.uuid4().hex[:8], time.perf_counter()
-            waiting, futures, running = iter(todo), {}, as_completed()
-
-            def submit_next():
-                item = next(waiting, None)
-                if item is not None:
-                    key, spec = item
-                    future = client.submit(run_unit, kind, spec | {"threads_by_host": where["threads_by_host"]},
-                                           key=f"mskai-{key}-{token}", pure=False)
-                    futures[future] = key
-                    running.add(future)
-
-            # As many tasks in flight as the cluster has threads: a worker holds only what it runs, so one that dies
-            # (out of memory on one series) takes no queued series with it, and Dask's allowed-failures counts the
-            # deaths of the task that was running only.
-            for _ in range(max(1, sum(where["threads_by_host"].values()))):
-                submit_next()
-            try:
-                for future in running:
-                    key = futures[future]
-                    submit_next()
-                    if future.status == "finished":
-                        result = future.result()
-                    else:  # the task never returned a row: its worker died (or the cluster lost it)
-                        retries = None if cluster.scheduler else cluster.retries
-                        result = {"status": "failed", "error": _failed_task(future, retries, unit),
-                                  "seconds": None, "finished": _now(), "worker": None}
-                    row = manifest.rows[key] | result
-                    manifest.update(row)
-                    if progress:
-                        counts = manifest.counts()
-                        minutes = max(time.perf_counter() - start, 1e-3) / 60
-                        progress(row, counts | {"per_minute": (counts["done"] + counts["failed"]) / minutes})
-                finished = True
-            finally:
-                if not finished:
-                    client.cancel(list(futures))
+            _run_on(client, where, kind, todo, manifest, cluster, progress)
+            finished = True
     finally:
         for key, _ in todo:  # interrupted: tasks that were finishing may have put their folder in place meanwhile
             if manifest.rows[key]["status"] == "pending" and (output / key / OUTPUT_MARKER).is_file():
