@@ -25,7 +25,7 @@ GOAL_S = 10.0
 
 def make_series(folder: Path) -> Path:
     """A synthetic sagittal knee resliced to 160 thin slices (like a 3D DESS/PD-SPACE series), as DICOM files."""
-    from mskai.acl.synth import acl_shape_subjects, synthetic_acl_knee
+    from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee
     from mskai.synth.dicom_writer import write_series
     from mskai.volume import Volume
 

@@ -21,7 +21,7 @@ from scipy import ndimage  # noqa: E402
 
 from mskai.acl import GRADES  # noqa: E402
 from mskai.acl.infer import classify_volume, sagittal_view  # noqa: E402
-from mskai.acl.synth import acl_shape_subjects, synthetic_acl_knee  # noqa: E402
+from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee  # noqa: E402
 from mskai.models.registry import find_model  # noqa: E402
 
 NEAR_MM = 10.0

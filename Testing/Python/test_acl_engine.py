@@ -60,7 +60,7 @@ def test_grad_cam_explains_the_class_and_is_zero_where_nothing_speaks_for_it():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A synthetic knee study (sagittal + coronal series) of a held-out shape subject, with a complete rupture."""
-    from mskai.acl.synth import write_acl_study
+    from mskai.synth.acl_knee import write_acl_study
 
     folder = tmp_path_factory.mktemp("acl") / "study"
     write_acl_study(folder, grade=3, seed=5, planes=("sagittal", "coronal"))
@@ -179,7 +179,7 @@ def test_too_few_slices_and_a_4d_file_are_refused_saying_what_is_needed(tiny_acl
 def test_batch_classify_a_database_one_row_per_study_then_resume(study, tiny_acl_package, tmp_path):
     import csv
 
-    from mskai.acl.synth import write_acl_study
+    from mskai.synth.acl_knee import write_acl_study
     from mskai.dicom import index_folder
 
     write_acl_study(tmp_path / "coronal_only", grade=0, seed=9, planes=("coronal",))

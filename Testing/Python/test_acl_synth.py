@@ -1,4 +1,4 @@
-"""Synthetic sagittal knee MR with graded ACLs (mskai.acl.synth), on the real OAI knee shapes of ../shared/data."""
+"""Synthetic sagittal knee MR with graded ACLs (mskai.synth.acl_knee), on the real OAI knee shapes of ../shared/data."""
 
 import json
 import time
@@ -17,7 +17,7 @@ SEED = 11
 
 @pytest.fixture(scope="module")
 def synth():
-    from mskai.acl import synth
+    from mskai.synth.acl_knee import acquisition as synth  # the module whose ``anatomy`` draw_case calls
 
     return synth
 

@@ -91,7 +91,7 @@ def synthetic_items(n: int, split: str, seed: int, classes: str = "four"):
     """``n`` synthetic sagittal knees, grades balanced, on the real bone shapes of one subject split
     ("train", "val" or "test": the OAI subject split of the bone model, never mixed)."""
     from mskai.acl import to_binary
-    from mskai.acl.synth import acl_shape_subjects
+    from mskai.synth.acl_knee import acl_shape_subjects
 
     subjects = tuple(acl_shape_subjects(split))
     items = []
@@ -105,7 +105,7 @@ def synthetic_items(n: int, split: str, seed: int, classes: str = "four"):
 
 
 def synthetic_acl_knee_seeded(grade: int, seed: int, subjects):
-    from mskai.acl.synth import synthetic_acl_knee
+    from mskai.synth.acl_knee import synthetic_acl_knee
 
     return synthetic_acl_knee(grade, np.random.default_rng(seed), subjects=list(subjects))
 

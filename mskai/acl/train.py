@@ -139,13 +139,16 @@ def case_fingerprint(key: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _generator_print() -> str:
-    import mskai.acl.synth
+    import mskai.synth.acl_knee
     import mskai.synth.real_shapes
     import mskai.synth.synthseg
 
     digest = hashlib.sha256()
-    for module in (mskai.acl.synth, mskai.synth.real_shapes, mskai.synth.synthseg):
-        digest.update(Path(module.__file__).read_bytes())
+    files = [*sorted(Path(mskai.synth.acl_knee.__file__).parent.glob("*.py")),  # every module of the package
+             Path(mskai.synth.real_shapes.__file__), Path(mskai.synth.synthseg.__file__)]
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

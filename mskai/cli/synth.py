@@ -39,7 +39,7 @@ def cmd_synth_knee(args):
 
 
 def cmd_synth_acl(args):
-    from mskai.acl.synth import GRADES, acl_shape_subjects, write_acl_study
+    from mskai.synth.acl_knee import GRADES, acl_shape_subjects, write_acl_study
 
     planes = [p.strip() for p in args.planes.split(",") if p.strip()]
     bad = [p for p in planes if p not in ("sagittal", "coronal", "axial")]
