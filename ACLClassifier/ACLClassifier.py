@@ -159,11 +159,11 @@ class ACLClassifierWidget(EngineWidget):
 
     @guiAction("Failed to pick the sagittal series of the study.", waitCursor=True)
     def onLoadStudy(self):
-        uid = self.ui.dicomStudyTable.selectedItems()[0].data(qt.Qt.UserRole)
-        volume, reason = self.getLogic().loadStudy(self.databaseDirectory(), uid)
-        self._parameterNode.inputVolume = volume
+        study = self.ui.dicomStudyTable.selectedItems()[0].data(qt.Qt.UserRole)
+        uid, reason = self.getLogic().chooseStudySeries(self.databaseDirectory(), study)
+        volume = self.loadDicomSeries(uid)
+        self.getLogic().markChosen(volume, reason)
         self.ui.seriesReasonLabel.text = f"Picked: {reason}"
-        slicer.util.setSliceViewerLayers(background=volume, fit=True)
 
     @guiAction("Failed to start the classification.")
     def onApply(self):

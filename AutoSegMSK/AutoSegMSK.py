@@ -143,15 +143,7 @@ class AutoSegMSKWidget(EngineWidget):
 
     @guiAction("Failed to load the series.", waitCursor=True)
     def onLoadSeries(self):
-        from DICOMLib import DICOMUtils
-
-        uid = self.ui.dicomSeriesTable.selectedItems()[0].data(qt.Qt.UserRole)
-        nodes = [slicer.mrmlScene.GetNodeByID(i) for i in DICOMUtils.loadSeriesByUID([uid])]
-        volumes = [n for n in nodes if n and n.IsA("vtkMRMLScalarVolumeNode")]
-        if not volumes:
-            raise ValueError("The series loaded no scalar volume.")
-        self._parameterNode.inputVolume = volumes[0]
-        slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
+        self.loadDicomSeries(self.ui.dicomSeriesTable.selectedItems()[0].data(qt.Qt.UserRole))
 
     def onSlabToggled(self, checked):
         p, bounds = self._parameterNode, [0.0] * 6

@@ -151,6 +151,19 @@ class EngineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError("Slicer's DICOM database is not open: open it in the DICOM module first.")
         return slicer.dicomDatabase.databaseDirectory
 
+    def loadDicomSeries(self, seriesUID):
+        """Load a series of Slicer's DICOM database with Slicer's DICOM loader (the one DICOM path of the modules in
+        the application), make its first scalar volume the input and show it; returns that volume node."""
+        from DICOMLib import DICOMUtils
+
+        nodes = [slicer.mrmlScene.GetNodeByID(i) for i in DICOMUtils.loadSeriesByUID([seriesUID])]
+        volumes = [n for n in nodes if n and n.IsA("vtkMRMLScalarVolumeNode")]
+        if not volumes:
+            raise ValueError("The series loaded no scalar volume.")
+        self._parameterNode.inputVolume = volumes[0]
+        slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
+        return volumes[0]
+
     def onModelSelected(self, index):
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index)

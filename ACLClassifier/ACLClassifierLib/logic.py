@@ -50,17 +50,11 @@ class ACLClassifierLogic:
                                  "modalities": ", ".join(sorted({s["Modality"] or "?" for s in series}))})
         return rows
 
-    def loadStudy(self, databaseDir, studyUID, showDescriptions=False):
-        """Pick the sagittal series of a study in a DICOM database as `mskai classify` does (mskai.acl.series:
-        sagittal, then PD > T2 > T1, fat suppression, slices, pixels, echo time) and load it into the scene.
-
-        Returns (volume node, reason): the reason names the series by number and says why it won, without patient
-        data (quoting its description only with ``showDescriptions``). The node is placed under the study in the
-        subject hierarchy and remembers the reason (the saved report gives it). MskaiError when the study has no
-        usable sagittal series, naming the planes it has.
-        """
+    @staticmethod
+    def _chosen(databaseDir, studyUID, showDescriptions):
+        """(volume plan, reason, study row, patient row) of the series `mskai classify` reads in a study."""
         from mskai.acl.series import choose_series
-        from mskai.dicom import DicomDatabase, read_volume
+        from mskai.dicom import DicomDatabase
 
         with DicomDatabase(databaseDir) as database:
             uids = [s["SeriesInstanceUID"] for s in database.series(studyUID) if database.files(s["SeriesInstanceUID"])]
@@ -71,17 +65,40 @@ class ACLClassifierLogic:
             patient = next((p for p in database.patients() if p["UID"] == study.get("PatientsUID")), {})
             scan = database.scan(uids)
         plan, reason = choose_series(scan, show_descriptions=showDescriptions)
-        volume = read_volume(plan)
+        return plan, reason, study, patient
+
+    def chooseStudySeries(self, databaseDir, studyUID, showDescriptions=False) -> tuple[str, str]:
+        """(Series Instance UID, reason) of the sagittal series of a study in a DICOM database, chosen as `mskai
+        classify` does (mskai.acl.series: sagittal, then PD > T2 > T1, fat suppression, slices, pixels, echo time).
+
+        The reason names the series by number and says why it won, without patient data (quoting its description
+        only with ``showDescriptions``). MskaiError when the study has no usable sagittal series, naming the planes
+        it has. In the application the widget loads that UID with Slicer's DICOM loader, then ``markChosen``."""
+        plan, reason, _, _ = self._chosen(databaseDir, studyUID, showDescriptions)
+        return plan.series.uid, reason
+
+    @staticmethod
+    def markChosen(volumeNode, reason):
+        """Remember why ``volumeNode`` was chosen (the saved report gives it)."""
+        volumeNode.SetAttribute(results.SERIES_REASON, reason)
+
+    def loadStudy(self, databaseDir, studyUID, showDescriptions=False):
+        """``chooseStudySeries`` and the series read by the engine's reader into the scene, under the study in the
+        subject hierarchy: for scripts and scenes without Slicer's DICOM loader (slicer-core). Returns (volume
+        node, reason)."""
+        from mskai.dicom import read_volume
+
+        plan, reason, study, patient = self._chosen(databaseDir, studyUID, showDescriptions)
         series = plan.series
         name = f"{series.number}: " if series.number is not None else ""
         name += (series.description or "sagittal MR") + (f" ({plan.label})" if plan.label != "volume" else "")
-        node = add_volume_node(self.scene, volume, name)
+        node = add_volume_node(self.scene, read_volume(plan), name)
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
         study_name = study.get("StudyDescription") or study.get("StudyDate") or ""
         study_item = dicom_study_item(self.scene, studyUID, study_name,
                                       patient.get("PatientsName") or patient.get("PatientID") or "")
         hierarchy.CreateItem(study_item, node)
-        node.SetAttribute(results.SERIES_REASON, reason)
+        self.markChosen(node, reason)
         return node, reason
 
     @staticmethod

@@ -25,7 +25,7 @@ from ACLClassifierLib import ACLClassifierLogic  # noqa: E402
 from SlicerMSKCommon.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
 from mskai import MskaiError  # noqa: E402
 from mskai.acl import GRADES  # noqa: E402
-from mskai.dicom import index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
+from mskai.dicom import DicomDatabase, index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +248,11 @@ def test_databases_studies_and_a_picked_sagittal_series_with_its_reason(database
     assert hierarchy.GetItemUID(study_item, "DICOM") == studies["both"]
     again, _ = logic.loadStudy(root / "db", studies["both"])  # the same study item is reused
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(again)) == study_item
+    uid, same = logic.chooseStudySeries(root / "db", studies["both"])  # what the widget hands Slicer's DICOM loader
+    with DicomDatabase(root / "db") as db:
+        sagittal = [s["SeriesInstanceUID"] for s in db.series(studies["both"]) if s["SeriesDescription"] == "SYN sagittal"]
+    assert same == reason and [uid] == sagittal
+    assert logic.chooseStudySeries(root / "db", studies["both"], showDescriptions=True)[1].count("SYN sagittal") == 1
     with pytest.raises(MskaiError, match="no sagittal series: found coronal"):
         logic.loadStudy(root / "db", studies["coronal"])
     with pytest.raises(MskaiError, match="not equally spaced"):

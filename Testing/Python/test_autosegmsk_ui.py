@@ -376,6 +376,20 @@ def _fake_slicer(monkeypatch, calls, scene=None, real=None, dicomDatabase=None):
            ScriptedLoadableModuleWidget=Base, ScriptedLoadableModuleTest=object)
     module("qt", QTimer=lambda: FakeWidget("timer"), QTableWidgetItem=FakeTableItem,
            Qt=types.SimpleNamespace(UserRole=32))
+
+    def loadSeriesByUID(uids):
+        """Slicer's DICOM loader stand-in: the series read by the engine's reader into the real scene, named as
+        Slicer's scalar volume plugin names them ("<number>: <description>"); returns the node IDs."""
+        from mskai.dicom import DicomDatabase, plan_volumes, read_volume
+        from SlicerMSKCommon.nodes import add_volume_node
+
+        calls.append(("loadSeriesByUID", list(uids)))
+        with DicomDatabase(dicomDatabase.databaseDirectory) as database:
+            scan = database.scan(list(uids))
+        return [add_volume_node(scene, read_volume(plan), f"{series.number}: {series.description}").GetID()
+                for series in scan.series for plan in plan_volumes(series)]
+
+    module("DICOMLib", DICOMUtils=types.SimpleNamespace(loadSeriesByUID=loadSeriesByUID))
     return types.SimpleNamespace(plots=plots)
 
 
@@ -602,6 +616,8 @@ def test_acl_widget_picks_a_study_classifies_shows_steps_and_saves(acl):
     w.ui.dicomStudyTable.selectedItems = lambda: [items[(0, 1)]]
     w.onLoadStudy()
     volume = w._parameterNode.inputVolume
+    loaded = [args for name, args in calls if name == "loadSeriesByUID"]
+    assert len(loaded) == 1 and len(loaded[0]) == 1  # the one chosen series, through Slicer's DICOM loader
     assert volume.GetName() == "2: SYN sagittal" and w.ui.inputPlaneLabel.text == "Plane: sagittal."
     assert w.ui.seriesReasonLabel.text.startswith("Picked: picked series #2 (sagittal, 16 slices")
     assert ("setSliceViewerLayers", {"background": volume, "fit": True}) in calls
