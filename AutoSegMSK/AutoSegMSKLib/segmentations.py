@@ -102,37 +102,29 @@ def reference_volume(node):
     return reference
 
 
-def surface_area_cm2(node, segment_id) -> float | None:
-    polydata = vtk.vtkPolyData()
-    if not node.GetClosedSurfaceRepresentation(segment_id, polydata) or polydata.GetNumberOfPoints() == 0:
-        return None
-    triangles = vtk.vtkTriangleFilter()
-    triangles.SetInputData(polydata)
-    mass = vtk.vtkMassProperties()
-    mass.SetInputConnection(triangles.GetOutputPort())
-    mass.Update()
-    return round(mass.GetSurfaceArea() / 100.0, 3)
-
-
 def statistics_rows(scene, node, confidence=None) -> list[dict]:
-    """Per segment: volume (mL), surface area (cm2) and, with a confidence volume, its mean and the fraction of
-    voxels below 0.5 inside the segment. Computed from the node as it is now (after any edits)."""
+    """Per segment: volume (mL), surface area (cm2, of the closed surface shown) and, with a confidence volume, its
+    mean and the fraction of voxels below 0.5 inside the segment. The numbers are the engine's (``bone_statistics``,
+    as in report.json), of the node as it is now (after any edits); each segment is measured on its own (segments
+    may overlap)."""
+    from mskai.segment.labels import Label
+    from mskai.segment.outputs import bone_statistics
+
     reference = confidence if confidence is not None else reference_volume(node)
-    voxel_ml = abs(np.linalg.det(ijk_to_ras(reference)[:3, :3])) / 1000.0
-    values = node_array(confidence).astype(np.float32) if confidence is not None else None
-    if values is not None and values.max(initial=0) > 1.0:  # stored as percent
-        values = values / 100.0
+    affine = LPS_TO_RAS @ ijk_to_ras(reference)
+    values = Volume(node_array(confidence), affine) if confidence is not None else None
     if not node.GetSegmentation().ContainsRepresentation("Closed surface"):
         node.CreateClosedSurfaceRepresentation()
     rows = []
     for segment_id, (name, code, mask) in zip(segment_ids(node), segment_masks(scene, node, reference)):
-        count = int(np.count_nonzero(mask))
-        row = {"segment": name, "snomed_code": code or "", "volume_ml": round(count * voxel_ml, 3),
-               "surface_area_cm2": surface_area_cm2(node, segment_id) if count else None}
+        surface = vtk.vtkPolyData()
+        shown = node.GetClosedSurfaceRepresentation(segment_id, surface) and surface.GetNumberOfPoints() > 0
+        (numbers,) = bone_statistics(Volume(mask.astype(np.uint8), affine), (Label(1, name, (0, 0, 0), code or "", name),),
+                                     surfaces={1: surface} if shown else None, confidence=values)
+        row = {"segment": name, "snomed_code": code or "", "volume_ml": numbers["volume_ml"],
+               "surface_area_cm2": numbers["surface_area_cm2"] if numbers["voxels"] else None}
         if values is not None:
-            inside = values[mask]
-            row["mean_confidence"] = round(float(inside.mean()), 4) if count else None
-            row["uncertain_fraction"] = round(float(np.mean(inside < 0.5)), 4) if count else None
+            row.update(mean_confidence=numbers["mean_confidence"], uncertain_fraction=numbers["uncertain_fraction"])
         rows.append(row)
     return rows
 
