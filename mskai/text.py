@@ -24,3 +24,8 @@ def clean_name(text, fallback: str = "unnamed", limit: int = NAME_LENGTH) -> str
     spaces one space, at most ``limit`` characters; ``fallback`` when nothing is left."""
     cleaned = " ".join(_UNPRINTABLE.sub(" ", str(text or "")).split())[:limit].strip()
     return cleaned or fallback
+
+
+def one_line(exc) -> str:
+    """An exception's message on one short line (for MskaiError messages built from library errors)."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

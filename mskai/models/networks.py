@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mskai import MskaiError
-from mskai.models.package import one_line
+from mskai.text import one_line
 
 ALLOWED = ("UNet", "BasicUNet", "SegResNet", "DynUNet", "DenseNet121", "ResNet")
 PROJECT = {"MRNetStyle": ("mskai.acl.model", "MRNetStyle")}  # the project's own networks (built from MONAI blocks)

@@ -22,6 +22,7 @@ import jsonschema
 from mskai import MskaiError
 from mskai.io import atomic_output
 from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
+from mskai.text import one_line
 
 METADATA = "metadata.json"
 FORMAT_VERSION = 1
@@ -93,11 +94,6 @@ SCHEMA = {
               {"if": {"properties": {"task": {"const": ACL_CLASSIFICATION}}},
                "then": {"required": ["classes", "preprocessing"]}}],
 }
-
-
-def one_line(exc) -> str:
-    """An exception's message on one short line (for MskaiError messages built from library errors)."""
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def inside(folder, *parts) -> Path:

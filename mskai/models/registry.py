@@ -15,8 +15,9 @@ from pathlib import Path
 
 from mskai import MskaiError
 from mskai.io import swap_in
-from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, inside, load_package, one_line, sha256_bytes
+from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, inside, load_package, sha256_bytes
 from mskai.models.tasks import DEFAULT_MODEL
+from mskai.text import one_line
 
 _HERE = Path(__file__).resolve()
 URL_SCHEMES = ("http", "https", "file")
