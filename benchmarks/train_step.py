@@ -4,7 +4,7 @@ the CPU: float32 against bfloat16 autocast with channels_last_3d (the loss in fl
     python benchmarks/train_step.py [--threads 2] [--steps 6] [--patch 96]
 
 Prints a table (median seconds per step, peak RSS growth) and the ratio float32 / bf16, measured in the same run,
-and whether the two give the same loss to within bf16's precision. `mskai.segment.train` uses bf16 when
+and whether the two give the same loss to within bf16's precision. `mskai.training.segment` uses bf16 when
 `TrainConfig.bf16` is on (the demo model's training script turns it on where this benchmark shows a gain).
 """
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mskai.models.networks import build_network  # noqa: E402
-from mskai.segment.train import TrainConfig, marginal_dice_focal, network_spec, step_context  # noqa: E402
+from mskai.training.segment import TrainConfig, marginal_dice_focal, network_spec, step_context  # noqa: E402
 
 
 def run(bf16: bool, steps: int, patch: int, seed: int = 0) -> tuple[list, float]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from mskai.models.package import load_package  # noqa: E402
 from mskai.synth.hip_ct import HipCTSource, hip_ct_split  # noqa: E402
-from mskai.segment.train import TrainConfig, train  # noqa: E402
+from mskai.training.segment import TrainConfig, train  # noqa: E402
 from mskai.synth.real_shapes import (RealKneeSource, cached_split, oai_subjects, spacing_of, split_quality,  # noqa: E402
                                      split_subjects)
 from mskai.synth.synthseg import (BUNDLED_KNEE_LABELS, CANONICAL_RAS, KneeLabelSource, LowerLimbPhantom,  # noqa: E402

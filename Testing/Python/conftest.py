@@ -67,7 +67,7 @@ def make_package(folder, constant_class=None, channels=(4, 8), seed=0, **metadat
     from mskai.models.networks import build_network
     from mskai.models.package import save_package
     from mskai.segment.labels import label_table
-    from mskai.segment.train import INTENSITY, TrainConfig, network_spec
+    from mskai.training.segment import INTENSITY, TrainConfig, network_spec
 
     spec = network_spec(TrainConfig(channels=channels))
     torch.manual_seed(seed)
@@ -111,7 +111,7 @@ def make_acl_package(folder, classes=None, size=48, depth=8, widths=(8, 8, 16, 1
     from mskai.models.tasks import ACL_CLASSIFICATION as TASK
     from mskai.acl.model import MRNetStyle
     from mskai.acl.preprocess import AclPreprocessing
-    from mskai.acl.train import TrainAclConfig, network_spec
+    from mskai.training.acl import TrainAclConfig, network_spec
     from mskai.models.package import save_package
 
     classes = list(classes or GRADES)

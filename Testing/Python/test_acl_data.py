@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from mskai import MskaiError
-from mskai.acl.data import (
-    CLASS_NAMES, KNEEMRI_LABELS, AclCase, class_weights, load_pickle_array, read_csv,
+from mskai.acl import CLASS_NAMES
+from mskai.training.acl_data import (
+    KNEEMRI_LABELS, AclCase, class_weights, load_pickle_array, read_csv,
     read_kneemri, read_mrnet, stratified_subject_split,
 )
 

@@ -1,5 +1,5 @@
-"""The ACL engine against hostile and careless input: pickle memo amplification (mskai.acl.data), a prepared-case
-cache keyed on content in the user's cache folder (mskai.acl.train), impossible knee geometry and noise
+"""The ACL engine against hostile and careless input: pickle memo amplification (mskai.training.acl_data), a prepared-case
+cache keyed on content in the user's cache folder (mskai.training.acl), impossible knee geometry and noise
 (mskai.acl.preprocess), a sagittal volume file stored slices-first, training options checked before any work, and
 case lists pointing at devices, pipes, /proc and whole directory trees."""
 
@@ -17,9 +17,9 @@ import pytest
 
 from conftest import make_acl_package, run_mskai
 from mskai import MskaiError
-from mskai.acl.data import array_to_volume, load_pickle_array, read_csv
 from mskai.acl.preprocess import AclPreprocessing, check_sagittal
-from mskai.acl.train import PreparedSet, case_fingerprint
+from mskai.training.acl import PreparedSet, case_fingerprint
+from mskai.training.acl_data import array_to_volume, load_pickle_array, read_csv
 from mskai.volume import Volume
 
 

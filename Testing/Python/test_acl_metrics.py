@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mskai import MskaiError
-from mskai.acl.metrics import classification_report, confusion_png, format_table, roc_png, training_curves_png
+from mskai.training.acl_metrics import classification_report, confusion_png, format_table, roc_png, training_curves_png
 
 FOUR = ["healthy", "minor strain", "partial rupture", "complete rupture"]
 

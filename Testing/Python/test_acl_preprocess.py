@@ -8,8 +8,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mskai import MskaiError
-from mskai.acl.preprocess import (HIST_PERCENTILES, AclPreprocessing, Prepared, _Intensity, _landmarks, _sample,
-                                  check_sagittal, fit_histogram_landmarks, prepare)
+from mskai.acl.intensity import HIST_PERCENTILES, _Intensity, _landmarks, _sample, fit_histogram_landmarks
+from mskai.acl.preprocess import AclPreprocessing, Prepared, check_sagittal, prepare
 from mskai.acl.series import choose_series, description_flags
 from mskai.dicom import read_volume, scan_folder, scan_source
 from mskai.synth.dicom_writer import write_series

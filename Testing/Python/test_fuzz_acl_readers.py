@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mskai import MskaiError
-from mskai.acl.data import load_npy_array, load_pickle_array, read_csv
+from mskai.training.acl_data import load_npy_array, load_pickle_array, read_csv
 from mskai.batch import Manifest, _earlier_manifest, _known_rows
 
 SECONDS = float(os.environ.get("MSKAI_FUZZ_SECONDS", "20")) / 4

@@ -9,8 +9,8 @@ from conftest import run_mskai
 from mskai import MskaiError
 from mskai.io import write_volume
 from mskai.models.package import load_package
-from mskai.segment.dataset import nnunet_label_remap, find_pairs, load_case
-from mskai.segment.train import INTENSITY
+from mskai.training.segment import INTENSITY
+from mskai.training.segment_data import nnunet_label_remap, find_pairs, load_case
 from mskai.synth.synthseg import LowerLimbPhantom, synthetic_case
 
 
@@ -115,7 +115,7 @@ def test_marginal_loss_leaves_unlabelled_classes_out():
     """Predicting patella where a sample does not annotate patella costs what predicting background costs."""
     import torch
 
-    from mskai.segment.train import marginal_dice_focal
+    from mskai.training.segment import marginal_dice_focal
 
     target = torch.zeros(1, 8, 8, 8, dtype=torch.long)
     target[0, 2:6, 2:6, 2:6] = 2  # a femur
@@ -172,7 +172,7 @@ def test_a_run_stops_at_its_time_budget_and_resumes_from_its_checkpoint(tmp_path
     """bf16 autocast, a time budget, the checkpoint (loaded with weights_only) and a resumed run that goes on."""
     import itertools
 
-    from mskai.segment.train import TrainConfig, load_checkpoint, train
+    from mskai.training.segment import TrainConfig, load_checkpoint, train
     from mskai.synth.synthseg import SyntheticPatches
 
     def phantoms():

@@ -1,4 +1,4 @@
-"""ACL classification of sagittal knee MR: series choice, preprocessing, MRNet-style model, Grad-CAM, training.
+"""ACL classification of sagittal knee MR: series choice, preprocessing, MRNet-style model, Grad-CAM, inference.
 
 The one class table of the ACL task: four grades (label = index) or binary, and the mapping between them.
 """

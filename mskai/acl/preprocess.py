@@ -13,33 +13,29 @@ Layout of the network input ``Prepared.image``: float32 ``(C, K, H, W)``, ``H ==
 No interpolation across slices: the acquired (oblique) slices are reordered and flipped to the nearest RAS
 axes only (``mskai.segment.preprocess.canonical_grid``), and ``Prepared.cam_to_input`` maps a map on the
 network's grid exactly back onto the input voxels through the same steps.
+
+The steps live in their own modules: ``mskai.acl.intensity`` (foreground threshold, intensity mapping, K-means
+channel), ``mskai.acl.slices`` (central window, NMF) and ``mskai.acl.crop`` (the in-plane square, joint crop);
+``prepare`` runs them in order.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from mskai import MskaiError, check_range
+from mskai.acl.crop import _centre_on_notch, _knee_crop, _resampling
+from mskai.acl.intensity import HIST_PERCENTILES, _Intensity, _filled, _kmeans_channel, _sample, foreground_threshold
 from mskai.acl.series import MIN_SLICES
+from mskai.acl.slices import _nmf, _window
 from mskai.dicom.plane import volume_plane
-from mskai.segment.labels import BONE_VALUES
 from mskai.volume import Volume
 
-HIST_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)  # Nyul-Udupa landmarks (foreground percentiles)
-PERCENTILE_WINDOW = (1.0, 99.0)
 MIN_INPLANE = 32  # pixels per in-plane axis
 MAX_VOXELS = 300_000_000  # a 1024-slice 512x512 series is 268 M
-SAMPLE_VOXELS = 2_000_000  # intensity statistics come from a strided sample of about this many voxels
-KMEANS_SAMPLE = 20_000
-NMF_MAX_ITER = 100  # the fit error changes < 1 % of itself from 100 to 200 iterations
-FEMUR, TIBIA = BONE_VALUES["femur"], BONE_VALUES["tibia"]  # the bone model's labels
-CONDYLE_MM = 25.0  # the distal femur (condyles) and ...
-PLATEAU_MM = 15.0  # ... the proximal tibia that locate the notch
-BONE_GAP_MM = 20.0  # femur's lowest point may lie at most this far below the tibial plateau (else labels are wrong)
 # What knee MR examinations have (mm), generously: finer or coarser pixels, thicker slices, smaller fields of view
 # than a knee, or fields wider than a body are header errors or other objects.
 KNEE_LIMITS_MM = {"pixel": (0.05, 3.0), "slice": (0.1, 10.0), "field": (16.0, 600.0), "cover": (4.0, 600.0)}
@@ -264,215 +260,58 @@ def check_structure(volume: Volume):
                          f"0.9): the volume looks like noise, not a knee series")
 
 
-# --- intensity -----------------------------------------------------------------------------------------
+# --- prepare -------------------------------------------------------------------------------------------
 
 
-def _sample(array) -> np.ndarray:
-    """A deterministic strided sample (about SAMPLE_VOXELS voxels) as float32."""
-    step = max(1, int(np.ceil((array.size / SAMPLE_VOXELS) ** (1 / 3))))
-    return np.asarray(array[::step, ::step, ::step], dtype=np.float32).ravel()
+@dataclass
+class _Layout:
+    """The input on the canonical grid (R, A, S) and in the network's layout: slices L->R, rows S->I, columns A->P
+    (both views of the input array)."""
+
+    grid: object
+    slice_axis: int
+    canonical: np.ndarray
+    layout: np.ndarray
+
+    @classmethod
+    def of(cls, volume: Volume) -> "_Layout":
+        from mskai.segment.preprocess import canonical_grid
+
+        grid = canonical_grid(volume, (1.0, 1.0, 1.0))
+        slice_axis = int(np.nonzero(grid.ornt[:, 0] == 0)[0][0])
+        can = grid.to_canonical(volume.array)  # a view: R, A, S
+        return cls(grid, slice_axis, can, can.transpose(0, 2, 1)[:, ::-1, ::-1])
+
+    def layout_of(self, array) -> np.ndarray:
+        """An array on the input grid (bone labels) in layout order."""
+        return self.grid.to_canonical(array).transpose(0, 2, 1)[:, ::-1, ::-1]
+
+    @property
+    def spacing(self) -> tuple:
+        """(row, column) spacing in mm."""
+        return float(self.grid.canonical_spacing[2]), float(self.grid.canonical_spacing[1])
+
+    def to_input(self, c) -> int:
+        """Layout slice -> input slice index along ``slice_axis``."""
+        n = self.layout.shape[0]
+        return int(n - 1 - c) if self.grid.ornt[self.slice_axis, 1] < 0 else int(c)
+
+    def to_lps(self, s, r, c) -> list:
+        """Layout (slice, row, column) -> patient LPS mm, rounded to 0.1 mm."""
+        _, h0, w0 = self.layout.shape
+        ras = self.grid.canonical_affine_ras @ np.array([s, w0 - 1 - c, h0 - 1 - r, 1.0])
+        return [round(float(x), 1) for x in (-ras[0], -ras[1], ras[2])]
 
 
-def _otsu(values) -> float:
-    """Otsu's threshold (skimage, 256 bins): values above it are foreground.
-
-    skimage returns the centre of the lower class's last bin, so that bin's upper half would count as
-    foreground; the bin's upper edge is the split Otsu actually chose (it matters when classes are separated).
-    """
-    from skimage.filters import threshold_otsu
-
-    values = np.asarray(values, dtype=np.float32).ravel()
-    if values.size == 0 or values.min() == values.max():
-        return float(values.max()) if values.size else 0.0
-    lo, hi = float(values.min()), float(values.max())
-    return float(threshold_otsu(values, nbins=256)) + (hi - lo) / 512
-
-
-def foreground_threshold(values) -> float:
-    """The body/air threshold: Otsu on log intensities, so a small very bright class (a joint effusion, vessels)
-    cannot pull the split up to "fluid against the rest of the knee" as it does on linear intensities."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        return 0.0
-    low = values.min()
-    return float(np.expm1(_otsu(np.log1p(values - low)))) + low
-
-
-def _landmarks(sample) -> np.ndarray:
-    """The HIST_PERCENTILES of the sample's Otsu foreground, strictly increasing."""
-    fg = sample[sample > foreground_threshold(sample)]
-    if fg.size < 100:
-        fg = sample
-    lm = np.percentile(fg.astype(np.float64), HIST_PERCENTILES)
-    span = lm[-1] - lm[0]
-    if not span > 0:
-        raise MskaiError("the volume has (almost) constant intensity: nothing to classify")
-    return lm + np.arange(len(lm)) * span * 1e-6  # ties (quantised values) would make the mapping ambiguous
-
-
-def fit_histogram_landmarks(volumes) -> list:
-    """Nyul-Udupa standard landmarks from training volumes (Volumes or 3D arrays).
-
-    Each volume's foreground percentiles (HIST_PERCENTILES) are scaled so p1 -> 0 and p99 -> 1; the landmarks
-    are their mean. Store the list in ``AclPreprocessing(intensity="histogram", landmarks=...)``.
-    """
-    scaled = []
-    for v in volumes:
-        lm = _landmarks(_sample(np.asarray(v.array if isinstance(v, Volume) else v)))
-        scaled.append((lm - lm[0]) / (lm[-1] - lm[0]))
-    if not scaled:
-        raise MskaiError("histogram landmarks need at least one training volume")
-    mean = np.mean(scaled, axis=0)
-    mean = mean + np.arange(len(mean)) * 1e-9  # strictly increasing
-    return [float(round(x, 9)) for x in mean]
-
-
-class _Intensity:
-    """The volume's intensity mapping to [0, 1] (percentile window or Nyul-Udupa landmarks)."""
-
-    def __init__(self, sample, config: AclPreprocessing):
-        self.config = config
-        if config.intensity == "percentile":
-            lo, hi = np.percentile(sample.astype(np.float64), PERCENTILE_WINDOW)
-            if not hi > lo:
-                raise MskaiError("the volume has (almost) constant intensity: nothing to classify")
-            self.lo, self.scale = float(lo), float(1.0 / (hi - lo))
-            self.note = f"percentile p{PERCENTILE_WINDOW[0]:g}-p{PERCENTILE_WINDOW[1]:g} window {lo:.4g}..{hi:.4g}"
-        else:
-            self.own = _landmarks(sample)
-            self.target = np.asarray(config.landmarks, dtype=np.float64)
-            self.note = "histogram standardisation (Nyul-Udupa) to the package's landmarks"
-
-    def __call__(self, array) -> np.ndarray:
-        a = np.asarray(array, dtype=np.float32)
-        if self.config.intensity == "percentile":
-            a = a - np.float32(self.lo)
-            a *= np.float32(self.scale)
-            return np.clip(a, 0, 1, out=a)
-        t = self.target
-        out = np.interp(a, self.own, (t - t[0]) / (t[-1] - t[0])).astype(np.float32)  # clamps outside to 0 / 1
-        return out
-
-
-# --- in-plane resampling -------------------------------------------------------------------------------
-
-
-def _down_matrix(n_in: int, start: float, length: float, size: int) -> np.ndarray:
-    """(size, n_in) weights: output pixel u covers input coordinates [start + u L/size, start + (u+1) L/size)
-    (pixel r covers [r, r+1)). Triangle (linear) kernel widened to the scale when shrinking (anti-aliased);
-    positions outside the image weigh in as zeros (zero padding)."""
-    scale = length / size
-    support = max(1.0, scale)
-    x = start + (np.arange(size) + 0.5) * scale - 0.5  # index coordinate of each output centre
-    first = int(np.floor(x.min() - support))
-    r = np.arange(first, int(np.ceil(x.max() + support)) + 1)
-    w = np.clip(1.0 - np.abs(r[None, :] - x[:, None]) / support, 0.0, None)
-    w /= w.sum(axis=1, keepdims=True)
-    out = np.zeros((size, n_in))
-    inside = (r >= 0) & (r < n_in)
-    out[:, r[inside]] = w[:, inside]
-    return out
-
-
-def _up_matrix(n_in: int, start: float, length: float, size: int) -> np.ndarray:
-    """(n_in, size) bilinear weights from the output grid back to input pixels; rows outside the crop are 0."""
-    c = np.arange(n_in) + 0.5
-    inside = (c >= start) & (c < start + length)
-    y = np.clip((c - start) * size / length - 0.5, 0, size - 1)
-    lo = np.floor(y).astype(int)
-    hi = np.minimum(lo + 1, size - 1)
-    w = y - lo
-    out = np.zeros((n_in, size))
-    rows = np.arange(n_in)
-    np.add.at(out, (rows, lo), 1.0 - w)
-    np.add.at(out, (rows, hi), w)
-    out[~inside] = 0.0
-    return out
-
-
-def _filled(mask: np.ndarray) -> np.ndarray:
-    """Each row (last axis) filled between its leftmost and rightmost True."""
-    left = np.logical_or.accumulate(mask, axis=-1)
-    right = np.logical_or.accumulate(mask[..., ::-1], axis=-1)[..., ::-1]
-    return left & right
-
-
-def _window(n: int, k: int, centre: int) -> np.ndarray:
-    """k slice indices centred on ``centre``; fewer than k slices: all of them, edges repeated."""
-    if n >= k:
-        start = int(np.clip(centre - k // 2, 0, n - k))
-        return np.arange(start, start + k)
-    before = (k - n) // 2
-    return np.concatenate([np.zeros(before, int), np.arange(n), np.full(k - n - before, n - 1)])
-
-
-# --- the pieces of prepare ----------------------------------------------------------------------------
-
-
-def _kmeans_channel(image: np.ndarray, fg: np.ndarray, config: AclPreprocessing, notes: dict) -> np.ndarray:
-    """Foreground pixels whose intensity cluster (sorted, 0 = darkest) lies in config.kmeans_keep."""
-    values = image[fg]
-    if values.size == 0:
-        notes["kmeans"] = "no foreground: empty channel"
-        return np.zeros_like(image)
-    sample = values[:: max(1, values.size // KMEANS_SAMPLE)]
-    distinct = np.unique(sample)
-    if distinct.size <= config.kmeans_clusters:
-        centres = distinct.astype(np.float64)  # every value its own cluster
-    else:
-        from sklearn.cluster import KMeans
-
-        km = KMeans(n_clusters=config.kmeans_clusters, n_init=3, random_state=0).fit(sample[:, None].astype(np.float64))
-        centres = np.sort(km.cluster_centers_.ravel())
-    rank = np.searchsorted((centres[1:] + centres[:-1]) / 2, image, side="left")  # nearest centre
-    lo, hi = config.kmeans_keep
-    notes["kmeans"] = (f"clusters {lo}-{hi} of {len(centres)} (intensity {centres[lo] if lo < len(centres) else 1:.3f}"
-                       f"..{centres[min(hi, len(centres) - 1)]:.3f}) of the foreground")
-    return (fg & (rank >= lo) & (rank <= hi)).astype(np.float32)
-
-
-def _nmf(stack: np.ndarray, k: int, notes: dict):
-    """(K basis images scaled to maximum 1, (rows, K) coefficients for the scaled bases)."""
-    from sklearn.decomposition import NMF
-    from sklearn.exceptions import ConvergenceWarning
-
-    v = stack.reshape(stack.shape[0], -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = NMF(n_components=k, init="nndsvd", max_iter=NMF_MAX_ITER, random_state=0)
-        w = model.fit_transform(v)
-    h = model.components_
-    peak = h.max(axis=1)
-    scale = np.where(peak > 0, peak, 1.0)
-    bases = (h / scale[:, None]).astype(np.float32).reshape((k,) + stack.shape[1:])
-    w = w * scale[None, :]
-    norm = float(np.linalg.norm(v))
-    notes["nmf_relative_error"] = round(float(np.linalg.norm(v - w @ bases.reshape(k, -1))) / norm, 4) if norm else 0.0
-    notes["nmf_iterations"] = int(model.n_iter_)
-    return bases, w
-
-
-def _notch(labels: np.ndarray, spacing_h: float):
-    """(slice, row, column) of the intercondylar notch in layout coordinates, or a reason string.
-
-    labels: the bone labels in layout order (slices L->R, rows S->I, columns A->P).
-    Row: midway between the femur's lowest points and the tibial plateau. Slice: middle of the condyles'
-    left-right extent. Column: middle of the antero-posterior extent of condyles and plateau.
-    Extremes are 0.5 / 99.5 percentiles, so stray voxels do not move them.
-    """
-    femur, tibia = np.nonzero(labels == FEMUR), np.nonzero(labels == TIBIA)
-    missing = [name for name, idx in (("femur", femur), ("tibia", tibia)) if idx[0].size == 0]
-    if missing:
-        return f"the bone model found no {' or '.join(missing)}"
-    femur_low = np.percentile(femur[1], 99.5)  # rows grow towards inferior
-    tibia_top = np.percentile(tibia[1], 0.5)
-    if (femur_low - tibia_top) * spacing_h > BONE_GAP_MM:
-        return "femur and tibia labels overlap implausibly (femur far below the tibial plateau)"
-    condyles = femur[1] >= femur_low - CONDYLE_MM / spacing_h
-    plateau = tibia[1] <= tibia_top + PLATEAU_MM / spacing_h
-    s = np.percentile(femur[0][condyles], [0.5, 99.5]).mean()
-    w = np.percentile(np.concatenate([femur[2][condyles], tibia[2][plateau]]), [0.5, 99.5]).mean()
-    return float(s), float((femur_low + tibia_top) / 2), float(w)
+def _network_slices(stack: np.ndarray, rows, lay: _Layout, config: AclPreprocessing, notes: dict):
+    """(image (K, size, size), weights (rows, K)): the central slices as they are, or the NMF basis images."""
+    k = config.depth
+    if config.slices == "central":
+        notes["input_slices"] = [lay.to_input(c) for c in rows]
+        return stack, np.eye(k)
+    image, weights = _nmf(stack, k, notes)
+    notes["input_slices"] = f"all {lay.layout.shape[0]} slices reduced to {k} NMF basis images"
+    return image, weights
 
 
 def prepare(volume: Volume, config: AclPreprocessing, bone_segmenter=None) -> Prepared:
@@ -480,98 +319,36 @@ def prepare(volume: Volume, config: AclPreprocessing, bone_segmenter=None) -> Pr
 
     bone_segmenter: Volume -> label Volume on the same grid (femur 2, tibia 1); needed with ``joint_crop``.
     """
-    from mskai.segment.preprocess import canonical_grid
-
     if not isinstance(config, AclPreprocessing):
         raise MskaiError("prepare needs an AclPreprocessing")
     check_sagittal(volume)
-    grid = canonical_grid(volume, (1.0, 1.0, 1.0))
-    slice_axis = int(np.nonzero(grid.ornt[:, 0] == 0)[0][0])
-    can = grid.to_canonical(volume.array)  # a view: R, A, S
-    layout = can.transpose(0, 2, 1)[:, ::-1, ::-1]  # slices L->R, rows S->I, columns A->P (a view)
-    n, h0, w0 = layout.shape
-    sp_h, sp_w = float(grid.canonical_spacing[2]), float(grid.canonical_spacing[1])
-    k = config.depth
-    notes = {"slices": config.slices, "depth": k, "input_slices_total": int(n), "slice_axis": slice_axis}
-
-    def to_input(c):
-        return int(n - 1 - c) if grid.ornt[slice_axis, 1] < 0 else int(c)
-
-    def to_lps(s, r, c):
-        ras = grid.canonical_affine_ras @ np.array([s, w0 - 1 - c, h0 - 1 - r, 1.0])
-        return [round(float(x), 1) for x in (-ras[0], -ras[1], ras[2])]
+    lay = _Layout.of(volume)
+    n, k = lay.layout.shape[0], config.depth
+    notes = {"slices": config.slices, "depth": k, "input_slices_total": int(n), "slice_axis": lay.slice_axis}
 
     # intensity statistics and the foreground threshold from one strided sample of the whole volume
-    sample = _sample(can)
+    sample = _sample(lay.canonical)
     intensity = _Intensity(sample, config)
     notes["intensity"] = intensity.note
     threshold = foreground_threshold(sample)  # raw units; the same threshold after the (monotonic) mapping is intensity(t)
     threshold_norm = float(intensity(np.array([threshold]))[0])
 
-    area = np.count_nonzero(can > threshold, axis=(1, 2)).astype(np.float64)
-    smooth = np.convolve(np.pad(area, 1, mode="edge"), np.ones(3) / 3, mode="valid")
-    widest = int(np.argmax(smooth))
-    notes["widest_slice"] = to_input(widest)
-    centre_slice = widest
-    central = _window(n, k, centre_slice)
-    fg = layout[np.unique(central)] > threshold
-    total = fg.sum()
-    if total:
-        ch = float((fg.sum(axis=(0, 2)) * np.arange(h0)).sum() / total)
-        cw = float((fg.sum(axis=(0, 1)) * np.arange(w0)).sum() / total)
-        source = "knee centre (foreground centroid)"
-    else:
-        ch, cw, source = (h0 - 1) / 2, (w0 - 1) / 2, "slice centre (no foreground found)"
-    side = config.field_mm
-    if side is None:
-        side = max(h0 * sp_h, w0 * sp_w)
-        ch, cw, source = (h0 - 1) / 2, (w0 - 1) / 2, "whole slice"
-
+    crop = _knee_crop(lay, config, threshold, notes)
     if config.joint_crop:
-        if bone_segmenter is None:
-            raise MskaiError("this model crops around the knee joint and needs the bone model (bone_segmenter)")
-        labels = bone_segmenter(volume)
-        array = getattr(labels, "array", labels)
-        if np.shape(array) != tuple(volume.shape) or (
-                isinstance(labels, Volume) and not np.allclose(labels.affine_lps, volume.affine_lps, atol=1e-3)):
-            raise MskaiError("the bone model's labels are not on the input volume's grid")
-        found = _notch(grid.to_canonical(np.asarray(array)).transpose(0, 2, 1)[:, ::-1, ::-1], sp_h)
-        if isinstance(found, str):
-            notes["joint_crop"] = f"{found}: plain crop around the knee centre instead"
-        else:
-            ns, ch, cw = found
-            centre_slice = int(np.clip(round(ns), 0, n - 1))
-            side, source = config.joint_crop_mm, "intercondylar notch (bone model)"
-            notes["joint_crop"] = "centred on the intercondylar notch"
-            notes["notch_lps_mm"] = to_lps(ns, ch, cw)
-            notes["notch_slice"] = to_input(centre_slice)
-            central = _window(n, k, centre_slice)
+        crop = _centre_on_notch(crop, lay, volume, config, bone_segmenter, notes)
+    down_h, down_w, up_h, up_w = _resampling(crop, lay, config.size, notes)
 
-    len_h, len_w = side / sp_h, side / sp_w
-    start_h, start_w = ch + 0.5 - len_h / 2, cw + 0.5 - len_w / 2
-    size = config.size
-    down_h = _down_matrix(h0, start_h, len_h, size).astype(np.float32)
-    down_w = _down_matrix(w0, start_w, len_w, size).astype(np.float32)
-    notes["crop"] = {"source": source, "side_mm": round(float(side), 2), "centre_lps_mm": to_lps(centre_slice, ch, cw),
-                     "output_pixel_mm": round(float(side) / size, 4)}
-
-    rows = central if config.slices == "central" else _window(n, max(n, k), n // 2)
-    stack = down_h @ intensity(layout[rows]) @ down_w.T  # (rows, size, size)
+    rows = crop.central if config.slices == "central" else _window(n, max(n, k), n // 2)
+    stack = down_h @ intensity(lay.layout[rows]) @ down_w.T  # (rows, size, size)
     if config.foreground_mask:
         mask = _filled(stack > threshold_norm)
         stack *= mask
         notes["foreground_fraction"] = round(float(mask.mean()), 4)
-    if config.slices == "central":
-        image, weights = stack, np.eye(k)
-        notes["input_slices"] = [to_input(c) for c in rows]
-    else:
-        image, weights = _nmf(stack, k, notes)
-        notes["input_slices"] = f"all {n} slices reduced to {k} NMF basis images"
+    image, weights = _network_slices(stack, rows, lay, config, notes)
     channels = [image.astype(np.float32)]
     if config.kmeans_channel:
         fg_out = _filled(image > (threshold_norm if config.slices == "central" else foreground_threshold(image)))
         channels.append(_kmeans_channel(image, fg_out, config, notes))
     out = np.ascontiguousarray(np.stack(channels), dtype=np.float32)
-    return Prepared(out, notes, np.array([to_input(c) for c in rows]), np.asarray(weights, dtype=np.float64),
-                    slice_axis, grid, _up_matrix(h0, start_h, len_h, size), _up_matrix(w0, start_w, len_w, size),
-                    np.asarray(rows))
+    return Prepared(out, notes, np.array([lay.to_input(c) for c in rows]), np.asarray(weights, dtype=np.float64),
+                    lay.slice_axis, lay.grid, up_h, up_w, np.asarray(rows))

@@ -113,7 +113,7 @@ def synthetic_acl_knee_seeded(grade: int, seed: int, subjects):
 def dataset_items(args_source: dict, classes: str):
     """Cases from exactly one of csv / mrnet / kneemri ({"csv": path} ...) as training items."""
     from mskai.acl import to_binary
-    from mskai.acl.data import read_csv, read_kneemri, read_mrnet
+    from mskai.training.acl_data import read_csv, read_kneemri, read_mrnet
 
     kind, where = next(iter(args_source.items()))
     n_classes = 4 if classes == "four" else 2
@@ -142,7 +142,7 @@ def case_sets(source: dict, classes: str, seed: int = 0, synthetic=None) -> dict
         return {"train": synthetic_items(synthetic, "train", seed, classes),
                 "val": synthetic_items(n_held, "val", seed + 1, classes),
                 "test": synthetic_items(n_held, "test", seed + 2, classes)}
-    from mskai.acl.data import stratified_subject_split
+    from mskai.training.acl_data import stratified_subject_split
 
     parts = stratified_subject_split(dataset_items(source, classes), seed=seed)
     return {name: items_of(cases) for name, cases in parts.items()}
@@ -152,10 +152,10 @@ def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None,
     """Per-class precision/recall/F1, confusion matrix, AUC with bootstrap CI of ``package`` on ``items``;
     evaluation.json, roc.png and confusion.png in ``output`` (one unit)."""
     from mskai.acl.infer import bone_segmenter_for, preprocessing_of
-    from mskai.acl.metrics import classification_report, confusion_png, roc_png
-    from mskai.acl.train import PreparedSet, scores
     from mskai.io import atomic_output, output_folder
     from mskai.models.registry import check_task
+    from mskai.training.acl import PreparedSet, scores
+    from mskai.training.acl_metrics import classification_report, confusion_png, roc_png
 
     check_task(package, ACL_CLASSIFICATION)
     config = preprocessing_of(package)

@@ -38,7 +38,7 @@ def _acl_source(args) -> dict:
 def _acl_cache(args):
     """Where prepared cases are cached (the user's cache folder unless --cache), or None with --no-cache; said
     on stderr, so that a user knows what to remove."""
-    from mskai.acl.train import prepared_cache_dir
+    from mskai.training.acl import prepared_cache_dir
 
     if args.no_cache:
         return None
@@ -68,10 +68,10 @@ def _acl_preprocessing(args, landmarks=None):
 def cmd_train_acl(args):
     """Cases are split by subject (train/val/test) before anything is prepared; the package goes to --output."""
     from mskai.acl.infer import bone_segmenter_for
-    from mskai.acl.preprocess import fit_histogram_landmarks
+    from mskai.acl.intensity import fit_histogram_landmarks
     from mskai.acl.run import case_sets
-    from mskai.acl.train import PreparedSet, TrainAclConfig, train_acl
     from mskai.models.package import check_name
+    from mskai.training.acl import PreparedSet, TrainAclConfig, train_acl
 
     source = _acl_source(args)
     config = TrainAclConfig(classes=args.classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -84,8 +84,8 @@ def cmd_train_acl(args):
     preprocessing = _acl_preprocessing(args, [float(v) for v in range(11)] if args.intensity == "histogram" else None)
     if args.backbone_weights:  # the weights must fit the network before hours of preparing and training
         from mskai.acl.model import load_backbone
-        from mskai.acl.train import network_spec
         from mskai.models.networks import build_network
+        from mskai.training.acl import network_spec
 
         load_backbone(build_network(network_spec(config, preprocessing.channels)), args.backbone_weights)
     cache = _acl_cache(args)
@@ -110,9 +110,9 @@ def cmd_train_acl(args):
 
 
 def cmd_evaluate_acl(args):
-    from mskai.acl.metrics import format_table
     from mskai.acl.run import case_sets, evaluate_package
     from mskai.models.registry import find_model
+    from mskai.training.acl_metrics import format_table
 
     source = _acl_source(args)
     check_range("--bootstrap", args.bootstrap, 0, 100_000, integer=True)

@@ -116,8 +116,8 @@ def cmd_evaluate(args):
 def cmd_train_seg(args):
     from mskai.models.package import check_name
     from mskai.models.registry import find_model
-    from mskai.segment.dataset import FolderPatches, find_pairs, load_case, nnunet_label_remap, split_cases
-    from mskai.segment.train import INTENSITY, TrainConfig, train
+    from mskai.training.segment import INTENSITY, TrainConfig, train
+    from mskai.training.segment_data import FolderPatches, find_pairs, load_case, nnunet_label_remap, split_cases
 
     check_range("validation fraction", args.val_fraction, 0, 0.9)
     if args.threads is not None:

@@ -1,1 +1,1 @@
-"""Bone segmentation: labels, preprocessing, inference, post-processing, outputs, metrics, training."""
+"""Bone segmentation: labels, preprocessing, inference, post-processing, outputs, metrics (training: mskai.training)."""

@@ -53,42 +53,13 @@ def _auc(y_binary, scores):
     return float(roc_auc_score(y_binary, scores))
 
 
-def classification_report(y_true, probabilities, class_names, n_boot: int = 1000, seed: int = 0,
-                          ci: float = 0.95) -> dict:
-    """Per-class and overall figures of a classifier's probabilities (JSON-ready dict).
+def _bootstrap_aucs(y, p, defined, n_boot: int, seed: int):
+    """({class: [AUC of each resample]}, [macro AUC of each resample]) over ``n_boot`` resamples of the cases with
+    replacement (seeded) for the classes in ``defined``; a resample lacking either side of a class is skipped for
+    that class, and for the macro AUC."""
+    from sklearn.metrics import roc_auc_score
 
-    y_true: (N,) class indices. probabilities: (N, K) rows of class probabilities (for 2 classes also (N,)
-    probabilities of class 1). The predicted class is the most probable one.
-    Returns: n, class_names, accuracy, macro_f1 (over the classes present in y_true), confusion_matrix (rows
-    true, columns predicted), per_class [{name, precision, recall, f1, support, auc, auc_ci}], macro_auc and
-    macro_auc_ci (mean of the defined one-vs-rest AUCs), for 2 classes auc_positive/auc_positive_ci (class 1),
-    bootstrap {n_boot, seed, ci, used}, notes. Undefined values are None and a note says why (a class absent
-    from y_true has no recall and no AUC; a class never predicted has no precision).
-    CIs: percentile bootstrap over cases (``n_boot`` resamples with replacement, seeded); a resample lacking
-    either side of a one-vs-rest problem is skipped for that AUC; ``used`` counts the resamples kept.
-    """
-    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
-                                 roc_auc_score)
-
-    y, p, names = _inputs(y_true, probabilities, class_names)
-    if not (isinstance(n_boot, int) and 0 <= n_boot <= 100000):
-        raise MskaiError(f"n_boot must be a whole number from 0 to 100000, not {n_boot!r}")
-    if not 0 < ci < 1:
-        raise MskaiError(f"ci must lie between 0 and 1, not {ci!r}")
-    k, n = len(names), y.size
-    labels = list(range(k))
-    pred = p.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, zero_division=np.nan)
-    present = [c for c in labels if support[c] > 0]
-    notes = []
-    macro_f1 = float(f1_score(y, pred, labels=present, average="macro", zero_division=0.0))
-    if len(present) < k:
-        notes.append("macro F1 and macro AUC cover the classes present in the data: "
-                     + ", ".join(names[c] for c in present))
-
-    aucs = [_auc(y == c, p[:, c]) for c in labels]
-    defined = [c for c in labels if aucs[c] is not None]
+    n = y.size
     rng = np.random.default_rng(seed)
     boot = {c: [] for c in defined}
     boot_macro = []
@@ -105,16 +76,23 @@ def classification_report(y_true, probabilities, class_names, n_boot: int = 1000
         for c, v in zip(defined, values):
             if v is not None:
                 boot[c].append(float(v))
+    return boot, boot_macro
+
+
+def _interval(samples, ci: float):
+    """The percentile bootstrap interval [lo, hi] holding ``ci`` of the samples, or None for fewer than two."""
     tail = (1 - ci) / 2 * 100
+    if len(samples) < 2:
+        return None
+    lo, hi = np.percentile(samples, [tail, 100 - tail])
+    return [float(lo), float(hi)]
 
-    def interval(samples):
-        if len(samples) < 2:
-            return None
-        lo, hi = np.percentile(samples, [tail, 100 - tail])
-        return [float(lo), float(hi)]
 
+def _per_class(names, scores, aucs, boot, ci: float, notes: list) -> list:
+    """One row per class (precision, recall, F1, support, AUC and its CI); a note for each undefined value."""
+    precision, recall, f1, support = scores
     per_class = []
-    for c in labels:
+    for c in range(len(names)):
         note = None
         if support[c] == 0:
             note = f"{names[c]} is absent from the data: recall, F1 and AUC undefined"
@@ -128,15 +106,55 @@ def classification_report(y_true, probabilities, class_names, n_boot: int = 1000
             "name": names[c], "precision": _float(precision[c]),
             "recall": _float(recall[c]) if support[c] else None,
             "f1": _float(f1[c]) if support[c] else None, "support": int(support[c]),
-            "auc": aucs[c], "auc_ci": interval(boot[c]) if c in boot else None,
+            "auc": aucs[c], "auc_ci": _interval(boot[c], ci) if c in boot else None,
         })
+    return per_class
+
+
+def classification_report(y_true, probabilities, class_names, n_boot: int = 1000, seed: int = 0,
+                          ci: float = 0.95) -> dict:
+    """Per-class and overall figures of a classifier's probabilities (JSON-ready dict).
+
+    y_true: (N,) class indices. probabilities: (N, K) rows of class probabilities (for 2 classes also (N,)
+    probabilities of class 1). The predicted class is the most probable one.
+    Returns: n, class_names, accuracy, macro_f1 (over the classes present in y_true), confusion_matrix (rows
+    true, columns predicted), per_class [{name, precision, recall, f1, support, auc, auc_ci}], macro_auc and
+    macro_auc_ci (mean of the defined one-vs-rest AUCs), for 2 classes auc_positive/auc_positive_ci (class 1),
+    bootstrap {n_boot, seed, ci, used}, notes. Undefined values are None and a note says why (a class absent
+    from y_true has no recall and no AUC; a class never predicted has no precision).
+    CIs: percentile bootstrap over cases (``n_boot`` resamples with replacement, seeded); a resample lacking
+    either side of a one-vs-rest problem is skipped for that AUC; ``used`` counts the resamples kept.
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    y, p, names = _inputs(y_true, probabilities, class_names)
+    if not (isinstance(n_boot, int) and 0 <= n_boot <= 100000):
+        raise MskaiError(f"n_boot must be a whole number from 0 to 100000, not {n_boot!r}")
+    if not 0 < ci < 1:
+        raise MskaiError(f"ci must lie between 0 and 1, not {ci!r}")
+    k, n = len(names), y.size
+    labels = list(range(k))
+    pred = p.argmax(axis=1)
+    scores = precision_recall_fscore_support(y, pred, labels=labels, zero_division=np.nan)
+    support = scores[3]
+    present = [c for c in labels if support[c] > 0]
+    notes = []
+    macro_f1 = float(f1_score(y, pred, labels=present, average="macro", zero_division=0.0))
+    if len(present) < k:
+        notes.append("macro F1 and macro AUC cover the classes present in the data: "
+                     + ", ".join(names[c] for c in present))
+
+    aucs = [_auc(y == c, p[:, c]) for c in labels]
+    defined = [c for c in labels if aucs[c] is not None]
+    boot, boot_macro = _bootstrap_aucs(y, p, defined, n_boot, seed)
+    per_class = _per_class(names, scores, aucs, boot, ci, notes)
     report = {
         "n": int(n), "class_names": names,
         "accuracy": float(accuracy_score(y, pred)), "macro_f1": macro_f1,
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
         "per_class": per_class,
         "macro_auc": float(np.mean([aucs[c] for c in defined])) if defined else None,
-        "macro_auc_ci": interval(boot_macro),
+        "macro_auc_ci": _interval(boot_macro, ci),
         "bootstrap": {"n_boot": n_boot, "seed": seed, "ci": ci,
                       "used": {names[c]: len(boot[c]) for c in defined} | {"macro": len(boot_macro)}},
         "notes": notes,

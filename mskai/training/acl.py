@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from mskai import MskaiError, check_range
 from mskai.acl import BINARY_CLASSES, GRADES
-from mskai.acl.data import class_weights
 from mskai.models.tasks import ACL_CLASSIFICATION
+from mskai.training.acl_data.splits import class_weights
 
 
 @dataclass
@@ -222,7 +222,7 @@ def scores(net, images, labels, batch_size) -> tuple[float, np.ndarray]:
 
 
 def _epoch_entry(epoch, train_loss, val_loss, labels, probabilities, class_names, seconds) -> dict:
-    from mskai.acl.metrics import classification_report
+    from mskai.training.acl_metrics import classification_report
 
     report = classification_report(labels, probabilities, class_names, n_boot=0)
     mean = lambda key: float(np.mean([c[key] for c in report["per_class"] if c[key] is not None] or [0]))  # noqa: E731
@@ -237,12 +237,56 @@ def network_spec(config: TrainAclConfig, in_channels: int) -> dict:
                                             "pooling": config.pooling}}
 
 
+def _package_metadata(config: TrainAclConfig, preprocessing, spec, package_id, version, demo, training_data) -> dict:
+    """The package's metadata, before any metrics."""
+    return {
+        "id": package_id, "version": version, "task": ACL_CLASSIFICATION, "demo": demo,
+        "title": "ACL classifier (demo)" if demo else "ACL classifier",
+        "description": f"MRNet-style ACL classifier ({', '.join(config.class_names)}) on sagittal knee MR.",
+        "licence": "Apache-2.0", "training_data": training_data,
+        "classes": list(config.class_names),
+        "input": {"modality": "MR", "plane": "sagittal"},
+        "preprocessing": preprocessing.to_json(),
+        "network": spec,
+    }
+
+
+def _epoch(net, optimiser, train: PreparedSet, config: TrainAclConfig, weights, loss_weights, generator) -> float:
+    """One epoch of ``len(train) // batch_size`` steps (at least one); the mean training loss."""
+    steps = max(1, len(train.labels) // config.batch_size)
+    if config.balance == "sampler":  # every class equally often
+        order = torch.multinomial(torch.tensor(weights[train.labels]), steps * config.batch_size, replacement=True,
+                                  generator=generator).numpy()
+    else:
+        order = torch.randperm(len(train.labels), generator=generator).numpy()[:steps * config.batch_size]
+    losses = []
+    for step in range(steps):
+        index = np.sort(order[step * config.batch_size:(step + 1) * config.batch_size])
+        x = torch.from_numpy(train.images[index].astype(np.float32))
+        x = augment(x, generator) if config.augment else x
+        loss = F.cross_entropy(net(x), torch.from_numpy(train.labels[index]), weight=loss_weights)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+def _write_log(out_dir: Path, config: TrainAclConfig, preprocessing, log: list):
+    """training_log.json and training_curves.png as they stand after an epoch."""
+    from mskai.io import atomic_output
+    from mskai.training.acl_metrics import training_curves_png
+
+    with atomic_output(out_dir / "training_log.json") as tmp:
+        tmp.write_text(json.dumps({"config": asdict(config), "preprocessing": preprocessing.to_json(),
+                                   "log": log}, indent=2))
+    training_curves_png(log, out_dir / "training_curves.png")
+
+
 def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, preprocessing, out_dir, *,
               package_id="mskai-acl", version="0.1.0", demo=True, training_data="", init_state=None,
               backbone_weights=None, progress=print) -> dict:
     """Train, keep the state with the best validation AUC, write the package into ``out_dir``; returns the log."""
-    from mskai.acl.metrics import training_curves_png
-    from mskai.io import atomic_output
     from mskai.models.networks import build_network
     from mskai.models.package import save_package
 
@@ -266,48 +310,21 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "id": package_id, "version": version, "task": ACL_CLASSIFICATION, "demo": demo,
-        "title": "ACL classifier (demo)" if demo else "ACL classifier",
-        "description": f"MRNet-style ACL classifier ({', '.join(config.class_names)}) on sagittal knee MR.",
-        "licence": "Apache-2.0", "training_data": training_data,
-        "classes": list(config.class_names),
-        "input": {"modality": "MR", "plane": "sagittal"},
-        "preprocessing": preprocessing.to_json(),
-        "network": spec,
-    }
+    metadata = _package_metadata(config, preprocessing, spec, package_id, version, demo, training_data)
     log, best, best_entry, stale = [], -1.0, None, 0
-    steps = max(1, len(train.labels) // config.batch_size)
     for epoch in range(1, config.epochs + 1):
         start, net = time.perf_counter(), net.train()
-        if config.balance == "sampler":  # every class equally often
-            order = torch.multinomial(torch.tensor(weights[train.labels]), steps * config.batch_size, replacement=True,
-                                      generator=generator).numpy()
-        else:
-            order = torch.randperm(len(train.labels), generator=generator).numpy()[:steps * config.batch_size]
-        losses = []
-        for step in range(steps):
-            index = np.sort(order[step * config.batch_size:(step + 1) * config.batch_size])
-            x = torch.from_numpy(train.images[index].astype(np.float32))
-            x = augment(x, generator) if config.augment else x
-            loss = F.cross_entropy(net(x), torch.from_numpy(train.labels[index]), weight=loss_weights)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
+        train_loss = _epoch(net, optimiser, train, config, weights, loss_weights, generator)
         scheduler.step()
         val_loss, probabilities = scores(net, val.images, val.labels, config.batch_size)
-        entry = _epoch_entry(epoch, float(np.mean(losses)), val_loss, val.labels, probabilities, config.class_names,
+        entry = _epoch_entry(epoch, train_loss, val_loss, val.labels, probabilities, config.class_names,
                              time.perf_counter() - start)
         log.append(entry)
         score = entry["auc"] if entry["auc"] is not None else entry["macro_f1"]
         if progress:
             progress(f"epoch {epoch}: train loss {entry['train_loss']:.3f}, val loss {val_loss:.3f}, "
                      f"accuracy {entry['accuracy']:.3f}, macro F1 {entry['macro_f1']:.3f}, AUC {entry['auc']}")
-        with atomic_output(out_dir / "training_log.json") as tmp:
-            tmp.write_text(json.dumps({"config": asdict(config), "preprocessing": preprocessing.to_json(),
-                                       "log": log}, indent=2))
-        training_curves_png(log, out_dir / "training_curves.png")
+        _write_log(out_dir, config, preprocessing, log)
         if score > best:  # the package always holds the best state so far: a long run can be stopped at any time
             best, best_entry, stale = score, entry, 0
             metadata["metrics"] = {"validation": {k: entry[k] for k in ("epoch", "accuracy", "macro_f1", "auc")},
