@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mskai import MskaiError
 from mskai.engine import EngineJob
-from mskai.io import write_volume
+from mskai.volume_files import write_volume
 
 from .nodes import remove_node, volume_from_node
 
@@ -159,7 +159,7 @@ class EngineBatchJob:
 
 def remove_half_written(folder: Path):
     """Remove the staging folders that a killed batch left beside its unit folders."""
-    from mskai.io import remove_stale
+    from mskai.outputs import remove_stale
 
     for entry in folder.glob(".*.mskai-*"):
         remove_stale(folder, f".{entry.name[1:].split('.mskai-')[0]}.mskai-")

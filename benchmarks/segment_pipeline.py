@@ -37,7 +37,7 @@ _RUN = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().par
 
 def knee_volume() -> tuple[Path, Path]:
     """Synthetic knee image on the label map's own grid, and its bone label map."""
-    from mskai.io import write_volume
+    from mskai.volume_files import write_volume
     from mskai.synth.synthseg import KneeLabelSource, bone_labels_of, render
     from mskai.volume import Volume
 
@@ -55,7 +55,7 @@ def limb_volume() -> Path:
     """A hip-to-ankle phantom rendered at 1.6 x 1.6 x 2 mm, upsampled to 512 x 512 x 1000 (0.8 x 0.8 x 1 mm)."""
     import torch.nn.functional as F
 
-    from mskai.io import write_volume
+    from mskai.volume_files import write_volume
     from mskai.synth.phantom import ORIENTATIONS, grid_affine
     from mskai.synth.synthseg import LowerLimbPhantom, make_sample
     from mskai.volume import Volume
@@ -95,7 +95,7 @@ def compare_meshes(label_path: Path) -> dict:
     """Seconds to build all bone surfaces: mskai (VTK flying edges + windowed sinc) vs Slicer's conversion."""
     import slicer
 
-    from mskai.io import read_volume_file
+    from mskai.volume_files import read_volume_file
     from mskai.segment.labels import BONES
     from mskai.segment.meshes import surface
 

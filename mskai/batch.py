@@ -24,9 +24,9 @@ from pathlib import Path
 
 from mskai import MskaiError
 from mskai.cluster import ClusterOptions, check_main_guard, open_client, usable_cores
-from mskai.io import (OUTPUT_MARKER, remove_stale, atomic_output, check_output_folder, read_marker, write_csv,
-                      write_marker)
 from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
+from mskai.outputs import (OUTPUT_MARKER, atomic_output, check_output_folder, read_marker, remove_stale, write_csv,
+                           write_marker)
 
 BATCH_MARKER = ".mskai-batch.json"
 MANIFEST = "batch.json"

@@ -204,7 +204,7 @@ class EngineJob:
     def _remove_output(self):
         """With the tree dead: put back an earlier output that an interrupted swap set aside, remove the staging
         folders, and remove the output folder when this cancelled run created it in its very last instant."""
-        from mskai.io import OUTPUT_MARKER, remove_stale  # here: importing the launcher stays light for GUIs
+        from mskai.outputs import OUTPUT_MARKER, remove_stale  # here: importing the launcher stays light for GUIs
 
         out, prefix = self.output, f".{self.output.name}.mskai-"
         if not os.path.lexists(out):

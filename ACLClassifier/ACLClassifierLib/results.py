@@ -43,7 +43,7 @@ def load_classification(scene, output: Path, volumeNode, keep) -> dict:
     keep(node) is called for every node added (the shared job removes them again if a later step fails).
     The evidence map must lie on the input's voxel grid; the node then gets the input's IJK -> RAS matrix exactly.
     """
-    from mskai.io import read_volume_file
+    from mskai.volume_files import read_volume_file
 
     report = json.loads((Path(output) / "report.json").read_text())
     report["series"]["reason"] = volumeNode.GetAttribute(SERIES_REASON) or SCENE_REASON
@@ -181,7 +181,8 @@ def save_result(camNode, folder) -> list[str]:
     the engine's own function) into ``folder`` as one unit. ``folder`` must be new, empty or an earlier mskai output
     (a folder of other files is refused). Nothing written names the patient."""
     from mskai.acl.infer import key_slice_png  # imports PyTorch: only when saving
-    from mskai.io import atomic_output, output_folder, write_csv, write_volume
+    from mskai.outputs import atomic_output, output_folder, write_csv
+    from mskai.volume_files import write_volume
 
     result = result_of(camNode)
     if result["input"] is None:

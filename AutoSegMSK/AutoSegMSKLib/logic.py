@@ -104,7 +104,7 @@ class AutoSegMSKLogic:
         computed from the segmentation as it is now. Also written as CSV when ``csvPath`` is given."""
         rows = seg.statistics_rows(self.scene, segmentationNode, confidenceNode)
         if csvPath:
-            from mskai.io import write_csv
+            from mskai.outputs import write_csv
 
             write_csv(csvPath, rows)
         return new_table(self.scene, f"{segmentationNode.GetName()} statistics", rows)

@@ -137,7 +137,7 @@ def least_certain(rows) -> list[str]:
 
 def add_confidence_node(scene, path, name: str, reference):
     """The engine's confidence map as a volume node beside ``reference``, coloured red (uncertain) to green."""
-    from mskai.io import read_volume_file
+    from mskai.volume_files import read_volume_file
     from SlicerMSKCommon.nodes import confidence_colors
 
     node = add_volume_node(scene, read_volume_file(path), name)
@@ -156,7 +156,7 @@ def add_confidence_node(scene, path, name: str, reference):
 def export_models(node, folder, segment_names=None, formats=("stl",)) -> list[str]:
     """Write the closed surfaces of the chosen segments (all by default) as STL / OBJ / PLY in LPS millimetres,
     like `mskai segment` and Slicer's own model export; all files appear together or none does."""
-    from mskai.io import atomic_outputs
+    from mskai.outputs import atomic_outputs
     from mskai.segment.meshes import write_mesh
 
     unknown = [f for f in formats if f not in ("stl", "obj", "ply")]
@@ -210,7 +210,7 @@ def _file_name(name: str) -> str:
 
 def write_seg_nrrd(scene, node, path) -> str:
     """Save a segmentation node with Slicer's own storage node (.seg.nrrd)."""
-    from mskai.io import atomic_output, suffix_of
+    from mskai.outputs import atomic_output, suffix_of
 
     if suffix_of(path) != ".seg.nrrd":
         raise MskaiError(f"{Path(path).name}: a segmentation file name must end in .seg.nrrd")

@@ -91,7 +91,7 @@ def test_train_acl_writes_a_demo_package_with_its_log_and_curves(tiny_acl_packag
 
 def test_classify_a_study_picks_the_sagittal_series_and_writes_report_cam_and_png(study, tiny_acl_package, tmp_path):
     from mskai.dicom import plan_volumes, read_volume, scan_folder
-    from mskai.io import read_volume_file
+    from mskai.volume_files import read_volume_file
 
     out = tmp_path / "out"
     result = run_mskai("classify", study, "-o", out, "--model", tiny_acl_package)
@@ -163,7 +163,7 @@ def test_classify_takes_a_single_series_and_a_slicer_database_too(study, tiny_ac
 def test_too_few_slices_and_a_4d_file_are_refused_saying_what_is_needed(tiny_acl_package, tmp_path):
     import nibabel as nib
 
-    from mskai.io import write_volume
+    from mskai.volume_files import write_volume
     from mskai.synth.phantom import phantom
 
     write_volume(phantom(shape=(64, 64, 5), plane="sagittal"), tmp_path / "five.nrrd")

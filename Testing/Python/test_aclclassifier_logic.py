@@ -148,7 +148,7 @@ def test_overlay_legend_and_views_on_the_key_slice_then_the_next_strongest(class
 def test_save_writes_report_csv_cam_and_png_as_one_unit(classified, tmp_path):
     import csv
 
-    from mskai.io import read_volume_file
+    from mskai.volume_files import read_volume_file
 
     _, node, _, logic, result, _, _ = classified
     files = logic.saveResult(result["cam"], tmp_path / "saved")

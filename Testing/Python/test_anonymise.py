@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from mskai import MskaiError
 from mskai.dicom import load_series, scan_folder
 from mskai.dicom.anonymise import MAX_SEQUENCE_DEPTH, PROFILE, _output_path, anonymise_folder
-from mskai.io import OUTPUT_MARKER
+from mskai.outputs import OUTPUT_MARKER
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
 

@@ -23,7 +23,7 @@ from AutoSegMSKLib import AutoSegMSKLogic  # noqa: E402
 from SlicerMSKCommon.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
 from AutoSegMSKLib.segmentations import label_volume, segment_ids  # noqa: E402
 from mskai.dicom import DicomDatabase, index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
-from mskai.io import read_volume_file, write_volume  # noqa: E402
+from mskai.volume_files import read_volume_file, write_volume  # noqa: E402
 from mskai.segment.labels import BONES, terminology_tag  # noqa: E402
 
 MODEL_SETTINGS = {"device": "cpu"}

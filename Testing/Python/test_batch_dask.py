@@ -21,7 +21,7 @@ from mskai import MskaiError
 from mskai.batch import MANIFEST, run_batch
 from mskai.cluster import PRELOAD, ClusterOptions
 from mskai.dicom import index_folder
-from mskai.io import OUTPUT_MARKER
+from mskai.outputs import OUTPUT_MARKER
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
 

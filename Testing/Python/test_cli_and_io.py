@@ -11,7 +11,8 @@ import pytest
 from conftest import run_mskai
 from mskai import MskaiError
 from mskai.dicom import index_folder, load_series, scan_folder
-from mskai.io import atomic_output, read_volume_file, write_volume
+from mskai.outputs import atomic_output
+from mskai.volume_files import read_volume_file, write_volume
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
 

@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from conftest import make_package
 from mskai import MskaiError
-from mskai.io import OUTPUT_MARKER, read_volume_file, write_volume
+from mskai.outputs import OUTPUT_MARKER
+from mskai.volume_files import read_volume_file, write_volume
 from mskai.models.package import load_package
 from mskai.segment import preprocess
 from mskai.segment.infer import SegmentOptions, segment_volume

@@ -1,4 +1,4 @@
-"""The output transaction's rules (mskai.io.check_output_folder, read/write_marker), through the real commands:
+"""The output transaction's rules (mskai.outputs.check_output_folder, read/write_marker), through the real commands:
 an output folder that is, contains or lies inside the input is refused before any work; an earlier output of
 another kind is never replaced; marker files that are symbolic links are never followed."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_acl_package, make_package, run_mskai
 from mskai import MskaiError
-from mskai.io import OUTPUT_MARKER, check_output_folder, read_marker, write_marker
+from mskai.outputs import OUTPUT_MARKER, check_output_folder, read_marker, write_marker
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
 

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import make_package, run_mskai
 from mskai import MskaiError
-from mskai.io import OUTPUT_MARKER, atomic_outputs, output_folder, write_volume
+from mskai.outputs import OUTPUT_MARKER, atomic_outputs, output_folder
+from mskai.volume_files import write_volume
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
 
@@ -95,7 +96,7 @@ def test_a_failing_swap_restores_the_earlier_output(tmp_path, monkeypatch):
 
 
 def test_a_killed_run_leaves_a_staging_folder_that_the_next_run_removes(tmp_path, package, knee_file):
-    code = ("import sys, time; from mskai.io import output_folder\n"
+    code = ("import sys, time; from mskai.outputs import output_folder\n"
             "with output_folder(sys.argv[1], 'test') as s:\n"
             "    (s / 'half.txt').write_text('x'); print('ready', flush=True); time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
@@ -181,7 +182,7 @@ def test_bad_files_and_arguments_are_one_clear_line(tmp_path, args, message):
 
 
 def test_disk_full_is_one_clear_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
-    import mskai.io
+    import mskai.volume_files
     from mskai.cli import main
 
     write_series(phantom(shape=(16, 16, 4)), tmp_path / "in")
@@ -189,7 +190,7 @@ def test_disk_full_is_one_clear_line_and_leaves_nothing(tmp_path, monkeypatch, c
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "v.nrrd"))
 
-    monkeypatch.setattr(mskai.io, "write_volume", full)
+    monkeypatch.setattr(mskai.volume_files, "write_volume", full)
     assert main(["dicom", "convert", str(tmp_path / "in"), str(tmp_path / "v.nrrd")]) == 1
     assert capsys.readouterr().err.strip() == f"mskai: error: No space left on device: {tmp_path / 'v.nrrd'}"
     assert [p.name for p in tmp_path.iterdir()] == ["in"]

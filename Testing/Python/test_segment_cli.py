@@ -6,7 +6,7 @@ import pydicom
 
 from conftest import run_mskai
 from mskai.dicom import index_folder
-from mskai.io import read_volume_file
+from mskai.volume_files import read_volume_file
 from mskai.models.registry import find_model
 
 

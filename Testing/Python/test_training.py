@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_mskai
 from mskai import MskaiError
-from mskai.io import write_volume
+from mskai.volume_files import write_volume
 from mskai.models.package import load_package
 from mskai.training.segment import INTENSITY
 from mskai.training.segment_data import nnunet_label_remap, find_pairs, load_case

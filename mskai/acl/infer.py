@@ -92,7 +92,7 @@ def key_slice_png(volume: Volume, result: AclResult, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mskai.io import atomic_output
+    from mskai.outputs import atomic_output
 
     k = result.key_slice
     image, cam = (sagittal_view(volume, a, result.slice_axis, k) for a in (volume.array, result.cam.array))

@@ -19,7 +19,8 @@ def _input(source, series_key=None, show_descriptions=False, series_list=None):
     series/study/database (or from ``series_list``, the already scanned series of one study)."""
     from mskai.acl.series import choose_series
     from mskai.dicom import read_volume, scan_source
-    from mskai.io import read_volume_file, suffix_of
+    from mskai.outputs import suffix_of
+    from mskai.volume_files import read_volume_file
 
     if series_list is not None:
         plan, reason = choose_series(series_list, show_descriptions=show_descriptions)
@@ -48,8 +49,9 @@ def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show
     patient) plus, in memory only, "series_uid": the chosen series' UID (None for a volume file).
     """
     from mskai.acl.infer import classify_volume, key_slice_png
-    from mskai.io import atomic_output, output_folder, write_volume
     from mskai.models.registry import resolve_model
+    from mskai.outputs import atomic_output, output_folder
+    from mskai.volume_files import write_volume
 
     progress = progress or (lambda stage, fraction: None)
     with output_folder(output, ACL_CLASSIFICATION, inputs=[source]) as staging:
@@ -152,8 +154,8 @@ def evaluate_package(package, items, output, n_boot: int = 1000, cache_dir=None,
     """Per-class precision/recall/F1, confusion matrix, AUC with bootstrap CI of ``package`` on ``items``;
     evaluation.json, roc.png and confusion.png in ``output`` (one unit)."""
     from mskai.acl.infer import bone_segmenter_for, preprocessing_of
-    from mskai.io import atomic_output, output_folder
     from mskai.models.registry import check_task
+    from mskai.outputs import atomic_output, output_folder
     from mskai.training.acl import PreparedSet, scores
     from mskai.training.acl_metrics import classification_report, confusion_png, roc_png
 

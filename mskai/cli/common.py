@@ -71,7 +71,8 @@ def select_plans(args):
 def input_volume(args):
     """The one volume a command works on: a volume file, or a DICOM series (first volume unless --volume)."""
     from mskai.dicom import read_volume
-    from mskai.io import VOLUME_SUFFIXES, read_volume_file, suffix_of
+    from mskai.outputs import suffix_of
+    from mskai.volume_files import VOLUME_SUFFIXES, read_volume_file
 
     if suffix_of(args.source) in VOLUME_SUFFIXES and Path(args.source).is_file():
         return read_volume_file(args.source)

@@ -100,7 +100,8 @@ def _output_paths(out: Path, count: int):
 def cmd_convert(args):
     """All volumes of the series, or none: every plan is checked first, the files appear together."""
     from mskai.dicom import read_volume
-    from mskai.io import atomic_outputs, check_volume_path, write_volume
+    from mskai.outputs import atomic_outputs
+    from mskai.volume_files import check_volume_path, write_volume
 
     check_volume_path(args.output)
     plans, report = select_plans(args)

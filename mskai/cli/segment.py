@@ -93,7 +93,7 @@ def cmd_segment(args):
 def cmd_evaluate(args):
     import contextlib
 
-    from mskai.io import atomic_output
+    from mskai.outputs import atomic_output
     from mskai.segment.metrics import evaluate
     from mskai.segment.outputs import read_segmentation
 

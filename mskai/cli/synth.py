@@ -21,9 +21,9 @@ def cmd_synth_series(args):
 def cmd_synth_knee(args):
     import numpy as np
 
-    from mskai.io import write_volume
     from mskai.synth.dicom_writer import write_series
     from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, KneeLabelSource, synthetic_case
+    from mskai.volume_files import write_volume
 
     source = KneeLabelSource(args.labels or BUNDLED_KNEE_LABELS)
     rng = np.random.default_rng(args.seed)

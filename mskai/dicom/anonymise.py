@@ -30,7 +30,7 @@ from pydicom.tag import Tag
 
 from mskai import MskaiError
 from mskai.dicom.scan import PIXEL_TAGS, FileProblem, iter_files
-from mskai.io import atomic_output, output_folder
+from mskai.outputs import atomic_output, output_folder
 
 PROFILE_EDITION = "dicomfields_2026c"  # DICOM 2026c Table E.1-1
 _CODES = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
@@ -223,7 +223,7 @@ def anonymise_folder(source, destination, seed: str | None = None, *, retain_des
     seed: a secret that makes the pseudonyms and UID mapping repeatable across runs (random if None).
     retain_descriptors, retain_safe_private: profile options, see anonymise_dataset.
     Files are written as <destination>/<new series UID>/<new SOP instance UID>.dcm, into a staging folder that
-    replaces ``destination`` as a whole at the end (see mskai.io.output_folder: it must be new, empty, or an
+    replaces ``destination`` as a whole at the end (see mskai.outputs.output_folder: it must be new, empty, or an
     earlier mskai output, apart from ``source``). A file that cannot be de-identified is reported in ``problems`` and leaves nothing
     behind; images whose Burned In Annotation is not NO are written and reported in ``warnings``.
     """

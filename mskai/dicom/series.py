@@ -11,10 +11,10 @@ import pydicom
 
 from mskai import MskaiError
 from mskai.dicom.plane import Plane, detect_plane, slice_normal
-from mskai.dicom.scan import (MAX_SPACING_MM, Frame, Series, check_pixel_element, group_by, pixel_element,
-                              read_header, stored_dtype, transfer_syntax)
-from mskai.io import check_memory
+from mskai.dicom.scan import (MAX_SPACING_MM, Frame, Series, check_pixel_element, group_by, pixel_element, read_header,
+                              stored_dtype, transfer_syntax)
 from mskai.volume import Volume
+from mskai.volume_files import check_memory
 
 # Positions closer than this along the normal are "the same slice" (mm).
 DUPLICATE_TOLERANCE_MM = 1e-3

@@ -20,8 +20,8 @@ from pathlib import Path
 import jsonschema
 
 from mskai import MskaiError
-from mskai.io import atomic_output
 from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
+from mskai.outputs import atomic_output
 from mskai.text import one_line
 
 METADATA = "metadata.json"

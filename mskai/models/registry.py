@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.io import swap_in
 from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, inside, load_package, sha256_bytes
 from mskai.models.tasks import DEFAULT_MODEL
+from mskai.outputs import swap_in
 from mskai.text import one_line
 
 _HERE = Path(__file__).resolve()

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from mskai import MskaiError
-from mskai.io import atomic_output, suffix_of
+from mskai.outputs import atomic_output, suffix_of
 
 MESH_FORMATS = (".stl", ".ply", ".obj", ".vtk")
 

@@ -9,9 +9,10 @@ import numpy as np
 from scipy import ndimage
 
 from mskai import MskaiError, __version__
-from mskai.io import atomic_output, read_volume_file, suffix_of, write_csv, write_volume
+from mskai.outputs import atomic_output, suffix_of, write_csv
 from mskai.segment.labels import ANATOMICAL_CATEGORY, BONES, terminology_tag
 from mskai.volume import Volume
+from mskai.volume_files import read_volume_file, write_volume
 
 
 def write_seg_nrrd(labels: Volume, path, table=BONES) -> Path:

@@ -41,7 +41,7 @@ def segment_to_folder(volume_or_loader, package, output, *, options: SegmentOpti
     inputs: the paths the volume is read from: ``output`` may not be, contain or lie inside any of them.
     Returns write_outputs' {"files": {kind: path or [paths]}, "report": dict}, the paths inside ``output``.
     """
-    from mskai.io import output_folder
+    from mskai.outputs import output_folder
     from mskai.segment.infer import segment_volume
     from mskai.segment.labels import labels_from_table
     from mskai.segment.outputs import write_outputs

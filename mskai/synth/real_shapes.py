@@ -258,7 +258,7 @@ def cached_split(path, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
     mask, affine = load_oai_mask(path)
     labels = split_femur_tibia(mask, spacing_of(affine))
     if cache is not None:
-        from mskai.io import atomic_output
+        from mskai.outputs import atomic_output
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(cache) as tmp, open(tmp, "wb") as f:
@@ -278,7 +278,7 @@ def load_pd_knee(path, slice_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """
     import nibabel as nib
 
-    from mskai.io import read_volume_file
+    from mskai.volume_files import read_volume_file
 
     volume = read_volume_file(path)
     data, affine = np.asarray(volume.array), RAS_TO_LPS @ volume.affine_lps  # LPS -> RAS (the same flip both ways)

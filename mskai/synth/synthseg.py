@@ -94,7 +94,7 @@ class KneeLabelSource(TissueMapSource):
     def __init__(self, path):
         from scipy import ndimage
 
-        from mskai.io import read_volume_file
+        from mskai.volume_files import read_volume_file
 
         volume = read_volume_file(path)
         data, self.affine = np.asarray(volume.array), volume.affine_lps

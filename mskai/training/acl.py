@@ -176,7 +176,7 @@ def _prepared_image(job) -> np.ndarray:
     except MskaiError as exc:
         raise MskaiError(f"Case {key}: {exc}") from None
     if cached is not None:
-        from mskai.io import atomic_output
+        from mskai.outputs import atomic_output
 
         with atomic_output(cached) as tmp:
             with open(tmp, "wb") as fh:
@@ -274,7 +274,7 @@ def _epoch(net, optimiser, train: PreparedSet, config: TrainAclConfig, weights, 
 
 def _write_log(out_dir: Path, config: TrainAclConfig, preprocessing, log: list):
     """training_log.json and training_curves.png as they stand after an epoch."""
-    from mskai.io import atomic_output
+    from mskai.outputs import atomic_output
     from mskai.training.acl_metrics import training_curves_png
 
     with atomic_output(out_dir / "training_log.json") as tmp:

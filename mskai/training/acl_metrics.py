@@ -211,7 +211,7 @@ def _figure(width=6.0, height=5.0):
 
 
 def _save(fig, path) -> Path:
-    from mskai.io import atomic_output
+    from mskai.outputs import atomic_output
 
     path = Path(path)
     if path.suffix.lower() != ".png":

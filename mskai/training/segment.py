@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from mskai import MskaiError, check_range
-from mskai.io import atomic_output
 from mskai.models.tasks import SEGMENTATION
+from mskai.outputs import atomic_output
 from mskai.segment.labels import BONES, label_table
 
 INTENSITY = {"method": "percentile", "lower": 0.5, "upper": 99.5}

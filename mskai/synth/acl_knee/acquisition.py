@@ -380,11 +380,11 @@ def write_acl_study(folder, grade: int, seed: int, planes=("sagittal",), patient
     """Write one synthetic knee as a DICOM study, one series per plane (subfolders named after the planes).
 
     The planes are acquisitions of the same 3D knee (coronal and axial: for checking that the ACL classifier
-    refuses them). The folder is replaced as a whole (``mskai.io.output_folder``). Returns {plane: [paths]}.
+    refuses them). The folder is replaced as a whole (``mskai.outputs.output_folder``). Returns {plane: [paths]}.
     """
     from pydicom.uid import generate_uid
 
-    from mskai.io import output_folder
+    from mskai.outputs import output_folder
     from mskai.synth.dicom_writer import write_series
 
     planes = list(dict.fromkeys(planes))

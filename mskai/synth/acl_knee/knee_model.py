@@ -131,7 +131,7 @@ def _load_stored(stored: Path, subject: str) -> KneeAnatomy | None:
 def _store(stored: Path, result: KneeAnatomy):
     """Keep a model in the disk cache, when it can be written."""
     try:
-        from mskai.io import atomic_output
+        from mskai.outputs import atomic_output
 
         stored.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(stored) as tmp, open(tmp, "wb") as f:

@@ -68,7 +68,7 @@ def check_array(array, what: str) -> np.ndarray:
 
 def load_npy_array(path) -> np.ndarray:
     """A .npy volume (no pickles: object arrays are refused), header checked before the voxels are read."""
-    from mskai.io import check_memory
+    from mskai.volume_files import check_memory
 
     path = Path(path)
     if not path.is_file():

@@ -92,7 +92,7 @@ class AclCase:
         if kind == "array":
             return self._load_array(path)
         if kind == "volume":
-            from mskai.io import read_volume_file
+            from mskai.volume_files import read_volume_file
 
             return read_volume_file(path)
         if kind == "dicom":
