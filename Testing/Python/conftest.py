@@ -109,7 +109,7 @@ def make_acl_package(folder, classes=None, size=48, depth=8, widths=(8, 8, 16, 1
 
     from mskai.acl import GRADES
     from mskai.models.tasks import ACL_CLASSIFICATION as TASK
-    from mskai.acl.model import MRNetStyle
+    from mskai.models.mrnet import MRNetStyle
     from mskai.acl.preprocess import AclPreprocessing
     from mskai.training.acl import TrainAclConfig, network_spec
     from mskai.models.package import save_package

@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_package, run_mskai
 from mskai import MskaiError
-from mskai.acl.model import MRNetStyle, load_backbone
+from mskai.models.mrnet import MRNetStyle, load_backbone
 
 
 def test_network_pools_over_slices_and_any_slice_count():

@@ -83,7 +83,7 @@ def cmd_train_acl(args):
         raise MskaiError(f"--backbone-weights {args.backbone_weights} is not a file")
     preprocessing = _acl_preprocessing(args, [float(v) for v in range(11)] if args.intensity == "histogram" else None)
     if args.backbone_weights:  # the weights must fit the network before hours of preparing and training
-        from mskai.acl.model import load_backbone
+        from mskai.models.mrnet import load_backbone
         from mskai.models.networks import build_network
         from mskai.training.acl import network_spec
 

@@ -6,15 +6,14 @@ from mskai import MskaiError
 from mskai.text import one_line
 
 ALLOWED = ("UNet", "BasicUNet", "SegResNet", "DynUNet", "DenseNet121", "ResNet")
-PROJECT = {"MRNetStyle": ("mskai.acl.model", "MRNetStyle")}  # the project's own networks (built from MONAI blocks)
+PROJECT = ("MRNetStyle",)  # the project's own networks (mskai.models.mrnet, built from MONAI blocks)
 
 
 def _network_class(name):
-    import importlib
-
     if name in PROJECT:
-        module, attribute = PROJECT[name]
-        return getattr(importlib.import_module(module), attribute)
+        from mskai.models import mrnet
+
+        return getattr(mrnet, name)
     import monai.networks.nets as nets
 
     return getattr(nets, name)
@@ -30,7 +29,7 @@ def build_network(spec: dict, state_dict: dict | None = None, where="the model p
 
     name, args = spec.get("class"), spec.get("args", {})
     if name not in ALLOWED and name not in PROJECT:
-        raise MskaiError(f"Unknown network class {name!r}; model packages may use {', '.join(ALLOWED + tuple(PROJECT))}")
+        raise MskaiError(f"Unknown network class {name!r}; model packages may use {', '.join(ALLOWED + PROJECT)}")
     if not isinstance(args, dict):
         raise MskaiError(f"{where}: the network's args must be an object")
     try:

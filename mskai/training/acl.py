@@ -301,7 +301,7 @@ def train_acl(train: PreparedSet, val: PreparedSet, config: TrainAclConfig, prep
     spec = network_spec(config, train.images.shape[1])
     net = build_network(spec, init_state)
     if backbone_weights:
-        from mskai.acl.model import load_backbone
+        from mskai.models.mrnet import load_backbone
 
         load_backbone(net, backbone_weights)
     weights = class_weights(train.labels, n_classes)
