@@ -288,7 +288,7 @@ class ACLClassifierTest(ScriptedLoadableModuleTest):
         from SlicerMSKCommon.nodes import same_geometry
         from mskai import MskaiError
         from mskai.dicom import index_folder
-        from mskai.engine import EngineJob
+        from mskai.runner.engine import EngineJob
 
         logic = ACLClassifierLogic(slicer.mrmlScene)
         models = logic.models()

@@ -306,7 +306,7 @@ class AutoSegMSKTest(ScriptedLoadableModuleTest):
             return
         from AutoSegMSKLib import AutoSegMSKLogic
         from SlicerMSKCommon.nodes import table_rows
-        from mskai.engine import EngineJob
+        from mskai.runner.engine import EngineJob
         from mskai.segment.labels import BONES
 
         self.delayDisplay("Rendering a synthetic knee MR series")

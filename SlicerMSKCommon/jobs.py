@@ -3,7 +3,7 @@
 ``VolumeEngineJob`` runs one `mskai <command>` on a volume node (temporary folder, the node written to a fixed-name
 NRRD, EngineJob, progress forwarded by ``poll()``, output loaded into the scene all or nothing, cleanup, cancel);
 ``EngineBatchJob`` runs one `mskai batch <command>` over a DICOM database. AutoSegMSKLib's SegmentationJob/BatchJob and
-ACLClassifierLib's job build on them; the process launcher itself is ``mskai.engine.EngineJob`` (pure Python).
+ACLClassifierLib's job build on them; the process launcher itself is ``mskai.runner.engine.EngineJob`` (pure Python).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.engine import EngineJob
+from mskai.runner.engine import EngineJob
 from mskai.volume_files import write_volume
 
 from .nodes import remove_node, volume_from_node

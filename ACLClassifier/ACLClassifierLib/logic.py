@@ -200,9 +200,9 @@ class ACLClassifierLogic:
         Shares `mskai batch classify`'s runner: a failing study (no sagittal series, a broken one) is recorded with
         its reason and the batch goes on; with ``resume`` finished studies are skipped. Returns {"done", "skipped",
         "failed"}; ``outputDir``/batch.csv has one row per study: study, series (pseudonyms), predicted and one
-        p_<class> column per class. cluster: a ``mskai.cluster.ClusterOptions`` (default: a local Dask cluster).
+        p_<class> column per class. cluster: a ``mskai.runner.cluster.ClusterOptions`` (default: a local Dask cluster).
         """
-        from mskai.batch import run_batch_classify
+        from mskai.runner.batch import run_batch_classify
 
         summary = run_batch_classify(databaseDir, outputDir, resume=resume, model=model or ACL_MODEL,
                                      cluster=cluster)

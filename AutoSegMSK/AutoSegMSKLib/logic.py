@@ -149,10 +149,10 @@ class AutoSegMSKLogic:
 
         Shares `mskai batch segment`'s runner: a failing series is recorded and the batch goes on; with ``resume``
         finished series are skipped. seriesFilter: a callable taking a series summary dict, True to process it.
-        cluster: a ``mskai.cluster.ClusterOptions`` (default: a local Dask cluster, one worker per core).
+        cluster: a ``mskai.runner.cluster.ClusterOptions`` (default: a local Dask cluster, one worker per core).
         Returns {"done", "skipped", "failed", "pending"}, also written to ``outputDir``/batch.json and batch.csv.
         """
-        from mskai.batch import run_batch
+        from mskai.runner.batch import run_batch
 
         return run_batch(databaseDir, outputDir, resume=resume, series_filter=seriesFilter, model=model,
                          cluster=cluster, **options)

@@ -119,3 +119,26 @@ def test_the_command_line_starts_without_training_synthesis_or_torch():
             "print(sorted(m for m in sys.modules if m == 'torch' or '.train' in m or m.startswith('mskai.synth')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_no_file_over_500_lines_and_no_function_over_80_outside_tests():
+    code = [p for folder in ("mskai", "AutoSegMSK", "ACLClassifier", "SlicerMSKCommon", "scripts", "benchmarks")
+            for p in (REPO / folder).rglob("*.py") if "__pycache__" not in p.parts]
+    assert len(code) > 50
+    long_files = {p.relative_to(REPO).as_posix(): n for p in code if (n := len(p.read_text().splitlines())) > 500}
+    assert not long_files
+    long_functions = [f"{p.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1})"
+                      for p in code for node in ast.walk(ast.parse(p.read_text()))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.end_lineno - node.lineno + 1 > 80]
+    assert not long_functions
+
+
+def test_the_tests_mirror_the_code():
+    folders = {p.parent.relative_to(REPO / "Testing" / "Python").as_posix()
+               for p in (REPO / "Testing" / "Python").rglob("test_*.py")}
+    assert folders == {".", "cli", "engine", "engine/acl", "engine/dicom", "engine/models", "engine/runner",
+                       "engine/segment", "modules", "synth", "training"}
+    # "modules", not "slicer": slicer-core imports every module of any folder named slicer on the path
+    names = [p.name for p in (REPO / "Testing" / "Python").rglob("test_*.py")]
+    assert len(names) == len(set(names))  # one module name per test file (pytest imports them by name)

@@ -40,7 +40,7 @@ def _batch_start(mode):
 
 
 def _cluster_options(args):
-    from mskai.cluster import ClusterOptions
+    from mskai.runner.cluster import ClusterOptions
 
     return ClusterOptions(workers=args.workers, threads_per_worker=args.threads_per_worker,
                           memory_limit=args.memory_limit, scheduler=args.scheduler, retries=args.retries)
@@ -60,7 +60,7 @@ def _finish_batch(run, output):
 
 def cmd_batch_classify(args):
     """The ACL of every study: its sagittal series chosen as `mskai classify` does; failures reported."""
-    from mskai.batch import run_batch_classify
+    from mskai.runner.batch import run_batch_classify
 
     return _finish_batch(lambda: run_batch_classify(args.source, args.output, resume=args.resume, model=args.model,
                                                     identifiers=args.show_identifiers,
@@ -71,7 +71,7 @@ def cmd_batch_classify(args):
 
 def cmd_batch_segment(args):
     """Every matching series into its own folder; failures are reported and the batch goes on."""
-    from mskai.batch import run_batch
+    from mskai.runner.batch import run_batch
     from mskai.segment.outputs import parse_formats
 
     formats, options, cluster = parse_formats(args.formats), segment_options(args), _cluster_options(args)

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import make_package, run_mskai
 from mskai import MskaiError
-from mskai.batch import MANIFEST, run_batch
-from mskai.cluster import PRELOAD, ClusterOptions
+from mskai.runner.batch import MANIFEST, run_batch
+from mskai.runner.cluster import PRELOAD, ClusterOptions
 from mskai.dicom import index_folder
 from mskai.outputs import OUTPUT_MARKER
 from mskai.synth.dicom_writer import write_series
@@ -110,7 +110,7 @@ def test_six_done_two_failed_on_two_workers_model_loaded_once_each(database, clu
     assert len({r["worker"] for r in rows}) == 2  # both workers took series
     _assert_exactly_one_result_each(out, summary["done"])
     _assert_private(out)
-    loads = client.run(lambda: len(sys.modules["mskai.batch"]._PACKAGES))  # the model, once per worker process
+    loads = client.run(lambda: len(sys.modules["mskai.runner.batch"]._PACKAGES))  # the model, once per worker process
     assert sorted(loads.values()) == [1, 1]
 
 
@@ -251,7 +251,7 @@ def test_inside_slicer_local_workers_are_started_with_pythonslicer(tmp_path, mon
     """Spawned workers must not start a second Slicer application: multiprocessing uses PythonSlicer there."""
     import multiprocessing
 
-    from mskai import cluster as cluster_module
+    from mskai.runner import cluster as cluster_module
 
     (tmp_path / "bin").mkdir()
     python = tmp_path / "bin" / "PythonSlicer"

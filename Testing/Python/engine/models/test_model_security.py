@@ -21,7 +21,7 @@ from mskai.models import registry
 from mskai.models.registry import find_model, install_model
 from test_models import _zip_package
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
 
 
 def _contents(folder: Path) -> dict:

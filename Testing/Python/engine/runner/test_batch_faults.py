@@ -1,4 +1,4 @@
-"""Batches that never stop for one bad series (mskai.batch, mskai.cluster, mskai.dicom.database): a series that
+"""Batches that never stop for one bad series (mskai.runner.batch, mskai.runner.cluster, mskai.dicom.database): a series that
 kills its worker, a worker killed while the local cluster starts, database rows of missing, escaping or device
 files, a file listed under two series, another model in the same folder, forged manifests, two patients in one
 study, and a console script without the main guard. Real Dask LocalClusters, real ctkDICOM.sql files."""
@@ -21,8 +21,8 @@ import pytest
 
 from conftest import make_acl_package, make_package, run_mskai
 from mskai import MskaiError
-from mskai.batch import MANIFEST, run_batch
-from mskai.cluster import ClusterOptions
+from mskai.runner.batch import MANIFEST, run_batch
+from mskai.runner.cluster import ClusterOptions
 from mskai.dicom import index_folder, scan_source
 from mskai.synth.dicom_writer import write_series
 from mskai.synth.phantom import phantom
@@ -229,8 +229,8 @@ def test_two_patients_with_one_study_uid_are_never_classified_as_one(tmp_path):
 
 
 SCRIPT = """
-from mskai.batch import run_batch
-from mskai.cluster import ClusterOptions
+from mskai.runner.batch import run_batch
+from mskai.runner.cluster import ClusterOptions
 print(run_batch({source!r}, {output!r}, model={model!r}, formats="report", cluster=ClusterOptions(workers=1)))
 """
 

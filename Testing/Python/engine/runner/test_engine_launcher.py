@@ -1,4 +1,4 @@
-"""mskai.engine.EngineJob with real engine processes: progress, failure messages, cancelling a process tree."""
+"""mskai.runner.engine.EngineJob with real engine processes: progress, failure messages, cancelling a process tree."""
 
 import os
 import sys
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_mskai
 from mskai import MskaiError
-from mskai.engine import EngineJob, python_executable
+from mskai.runner.engine import EngineJob, python_executable
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from mskai import MskaiError
 from mskai.training.acl_data import load_npy_array, load_pickle_array, read_csv
-from mskai.batch import Manifest, _earlier_manifest, _known_rows
+from mskai.runner.batch import Manifest, _earlier_manifest, _known_rows
 
 SECONDS = float(os.environ.get("MSKAI_FUZZ_SECONDS", "20")) / 4
 SEED = int(os.environ.get("MSKAI_FUZZ_SEED", "20261201"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
 MODULE = REPO / "AutoSegMSK" / "AutoSegMSK.py"
 
 # What 3D Slicer's Python provides to a scripted module, besides the standard library and this extension's own code.
@@ -49,12 +49,12 @@ class ModuleSpec:
 
 SPECS = [
     ModuleSpec("AutoSegMSK", frozenset(),
-               frozenset({"AutoSegMSKLib", "SlicerMSKCommon.nodes", "DICOMLib", "PyTorchUtils", "mskai.engine",
+               frozenset({"AutoSegMSKLib", "SlicerMSKCommon.nodes", "DICOMLib", "PyTorchUtils", "mskai.runner.engine",
                           "mskai.segment.labels"}),
                frozenset({"startSegmentation", "segmentVolume", "exportModels", "compare", "startBatch"}),
                frozenset({"model"})),
     ModuleSpec("ACLClassifier", frozenset(),
-               frozenset({"ACLClassifierLib", "SlicerMSKCommon.nodes", "mskai.dicom", "mskai.engine", "mskai.models.tasks"}),
+               frozenset({"ACLClassifierLib", "SlicerMSKCommon.nodes", "mskai.dicom", "mskai.runner.engine", "mskai.models.tasks"}),
                frozenset({"startClassification", "classifyVolume", "loadStudy", "databaseStudies", "showResult",
                           "jumpToSlice", "evidenceSlices", "saveResult", "startBatch", "verdict", "planeOf"}),
                frozenset({"model"})),

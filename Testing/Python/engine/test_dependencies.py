@@ -3,14 +3,13 @@
 import ast
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 
 import mskai
 from mskai import dependencies as deps
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
 
 
 class Recorder:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mskai import MskaiError, check_range
 
-PRELOAD = "mskai.cluster"
+PRELOAD = "mskai.runner.cluster"
 
 
 @dataclass
@@ -73,7 +73,7 @@ def _spawn_interpreter():
     """Inside 3D Slicer sys.executable is the application: local workers must be started with PythonSlicer."""
     import multiprocessing
 
-    from mskai.engine import python_executable
+    from mskai.runner.engine import python_executable
 
     if Path(sys.executable or "").name.lower().startswith("slicer"):
         multiprocessing.set_executable(python_executable())

@@ -1,5 +1,5 @@
 """The batch runner: every matching series (segmentation) or study (ACL classification) of a Slicer DICOM database
-or folder tree, one output folder each, run as Dask tasks (``mskai.cluster``: a local cluster or an existing one).
+or folder tree, one output folder each, run as Dask tasks (``mskai.runner.cluster``: a local cluster or an existing one).
 
 Shared by `mskai batch segment|classify` and the modules' processDatabase. One unit (series or study) is one task;
 the worker reads its files itself and loads the model package once. Each unit is written into a staging folder and
@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.cluster import ClusterOptions, check_main_guard, open_client, usable_cores
 from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
 from mskai.outputs import (OUTPUT_MARKER, atomic_output, check_output_folder, read_marker, remove_stale, write_csv,
                            write_marker)
+from mskai.runner.cluster import ClusterOptions, check_main_guard, open_client, usable_cores
 
 BATCH_MARKER = ".mskai-batch.json"
 MANIFEST = "batch.json"
