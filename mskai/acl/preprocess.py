@@ -11,7 +11,7 @@ Layout of the network input ``Prepared.image``: float32 ``(C, K, H, W)``, ``H ==
   The in-plane grid is square with isotropic pixels (``side_mm / size``) centred on the knee (or the notch).
 
 No interpolation across slices: the acquired (oblique) slices are reordered and flipped to the nearest RAS
-axes only (``mskai.segment.preprocess.canonical_grid``), and ``Prepared.cam_to_input`` maps a map on the
+axes only (``mskai.grid.canonical_grid``), and ``Prepared.cam_to_input`` maps a map on the
 network's grid exactly back onto the input voxels through the same steps.
 
 The steps live in their own modules: ``mskai.acl.intensity`` (foreground threshold, intensity mapping, K-means
@@ -28,7 +28,7 @@ import numpy as np
 
 from mskai import MskaiError, check_range
 from mskai.acl.crop import _centre_on_notch, _knee_crop, _resampling
-from mskai.acl.intensity import HIST_PERCENTILES, _Intensity, _filled, _kmeans_channel, _sample, foreground_threshold
+from mskai.acl.intensity import HIST_PERCENTILES, _filled, _Intensity, _kmeans_channel, _sample, foreground_threshold
 from mskai.acl.series import MIN_SLICES
 from mskai.acl.slices import _nmf, _window
 from mskai.dicom.plane import volume_plane
@@ -203,7 +203,7 @@ def check_sagittal(volume: Volume, min_slices: int = MIN_SLICES) -> None:
     min_slices: fewest sagittal slices accepted (default 8: fewer cannot cover the notch; a series with fewer
         than the model's depth is padded by repeating its edge slices).
     """
-    from mskai.segment.preprocess import check_input
+    from mskai.grid import check_input
 
     array = volume.array
     if array.ndim != 3:
@@ -275,7 +275,7 @@ class _Layout:
 
     @classmethod
     def of(cls, volume: Volume) -> "_Layout":
-        from mskai.segment.preprocess import canonical_grid
+        from mskai.grid import canonical_grid
 
         grid = canonical_grid(volume, (1.0, 1.0, 1.0))
         slice_axis = int(np.nonzero(grid.ornt[:, 0] == 0)[0][0])

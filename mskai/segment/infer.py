@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from mskai import MskaiError, check_range
+from mskai.grid import argmax_on_grid, canonical_grid, check_input, model_grid_shape, model_image
 from mskai.models.registry import check_task
 from mskai.models.tasks import SEGMENTATION
 from mskai.segment.labels import BONE_VALUES, labels_from_table
 from mskai.segment.postprocess import PostprocessOptions, clean_labels
-from mskai.segment.preprocess import argmax_on_grid, canonical_grid, check_input, model_grid_shape, model_image
 from mskai.volume import Volume
 
 

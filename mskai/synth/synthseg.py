@@ -423,7 +423,7 @@ def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, 
                 **pose):
     """Render one case/patch: (image tensor 1 x shape, bone labels uint8 tensor shape[, tissue classes])."""
     from mskai import MskaiError
-    from mskai.segment.preprocess import normalise
+    from mskai.grid import normalise
 
     centre = source.random_centre(rng) if centre is None else centre
     fine_shape = tuple(n * supersample for n in shape)

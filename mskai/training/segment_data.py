@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from mskai import MskaiError
+from mskai.grid import resample, to_model_grid
 from mskai.outputs import suffix_of
 from mskai.segment.labels import BONES
 from mskai.segment.outputs import read_segmentation
-from mskai.segment.preprocess import resample, to_model_grid
 from mskai.volume_files import VOLUME_SUFFIXES, read_volume_file
 
 _SUFFIXES = VOLUME_SUFFIXES + (".seg.nrrd",)

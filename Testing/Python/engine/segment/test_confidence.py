@@ -19,7 +19,7 @@ from mskai.segment import preprocess
 from mskai.segment.infer import SegmentOptions, segment_volume
 from mskai.segment.outputs import bone_statistics, write_outputs
 from mskai.segment.postprocess import PostprocessOptions
-from mskai.segment.preprocess import argmax_on_grid, confidence_from_probabilities, confidence_percent
+from mskai.grid import argmax_on_grid, confidence_from_probabilities, confidence_percent
 from mskai.segment.run import segment_to_folder
 from mskai.synth.phantom import phantom
 from mskai.volume import Volume

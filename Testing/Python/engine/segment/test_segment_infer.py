@@ -11,7 +11,7 @@ from mskai.segment.postprocess import Cleanup, PostprocessOptions, clean_labels
 import torch
 import torch.nn.functional as F
 
-from mskai.segment.preprocess import argmax_on_grid, canonical_grid, model_image, normalise
+from mskai.grid import argmax_on_grid, canonical_grid, model_image, normalise
 from mskai.synth.phantom import phantom
 from mskai.volume import Volume
 

@@ -1,0 +1,1 @@
+"""Model packages (folder or zip: metadata, safetensors weights), the networks they may name, where they live."""
