@@ -8,6 +8,7 @@ import sys
 
 from mskai import MskaiError, __version__
 from mskai.cli import acl, batch, dicom, models, segment, synth
+from mskai.protocol import error_line
 from mskai.text import escape_controls
 
 
@@ -25,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.print_usage(sys.stderr)
-        self.exit(2, f"mskai: error: {message}\n")
+        self.exit(2, error_line(message) + "\n")
 
 
 class _EscapingWriter:
@@ -47,7 +48,7 @@ def _run(args) -> int:
     except MskaiError as exc:
         message = str(exc)
     except KeyboardInterrupt:
-        print("mskai: error: interrupted; nothing was written", file=sys.stderr)
+        print(error_line("interrupted; nothing was written"), file=sys.stderr)
         return 130
     except MemoryError:
         message = "out of memory; try --fast, a slab (--slab) or a machine with more memory"
@@ -60,7 +61,7 @@ def _run(args) -> int:
         if os.environ.get("MSKAI_DEBUG"):
             raise
         message = f"unexpected {exc.__class__.__name__}: {exc} (please report it; MSKAI_DEBUG=1 shows details)"
-    print(f"mskai: error: {message}", file=sys.stderr)
+    print(error_line(message), file=sys.stderr)
     return 1
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from mskai.cli.segment import add_segment_options, segment_options
 from mskai.models.tasks import ACL_MODEL
+from mskai.protocol import error_line, progress_line
 
 
 def _batch_progress(mode, unit):
@@ -16,9 +16,8 @@ def _batch_progress(mode, unit):
     def show(row, counts):
         finished = counts["done"] + counts["failed"] + counts["skipped"]
         if mode == "json":
-            print(json.dumps({"stage": "batch", "progress": round(finished / counts["total"], 4), unit: row[unit],
-                              "status": row["status"], **{k: counts[k] for k in ("done", "failed", "pending")}}),
-                  file=sys.stderr, flush=True)
+            print(progress_line("batch", finished / counts["total"], **{unit: row[unit]}, status=row["status"],
+                                **{k: counts[k] for k in ("done", "failed", "pending")}), file=sys.stderr, flush=True)
         elif mode == "bar":
             filled = round(30 * finished / counts["total"])
             error = f": {row['error']}" if row.get("error") else ""
@@ -50,8 +49,8 @@ def _finish_batch(run, output):
     try:
         summary = run()
     except KeyboardInterrupt:
-        print("mskai: error: interrupted; finished units are kept and listed in batch.json, run again with "
-              "--resume to do the rest", file=sys.stderr)
+        print(error_line("interrupted; finished units are kept and listed in batch.json, run again with "
+                         "--resume to do the rest"), file=sys.stderr)
         return 130
     print(f"{len(summary['done'])} done, {len(summary['skipped'])} skipped (already done), "
           f"{len(summary['failed'])} failed; manifest: {Path(output) / 'batch.json'}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from mskai import MskaiError
+from mskai.protocol import progress_line
 
 
 def print_problems(problems):
@@ -19,8 +19,7 @@ def print_problems(problems):
 def progress_printer(mode):
     """progress(stage, fraction): tqdm bars on a terminal, or JSON lines for the Slicer modules."""
     if mode == "json":
-        return lambda stage, fraction: print(json.dumps({"stage": stage, "progress": round(fraction, 4)}),
-                                             file=sys.stderr, flush=True)
+        return lambda stage, fraction: print(progress_line(stage, fraction), file=sys.stderr, flush=True)
     if mode == "none":
         return None
     from tqdm import tqdm

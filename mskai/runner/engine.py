@@ -22,8 +22,7 @@ from pathlib import Path
 import psutil
 
 from mskai import MskaiError
-
-ERROR_PREFIX = "mskai: error: "
+from mskai.protocol import ERROR_PREFIX
 
 
 def python_executable() -> str:
