@@ -16,6 +16,11 @@ from mskai.volume import Volume
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz")
 
 
+def is_volume_file(path) -> bool:
+    """Whether ``path`` is an existing NRRD/NIfTI file (commands read it as it is instead of as DICOM)."""
+    return suffix_of(path) in VOLUME_SUFFIXES and Path(path).is_file()
+
+
 def check_volume_path(path) -> str:
     """The volume file kind of an output path (.nrrd, .nii, .nii.gz); MskaiError for any other name."""
     kind = suffix_of(path)

@@ -19,14 +19,13 @@ def _input(source, series_key=None, show_descriptions=False, series_list=None):
     series/study/database (or from ``series_list``, the already scanned series of one study)."""
     from mskai.acl.series import choose_series
     from mskai.dicom import read_volume, scan_source
-    from mskai.outputs import suffix_of
-    from mskai.volume_files import read_volume_file
+    from mskai.volume_files import is_volume_file, read_volume_file
 
     if series_list is not None:
         plan, reason = choose_series(series_list, show_descriptions=show_descriptions)
         return read_volume(plan), reason, plan.series.uid
     path = Path(source)
-    if path.is_file() and suffix_of(path) in (".nrrd", ".nii", ".nii.gz"):
+    if is_volume_file(path):
         if series_key:
             raise MskaiError("--series applies to DICOM input, not to a volume file")
         volume = read_volume_file(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from mskai import MskaiError
 from mskai.protocol import progress_line
@@ -55,25 +54,18 @@ def _select_series(report, source, key):
 
 def select_plans(args):
     """The volume plans of the chosen series (all, or the one --volume names) and the scan report."""
-    from mskai.dicom import plan_volumes, scan_source
+    from mskai.dicom import chosen_plans, scan_source
 
     report = scan_source(args.source)
-    series = _select_series(report, args.source, args.series)
-    plans = plan_volumes(series)
-    if args.volume is not None:
-        if not 1 <= args.volume <= len(plans):
-            raise MskaiError(f"--volume must be 1-{len(plans)} for this series")
-        plans = [plans[args.volume - 1]]
-    return plans, report
+    return chosen_plans(_select_series(report, args.source, args.series), args.volume), report
 
 
 def input_volume(args):
     """The one volume a command works on: a volume file, or a DICOM series (first volume unless --volume)."""
     from mskai.dicom import read_volume
-    from mskai.outputs import suffix_of
-    from mskai.volume_files import VOLUME_SUFFIXES, read_volume_file
+    from mskai.volume_files import is_volume_file, read_volume_file
 
-    if suffix_of(args.source) in VOLUME_SUFFIXES and Path(args.source).is_file():
+    if is_volume_file(args.source):
         return read_volume_file(args.source)
     plans, report = select_plans(args)
     print_problems(report.problems)

@@ -3,7 +3,7 @@
 from mskai.dicom.database import DicomDatabase, index_folder, is_database
 from mskai.dicom.plane import detect_plane
 from mskai.dicom.scan import ScanReport, Series, scan_folder
-from mskai.dicom.series import VolumePlan, load_series, plan_volumes, read_volume
+from mskai.dicom.series import VolumePlan, chosen_plans, load_series, plan_volumes, read_volume
 
 
 def scan_source(source, series_uids=None) -> ScanReport:
@@ -16,5 +16,5 @@ def scan_source(source, series_uids=None) -> ScanReport:
 
 __all__ = [
     "DicomDatabase", "ScanReport", "Series", "VolumePlan", "detect_plane", "index_folder", "load_series",
-    "plan_volumes", "read_volume", "scan_folder", "scan_source",
+    "chosen_plans", "plan_volumes", "read_volume", "scan_folder", "scan_source",
 ]

@@ -131,6 +131,19 @@ def plan_volumes(series: Series) -> list[VolumePlan]:
     return plans
 
 
+def chosen_plans(series: Series, volume: int | None = None) -> list[VolumePlan]:
+    """The volumes a command reads of a series, the first being the default: all its plans, or only the one
+    ``volume`` (1-based) names. MskaiError for a series without a volume or a number out of range."""
+    plans = plan_volumes(series)
+    if not plans:
+        raise MskaiError("the series holds no volume")
+    if volume is not None:
+        if not 1 <= volume <= len(plans):
+            raise MskaiError(f"--volume must be 1-{len(plans)} for this series")
+        plans = [plans[volume - 1]]
+    return plans
+
+
 def _plan(series: Series, frames: list[Frame], label: str) -> VolumePlan:
     plan = VolumePlan(series, frames, label or "volume")
     missing = [

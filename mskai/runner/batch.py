@@ -168,16 +168,13 @@ def _worker_package(model: dict):
 
 
 def _segment_unit(spec: dict) -> dict:
-    from mskai.dicom import plan_volumes, read_volume
+    from mskai.dicom import chosen_plans, read_volume
     from mskai.segment.run import segment_to_folder
 
     found = {}
 
     def load():
-        plans = plan_volumes(spec["series"])
-        if not plans:
-            raise MskaiError("the series holds no volume")
-        volume = read_volume(plans[0])
+        volume = read_volume(chosen_plans(spec["series"])[0])
         found["volume"] = volume.label
         return volume
 
