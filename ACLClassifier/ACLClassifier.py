@@ -14,12 +14,11 @@ import qt
 import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
 
 import mskai
-from mskai import dependencies
-from SlicerMSKCommon.widget import EngineWidget, guiAction, modelKey
+from SlicerMSKCommon.widget import EngineWidget, engineMissing, guiAction, modelKey, singletonParameterNode
 
 EVIDENCE_ATTRIBUTE = "ACLClassifier.evidence"  # ACLClassifierLib.results.EVIDENCE: the result selector lists these
 
@@ -59,13 +58,14 @@ class ACLClassifierParameterNode:
 
 def parameterNode():
     """The module's singleton parameter node of slicer.mrmlScene (created when absent)."""
-    helper = ScriptedLoadableModuleLogic()
-    helper.moduleName = "ACLClassifier"
-    return ACLClassifierParameterNode(helper.getParameterNode())
+    return singletonParameterNode("ACLClassifier", ACLClassifierParameterNode)
 
 
 class ACLClassifierWidget(EngineWidget):
     moduleParameterNode = staticmethod(parameterNode)
+    logicClass = ("ACLClassifierLib", "ACLClassifierLogic")
+    readyText = "Select a sagittal volume, or pick a study from the DICOM database."
+    noModelText = "No ACL model is installed."
 
     def __init__(self, parent=None):
         EngineWidget.__init__(self, parent)
@@ -89,23 +89,6 @@ class ACLClassifierWidget(EngineWidget):
         ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultChanged)
         self.startObserving()
 
-    def getLogic(self):
-        """The logic, made once the engine's packages are present (ACLClassifierLib imports them)."""
-        if self.logic is None:
-            if dependencies.missing_requirements():
-                raise ValueError("Install the engine's Python packages first (the Install button of the Run section).")
-            from ACLClassifierLib import ACLClassifierLogic
-
-            self.logic = ACLClassifierLogic(slicer.mrmlScene)
-            self._models = self.logic.models()
-            for model in self._models:
-                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
-            self.ui.statusLabel.text = ("Select a sagittal volume, or pick a study from the DICOM database."
-                                        if self._models else "No ACL model is installed.")
-            if self._parameterNode:
-                self.initializeParameterNode()
-        return self.logic
-
     def currentResult(self):
         """The shown result (dict, see ACLClassifierLogic.resultOf), or None."""
         p = self._parameterNode
@@ -126,10 +109,7 @@ class ACLClassifierWidget(EngineWidget):
         p, ui, running = self._parameterNode, self.ui, self.job is not None
         if not p:
             return
-        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(p.model)
-        model = next((m for m in self._models if modelKey(m) == p.model), None)
-        ui.modelDescriptionLabel.text = model["description"] if model else ""
-        ui.demoBadgeLabel.visible = bool(model and model["demo"])
+        self.showModel()
         ui.inputPlaneLabel.text = self.inputMessage(p.inputVolume)
         ui.applyButton.enabled = bool(p.inputVolume) and not running
         ui.cancelButton.enabled = running
@@ -146,16 +126,8 @@ class ACLClassifierWidget(EngineWidget):
 
     @guiAction("Failed to list the DICOM database.", waitCursor=True)
     def onRefreshStudies(self):
-        rows, table = self.getLogic().databaseStudies(self.databaseDirectory()), self.ui.dicomStudyTable
-        table.setRowCount(0)
-        table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, key in enumerate(("patient", "study", "date", "series", "modalities")):
-                item = qt.QTableWidgetItem(str(row[key]))
-                item.setData(qt.Qt.UserRole, row["studyUID"])
-                table.setItem(r, c, item)
-        table.resizeColumnsToContents()
-        self.ui.statusLabel.text = f"{len(rows)} studies in the DICOM database."
+        self.fillDicomTable(self.ui.dicomStudyTable, self.getLogic().databaseStudies(self.databaseDirectory()),
+                            ("patient", "study", "date", "series", "modalities"), "studyUID", "studies")
 
     @guiAction("Failed to pick the sagittal series of the study.", waitCursor=True)
     def onLoadStudy(self):
@@ -167,11 +139,9 @@ class ACLClassifierWidget(EngineWidget):
 
     @guiAction("Failed to start the classification.")
     def onApply(self):
-        p = self._parameterNode
-        if not self.checkDependencies(ask=True):
+        p = self.inputToRun("Select a sagittal input volume first.")
+        if p is None:
             return
-        if not p.inputVolume:
-            raise ValueError("Select a sagittal input volume first.")
         job = self.getLogic().startClassification(p.inputVolume, model=p.model or None,
                                                   onProgress=self.onProgress, onFinished=self.onFinished)
         self.onProgress("starting", 0.0)
@@ -258,15 +228,7 @@ class ACLClassifierWidget(EngineWidget):
 
     @guiAction("Failed to start the batch.")
     def onProcessDatabase(self):
-        ui, p = self.ui, self._parameterNode
-        database, output = ui.batchDatabasePathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath
-        if not database or not output:
-            raise ValueError("Choose the DICOM database folder and the output folder.")
-        job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
-                                         model=p.model or None, onProgress=self.onProgress,
-                                         onFinished=self.onBatchFinished)
-        self.runInBackground(job, f"Classifying every study of {database} in the background (Cancel keeps those "
-                                  "done).")
+        self.startBatch("Classifying every study")
 
 
 class ACLClassifierTest(ScriptedLoadableModuleTest):
@@ -280,9 +242,7 @@ class ACLClassifierTest(ScriptedLoadableModuleTest):
     def test_ClassifySyntheticStudy(self):
         """The headless tests' scenario in the application: synthetic knee studies in a DICOM database (one
         sagittal, one coronal), the sagittal series picked and classified, the evidence shown on the slice views."""
-        missing = dependencies.missing_requirements()
-        if missing:
-            self.delayDisplay(f"Skipped: install the engine's packages first ({', '.join(map(str, missing))}).")
+        if engineMissing(self):
             return
         from ACLClassifierLib import ACLClassifierLogic
         from SlicerMSKCommon.nodes import same_geometry

@@ -13,12 +13,11 @@ import qt
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
 
 import mskai
-from mskai import dependencies
-from SlicerMSKCommon.widget import EngineWidget, guiAction, modelKey
+from SlicerMSKCommon.widget import EngineWidget, engineMissing, guiAction, singletonParameterNode
 
 
 class AutoSegMSK(ScriptedLoadableModule):
@@ -65,13 +64,13 @@ class AutoSegMSKParameterNode:
 
 def parameterNode():
     """The module's singleton parameter node of slicer.mrmlScene (created when absent)."""
-    helper = ScriptedLoadableModuleLogic()
-    helper.moduleName = "AutoSegMSK"
-    return AutoSegMSKParameterNode(helper.getParameterNode())
+    return singletonParameterNode("AutoSegMSK", AutoSegMSKParameterNode)
 
 
 class AutoSegMSKWidget(EngineWidget):
     moduleParameterNode = staticmethod(parameterNode)
+    logicClass = ("AutoSegMSKLib", "AutoSegMSKLogic")
+    readyText, noModelText = "Select an input volume.", "No model is installed."
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -95,10 +94,7 @@ class AutoSegMSKWidget(EngineWidget):
         p, ui, running = self._parameterNode, self.ui, self.job is not None
         if not p:
             return
-        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(p.model)
-        model = next((m for m in self._models if modelKey(m) == p.model), None)
-        ui.modelDescriptionLabel.text = model["description"] if model else ""
-        ui.demoBadgeLabel.visible = bool(model and model["demo"])
+        self.showModel()
         ui.slabLowSpinBox.enabled = ui.slabHighSpinBox.enabled = p.slabEnabled
         ui.fillHolesCheckBox.enabled = ui.anatomicalCheckBox.enabled = p.postprocess
         ui.applyButton.enabled = bool(p.inputVolume) and not running
@@ -111,35 +107,11 @@ class AutoSegMSKWidget(EngineWidget):
         ui.showConfidenceCheckBox.enabled = bool(self.logic and self.logic.confidenceNode(p.segmentation))
         ui.loadSeriesButton.enabled = bool(ui.dicomSeriesTable.selectedItems())
 
-    def getLogic(self):
-        """The logic, made once the engine's packages are present (AutoSegMSKLib imports them)."""
-        if self.logic is None:
-            if dependencies.missing_requirements():
-                raise ValueError("Install the engine's Python packages first (the Install button of the Run section).")
-            from AutoSegMSKLib import AutoSegMSKLogic
-
-            self.logic = AutoSegMSKLogic(slicer.mrmlScene)
-            self._models = self.logic.models()
-            for model in self._models:
-                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
-            self.ui.statusLabel.text = "Select an input volume." if self._models else "No model is installed."
-            if self._parameterNode:
-                self.initializeParameterNode()
-        return self.logic
-
     @guiAction("Failed to list the DICOM database.", waitCursor=True)
     def onRefreshSeries(self):
-        rows, table = self.getLogic().databaseSeries(self.databaseDirectory()), self.ui.dicomSeriesTable
-        table.setRowCount(0)
-        table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, key in enumerate(("patient", "study", "description", "plane", "size")):
-                item = qt.QTableWidgetItem(str(row[key]))
-                item.setData(qt.Qt.UserRole, row["seriesUID"])
-                item.setToolTip(row.get("problem") or f"{row['files']} files")
-                table.setItem(r, c, item)
-        table.resizeColumnsToContents()
-        self.ui.statusLabel.text = f"{len(rows)} MR series in the DICOM database."
+        self.fillDicomTable(self.ui.dicomSeriesTable, self.getLogic().databaseSeries(self.databaseDirectory()),
+                            ("patient", "study", "description", "plane", "size"), "seriesUID", "MR series",
+                            tooltip=lambda row: row.get("problem") or f"{row['files']} files")
 
     @guiAction("Failed to load the series.", waitCursor=True)
     def onLoadSeries(self):
@@ -154,11 +126,9 @@ class AutoSegMSKWidget(EngineWidget):
 
     @guiAction("Failed to start the segmentation.")
     def onApply(self):
-        p = self._parameterNode
-        if not self.checkDependencies(ask=True):
+        p = self.inputToRun("Select an input volume first.")
+        if p is None:
             return
-        if not p.inputVolume:
-            raise ValueError("Select an input volume first.")
         if p.slabEnabled and not p.slabLow < p.slabHigh:
             raise ValueError("The slab's inferior end must be below its superior end.")
         options = {"model": p.model or None, "device": p.device, "fast": p.fast, "confidence": p.confidence,
@@ -279,15 +249,8 @@ class AutoSegMSKWidget(EngineWidget):
 
     @guiAction("Failed to start the batch.")
     def onProcessDatabase(self):
-        ui, p = self.ui, self._parameterNode
-        database, output = ui.batchDatabasePathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath
-        if not database or not output:
-            raise ValueError("Choose the DICOM database folder and the output folder.")
-        job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
-                                         onProgress=self.onProgress, onFinished=self.onBatchFinished,
-                                         model=p.model or None, device=p.device, fast=p.fast, confidence=p.confidence)
-        self.runInBackground(job, f"Segmenting every MR series of {database} in the background (Cancel keeps those "
-                                  "done).")
+        p = self._parameterNode
+        self.startBatch("Segmenting every MR series", device=p.device, fast=p.fast, confidence=p.confidence)
 
 
 class AutoSegMSKTest(ScriptedLoadableModuleTest):
@@ -300,9 +263,7 @@ class AutoSegMSKTest(ScriptedLoadableModuleTest):
 
     def test_SegmentSyntheticKnee(self):
         """The headless tests' scenario in the application: a synthetic knee in, five named bones out."""
-        missing = dependencies.missing_requirements()
-        if missing:
-            self.delayDisplay(f"Skipped: install the engine's packages first ({', '.join(map(str, missing))}).")
+        if engineMissing(self):
             return
         from AutoSegMSKLib import AutoSegMSKLogic
         from SlicerMSKCommon.nodes import table_rows

@@ -40,6 +40,8 @@ class EngineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """
 
     moduleParameterNode = None  # staticmethod(parameterNode) of the module
+    logicClass = ("", "")  # (<Module>Lib, <Module>Logic): imported once the engine's packages are present
+    readyText = noModelText = ""  # the status line once the logic is made, with models and without
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -151,6 +153,68 @@ class EngineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError("Slicer's DICOM database is not open: open it in the DICOM module first.")
         return slicer.dicomDatabase.databaseDirectory
 
+    def getLogic(self):
+        """The logic, made once the engine's packages are present (<Module>Lib imports them); the model list filled."""
+        if self.logic is None:
+            if dependencies.missing_requirements():
+                raise ValueError("Install the engine's Python packages first (the Install button of the Run section).")
+            import importlib
+
+            module, name = self.logicClass
+            self.logic = getattr(importlib.import_module(module), name)(slicer.mrmlScene)
+            self._models = self.logic.models()
+            for model in self._models:
+                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
+            self.ui.statusLabel.text = self.readyText if self._models else self.noModelText
+            if self._parameterNode:
+                self.initializeParameterNode()
+        return self.logic
+
+    def showModel(self):
+        """The chosen model in the combo box, its description and demo badge; returns its entry (None if none)."""
+        p, ui = self._parameterNode, self.ui
+        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(p.model)
+        model = next((m for m in self._models if modelKey(m) == p.model), None)
+        ui.modelDescriptionLabel.text = model["description"] if model else ""
+        ui.demoBadgeLabel.visible = bool(model and model["demo"])
+        return model
+
+    def inputToRun(self, missing):
+        """The parameter node when a run may start: the engine's packages present (else offered, None) and an input
+        volume chosen (else ``missing`` as the error)."""
+        if not self.checkDependencies(ask=True):
+            return None
+        if not self._parameterNode.inputVolume:
+            raise ValueError(missing)
+        return self._parameterNode
+
+    def fillDicomTable(self, table, rows, columns, uidKey, what, tooltip=None):
+        """A DICOM table widget filled with ``rows`` (dicts): one column per key, each item carrying the row's UID;
+        the status line says how many ``what`` the database holds."""
+        table.setRowCount(0)
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, key in enumerate(columns):
+                item = qt.QTableWidgetItem(str(row[key]))
+                item.setData(qt.Qt.UserRole, row[uidKey])
+                if tooltip:
+                    item.setToolTip(tooltip(row))
+                table.setItem(r, c, item)
+        table.resizeColumnsToContents()
+        self.ui.statusLabel.text = f"{len(rows)} {what} in the DICOM database."
+
+    def startBatch(self, doing, **options):
+        """The Batch section's run: the logic's startBatch over the chosen database into the chosen folder, followed
+        in the background; ``doing`` (e.g. "Classifying every study") on the status line."""
+        ui, p = self.ui, self._parameterNode
+        database, output = ui.batchDatabasePathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath
+        if not database or not output:
+            raise ValueError("Choose the DICOM database folder and the output folder.")
+        job = self.getLogic().startBatch(database, output, resume=ui.batchResumeCheckBox.checked,
+                                         model=p.model or None, onProgress=self.onProgress,
+                                         onFinished=self.onBatchFinished, **options)
+        self.runInBackground(job, f"{doing} of {database} in the background (Cancel keeps those done).")
+
     def loadDicomSeries(self, seriesUID):
         """Load a series of Slicer's DICOM database with Slicer's DICOM loader (the one DICOM path of the modules in
         the application), make its first scalar volume the input and show it; returns that volume node."""
@@ -218,3 +282,20 @@ class EngineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         f"{len(result['failed'])} failed; manifest batch.json and batch.csv in "
                                         f"{self.ui.batchOutputPathLineEdit.currentPath}.")
         self.updateGui()
+
+
+def singletonParameterNode(moduleName, wrapper):
+    """A module's singleton parameter node of slicer.mrmlScene (created when absent), in its wrapper class."""
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+    helper = ScriptedLoadableModuleLogic()
+    helper.moduleName = moduleName
+    return wrapper(helper.getParameterNode())
+
+
+def engineMissing(test) -> bool:
+    """In a module's self-test: True (and said) when the engine's packages are not installed, so the test skips."""
+    missing = dependencies.missing_requirements()
+    if missing:
+        test.delayDisplay(f"Skipped: install the engine's packages first ({', '.join(map(str, missing))}).")
+    return bool(missing)

@@ -26,19 +26,20 @@ def segment_options(args):
     from mskai.segment.infer import SegmentOptions
     from mskai.segment.postprocess import PostprocessOptions
 
-    post = PostprocessOptions.from_settings(enabled=not args.no_postprocess, fill_holes=not args.no_fill_holes,
-                                            anatomical=not args.no_anatomical_cleanup,
+    post = PostprocessOptions.from_settings(enabled=args.postprocess, fill_holes=args.fill_holes,
+                                            anatomical=args.anatomical,
                                             min_island_fraction=args.min_island_fraction,
                                             max_components=args.max_components,
                                             min_extra_fraction=args.min_extra_fraction,
                                             min_volume_ml=args.min_volume_ml)
     return SegmentOptions(device=args.device, threads=args.threads, fast=args.fast, overlap=args.overlap,
                           batch_size=args.batch_size, slab=_parse_slab(args.slab),
-                          check_compatibility=not args.no_input_check, confidence=args.confidence, postprocess=post)
+                          check_compatibility=args.check_compatibility, confidence=args.confidence, postprocess=post)
 
 
 def add_segment_options(p):
-    """Model, device, speed, slab, clean-up, output formats and confidence: shared by segment and batch segment."""
+    """Model, device, speed, slab, clean-up, output formats and confidence: shared by segment and batch segment.
+    Each option's dest is the name of the engine option it fills (SegmentOptions, PostprocessOptions)."""
     p.add_argument("--model", default=BONE_MODEL, help="model id[@version] or package path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -46,20 +47,20 @@ def add_segment_options(p):
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0-0.9)")
     p.add_argument("--batch-size", type=int, default=2, help="sliding windows per batch")
     p.add_argument("--slab", help="segment only an inferior-superior range: LOW:HIGHmm (patient S) or LOW:HIGHslices")
-    p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_false", help="keep the raw network output")
     p.add_argument("--min-island-fraction", type=float, help="drop pieces below this fraction of a bone (0.01)")
     p.add_argument("--max-components", type=int, help="keep this many largest pieces per bone (2; 0 = all)")
     p.add_argument("--min-extra-fraction", type=float,
                    help="keep a further piece only if at least this fraction of the bone's largest (0.25)")
     p.add_argument("--min-volume-ml", type=float, help="drop pieces smaller than this many mL (1.0)")
-    p.add_argument("--no-fill-holes", action="store_true")
-    p.add_argument("--no-anatomical-cleanup", action="store_true",
+    p.add_argument("--no-fill-holes", dest="fill_holes", action="store_false")
+    p.add_argument("--no-anatomical-cleanup", dest="anatomical", action="store_false",
                    help="clean each bone on its own (stray pieces become background) instead of with the whole field "
                         "of view (stray pieces join the bone they touch, the femur kept above the tibia, a second "
                         "piece only beside the first, no hip bone below the femur or in a knee's field of view)")
     p.add_argument("--formats", default="nii.gz,nrrd,seg.nrrd,stl,ply,obj,report",
                    help="outputs: nii.gz, nrrd, seg.nrrd, stl, ply, obj, report")
-    p.add_argument("--no-input-check", action="store_true", help="run even on a modality/plane the model does not expect")
+    p.add_argument("--no-input-check", dest="check_compatibility", action="store_false", help="run even on a modality/plane the model does not expect")
     p.add_argument("--confidence", action="store_true",
                    help="also write confidence.nrrd (per voxel, percent: 100 = the network is sure of one class, "
                         "0 = unsure or outside --slab) and each bone's mean confidence in the report")

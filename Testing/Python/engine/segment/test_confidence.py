@@ -15,7 +15,7 @@ from mskai import MskaiError
 from mskai.outputs import OUTPUT_MARKER
 from mskai.volume_files import read_volume_file, write_volume
 from mskai.models.package import load_package
-from mskai.segment import preprocess
+from mskai import grid
 from mskai.segment.infer import SegmentOptions, segment_volume
 from mskai.segment.outputs import bone_statistics, write_outputs
 from mskai.segment.postprocess import PostprocessOptions
@@ -85,14 +85,14 @@ def test_slab_by_slab_confidence_equals_one_slab_and_one_interpolation(shape, mo
     single_l, single_c = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
     argmax_on_grid(probabilities, shape, slab_voxels=10**9, out=single_l, confidence_out=single_c)
 
-    sizes, real = [], preprocess._resampled_slabs
+    sizes, real = [], grid._resampled_slabs
 
     def recording(*args):
         for start, stop, slab in real(*args):
             sizes.append(slab.numel())
             yield start, stop, slab
 
-    monkeypatch.setattr(preprocess, "_resampled_slabs", recording)
+    monkeypatch.setattr(grid, "_resampled_slabs", recording)
     out_l = np.full(shape[::-1], 9, np.uint8).T  # non-contiguous targets, as the input-ordered views are
     out_c = np.full(shape[::-1], 255, np.uint8).T
     argmax_on_grid(probabilities, shape, slab_voxels=600, out=out_l, confidence_out=out_c)

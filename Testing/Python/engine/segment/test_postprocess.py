@@ -159,7 +159,7 @@ def test_switches():
     from mskai.cli import build_parser
 
     for extra, on in (([], False), (["--no-anatomical-cleanup"], True)):
-        assert build_parser().parse_args(["segment", "in.nrrd", "-o", "out", *extra]).no_anatomical_cleanup == on
+        assert build_parser().parse_args(["segment", "in.nrrd", "-o", "out", *extra]).anatomical == (not on)
     labels = scene.labels.copy()
     assert scene.clean(in_place=False) is not scene.labels and np.array_equal(scene.labels, labels)
 
