@@ -2,13 +2,13 @@
 or, with ``joint_crop``, on the intercondylar notch found from the bone model's femur and tibia; and the
 resampling matrices from the input rows and columns onto the network's pixels and back.
 
-Coordinates are those of the layout (``mskai.acl.preprocess._Layout``): slices L->R, rows S->I, columns A->P.
+Coordinates are those of the layout (``lay``: preprocess's _Layout): slices L->R, rows S->I, columns A->P; ``config`` is
+the AclPreprocessing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,8 +17,6 @@ from mskai.acl.slices import _window
 from mskai.segment.labels import BONE_VALUES
 from mskai.volume import Volume
 
-if TYPE_CHECKING:
-    from mskai.acl.preprocess import AclPreprocessing, _Layout
 
 FEMUR, TIBIA = BONE_VALUES["femur"], BONE_VALUES["tibia"]  # the bone model's labels
 CONDYLE_MM = 25.0  # the distal femur (condyles) and ...
@@ -39,7 +37,7 @@ class _Crop:
     source: str
 
 
-def _knee_crop(lay: _Layout, config: AclPreprocessing, threshold: float, notes: dict) -> _Crop:
+def _knee_crop(lay, config, threshold: float, notes: dict) -> _Crop:
     """The plain crop: the K slices centred on the slice with the widest foreground (above ``threshold``, raw
     units), the ``field_mm`` square centred on their foreground centroid, or the whole slice (field_mm None)."""
     n, h0, w0 = lay.layout.shape
@@ -64,7 +62,7 @@ def _knee_crop(lay: _Layout, config: AclPreprocessing, threshold: float, notes: 
     return _Crop(widest, central, ch, cw, side, source)
 
 
-def _centre_on_notch(crop: _Crop, lay: _Layout, volume: Volume, config: AclPreprocessing, bone_segmenter,
+def _centre_on_notch(crop: _Crop, lay, volume: Volume, config, bone_segmenter,
                      notes: dict) -> _Crop:
     """The ``joint_crop_mm`` square and the K slices centred on the intercondylar notch of the bone model's labels;
     ``crop`` as it is (with a note why) when they hold no femur or tibia."""
@@ -89,7 +87,7 @@ def _centre_on_notch(crop: _Crop, lay: _Layout, volume: Volume, config: AclPrepr
                  "intercondylar notch (bone model)")
 
 
-def _resampling(crop: _Crop, lay: _Layout, size: int, notes: dict):
+def _resampling(crop: _Crop, lay, size: int, notes: dict):
     """(down_h, down_w, up_h, up_w): the crop's rows and columns onto ``size`` network pixels (float32,
     ``_down_matrix``) and back onto the layout's (``_up_matrix``)."""
     _, h0, w0 = lay.layout.shape

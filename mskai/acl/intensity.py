@@ -1,17 +1,13 @@
 """Intensities of the ACL network input: the body/air (foreground) threshold, the mapping to [0, 1] (percentile
-window or Nyul-Udupa histogram standardisation, with its training-set landmarks) and the K-means channel."""
+window or Nyul-Udupa histogram standardisation, with its training-set landmarks) and the K-means channel;
+``config`` is the AclPreprocessing."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mskai import MskaiError
 from mskai.volume import Volume
-
-if TYPE_CHECKING:
-    from mskai.acl.preprocess import AclPreprocessing
 
 HIST_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)  # Nyul-Udupa landmarks (foreground percentiles)
 PERCENTILE_WINDOW = (1.0, 99.0)
@@ -82,7 +78,7 @@ def fit_histogram_landmarks(volumes) -> list:
 class _Intensity:
     """The volume's intensity mapping to [0, 1] (percentile window or Nyul-Udupa landmarks)."""
 
-    def __init__(self, sample, config: AclPreprocessing):
+    def __init__(self, sample, config):
         self.config = config
         if config.intensity == "percentile":
             lo, hi = np.percentile(sample.astype(np.float64), PERCENTILE_WINDOW)
@@ -113,7 +109,7 @@ def _filled(mask: np.ndarray) -> np.ndarray:
     return left & right
 
 
-def _kmeans_channel(image: np.ndarray, fg: np.ndarray, config: AclPreprocessing, notes: dict) -> np.ndarray:
+def _kmeans_channel(image: np.ndarray, fg: np.ndarray, config, notes: dict) -> np.ndarray:
     """Foreground pixels whose intensity cluster (sorted, 0 = darkest) lies in config.kmeans_keep."""
     values = image[fg]
     if values.size == 0:

@@ -69,7 +69,7 @@ def cmd_train_acl(args):
     """Cases are split by subject (train/val/test) before anything is prepared; the package goes to --output."""
     from mskai.acl.infer import bone_segmenter_for
     from mskai.acl.intensity import fit_histogram_landmarks
-    from mskai.acl.run import case_sets
+    from mskai.training.acl_sets import case_sets
     from mskai.models.package import check_name
     from mskai.training.acl import PreparedSet, TrainAclConfig, train_acl
 
@@ -110,7 +110,7 @@ def cmd_train_acl(args):
 
 
 def cmd_evaluate_acl(args):
-    from mskai.acl.run import case_sets, evaluate_package
+    from mskai.training.acl_sets import case_sets, evaluate_package
     from mskai.models.registry import find_model
     from mskai.training.acl_metrics import format_table
 
