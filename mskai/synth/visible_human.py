@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from mskai.synth import SHARED_DATA
 from mskai.synth.synthseg import BUNDLED_KNEE_LABELS, CORTEX, CORTEX_MM, MARROW, MUSCLE, KneeLabelSource
 
-VH_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "visible_human_knee"
+VH_DIR = SHARED_DATA / "visible_human_knee"
 VH_TRAIN, VH_TEST = ("VHF",), ("VHM",)
 SIDES = ("Left", "Right")
 PATELLA, FIBULA = 5, 3  # bone labels of the model
