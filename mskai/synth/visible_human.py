@@ -92,23 +92,21 @@ def visible_human_knee(person: str, side: str) -> "VisibleHumanKnee":
 class VisibleHumanKnee(KneeLabelSource):
     """The bundled knee label map with its patella and/or fibula replaced by those of a Visible Human person.
 
-    ``replace``: {bone label: (person, side)}. The new bone is scaled to the volume of the one it replaces
-    (``match_size``) or kept at its own size, and never overwrites another bone.
+    ``replace``: {bone label: (person, side)}. The new bone keeps its own size and never overwrites another bone.
     """
 
-    def __init__(self, replace: dict, path=BUNDLED_KNEE_LABELS, vh_dir: Path = VH_DIR, match_size: bool = False):
+    def __init__(self, replace: dict, path=BUNDLED_KNEE_LABELS, vh_dir: Path = VH_DIR):
         super().__init__(path)
         tissue, owner = self.tissue.numpy().copy(), self.owner.numpy().copy()
         spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
         self.overlap = {}
         for bone, (person, side) in replace.items():
+            old = owner == bone
+            target = np.argwhere(old) @ self.affine[:3, :3].T + self.affine[:3, 3]  # the bone replaced, in mm
             length = 90.0
             if bone == FIBULA:  # the map holds the fibula's head only: take as much of the new one
-                head = np.argwhere(owner == bone) @ self.affine[:3, :3].T
-                length = float(np.ptp((head - head.mean(0)) @ _axes(head)[:, 0]))
-            points = bone_points(person, side, bone, length, vh_dir)
-            new, self.overlap[bone] = self._placed(owner, bone, points, match_size)
-            old = owner == bone
+                length = float(np.ptp((target - target.mean(0)) @ _axes(target)[:, 0]))
+            new, self.overlap[bone] = self._placed(old, target, bone_points(person, side, bone, length, vh_dir))
             tissue[old & ~new], owner[old & ~new] = MUSCLE, 0
             new &= (owner == 0) | (owner == bone)
             depth = ndimage.distance_transform_edt(new, sampling=spacing)
@@ -117,35 +115,29 @@ class VisibleHumanKnee(KneeLabelSource):
         self.tissue, self.owner = torch.from_numpy(tissue), torch.from_numpy(owner)
         self._finish()
 
-    def _placed(self, owner, bone, points, match_size):
-        """Bool mask on this map's grid of ``points`` moved onto the bone ``bone`` (best Dice over axis signs)."""
-        old = owner == bone
+    def _placed(self, old, target, points):
+        """Bool mask on this map's grid of ``points`` moved onto the bone ``old`` (its voxels; ``target``: their mm
+        coordinates), aligned by centroid and principal axes with the axis signs that overlap it best (Dice)."""
         ijk = np.argwhere(old)
-        target = ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
-        scale = 1.0
-        if match_size:
-            scale = (old.sum() * np.prod(np.linalg.norm(self.affine[:3, :3], axis=0))
-                     / (len(points) * VOXEL_MM ** 3)) ** (1 / 3)
-        centre_new, centre_old = points.mean(0), target.mean(0)
-        axes_new, axes_old = _axes(points), _axes(target)
-        lo = np.maximum(ijk.min(0) - 40, 0)
-        hi = np.minimum(ijk.max(0) + 40, np.array(owner.shape) - 1)
+        lo, hi = np.maximum(ijk.min(0) - 40, 0), np.minimum(ijk.max(0) + 40, np.array(old.shape) - 1)
+        box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
         grid = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), -1)
         grid_mm = grid @ self.affine[:3, :3].T + self.affine[:3, 3]
+        centre_new, centre_old = points.mean(0), target.mean(0)
+        axes_new, axes_old = _axes(points), _axes(target)
         vh_mask, vh_lo = self._mask_of(points)
-        best = None
+        old_box, best = old[box], None
         for flip in _sign_flips():
             rotation = axes_old @ flip @ axes_new.T  # new frame -> map frame
-            source_mm = (grid_mm - centre_old) @ rotation / scale + centre_new
-            idx = np.round((source_mm - vh_lo) / VOXEL_MM).astype(int)
+            idx = np.round(((grid_mm - centre_old) @ rotation + centre_new - vh_lo) / VOXEL_MM).astype(int)
             inside = np.all((idx >= 0) & (idx < vh_mask.shape), axis=-1)
-            placed = np.zeros(grid.shape[:3], bool)
+            placed = np.zeros(old_box.shape, bool)
             placed[inside] = vh_mask[tuple(idx[inside].T)]
-            dice = 2 * (placed & old[tuple(grid.transpose(3, 0, 1, 2))]).sum() / (placed.sum() + old.sum())
+            dice = 2 * (placed & old_box).sum() / (placed.sum() + old.sum())
             if best is None or dice > best[0]:
                 best = dice, placed
-        mask = np.zeros(owner.shape, bool)
-        mask[tuple(grid.reshape(-1, 3).T)] = best[1].reshape(-1)
+        mask = np.zeros(old.shape, bool)
+        mask[box] = best[1]
         return mask, float(best[0])
 
     @staticmethod
