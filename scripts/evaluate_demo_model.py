@@ -119,10 +119,11 @@ def hip_cases(n, seed, subjects, group="hip", make_source=None):
     bone.
     make_source: HipCTSource for the hip CT people (group "hipct")."""
     from mskai.synth.real_pelves import hip_cases as scans
-    from mskai.synth.synthseg import OTHER_MARROW
+    from mskai.synth.synthseg import OTHER_MARROW, SACRUM_MARROW
 
     for name, image, labels, tissue in scans(n, seed, subjects, with_tissue=True, make_source=make_source):
-        yield f"{group}-{name}", image, labels, {"other_bone": tissue.array == OTHER_MARROW}
+        other_bone = (tissue.array == OTHER_MARROW) | (tissue.array == SACRUM_MARROW)
+        yield f"{group}-{name}", image, labels, {"other_bone": other_bone}
 
 
 def cases(n, seed):

@@ -56,11 +56,12 @@ def _sitk_read_series(files):
     return sitk.GetArrayFromImage(image).transpose(2, 1, 0), affine
 
 
-def make_package(folder, constant_class=None, channels=(4, 8), seed=0, **metadata):
+def make_package(folder, constant_class=None, channels=(4, 8), seed=0, n_bones=None, **metadata):
     """A small but real segmentation model package on disk (MONAI UNet, safetensors weights).
 
     constant_class: zero every weight and bias the final layer so the network predicts that class
     everywhere, which makes pipeline geometry testable without a trained model.
+    n_bones: only the label table's first bones (an older package's table), else all.
     """
     import torch
 
@@ -69,7 +70,10 @@ def make_package(folder, constant_class=None, channels=(4, 8), seed=0, **metadat
     from mskai.segment.labels import label_table
     from mskai.training.segment import INTENSITY, TrainConfig, network_spec
 
-    spec = network_spec(TrainConfig(channels=channels))
+    from mskai.segment.labels import BONES
+
+    bones = BONES[:n_bones] if n_bones else BONES
+    spec = network_spec(TrainConfig(channels=channels), n_classes=len(bones) + 1)
     torch.manual_seed(seed)
     net = build_network(spec)
     state = net.state_dict()
@@ -78,7 +82,7 @@ def make_package(folder, constant_class=None, channels=(4, 8), seed=0, **metadat
         last_bias = [k for k in state if k.endswith("bias")][-1]
         state[last_bias][constant_class] = 5.0
     meta = {"id": "test-bones", "version": "1.0.0", "task": "segmentation", "demo": True, "licence": "test",
-            "training_data": "none (test package)", "labels": label_table(),
+            "training_data": "none (test package)", "labels": label_table(bones),
             "input": {"modality": "MR", "plane": "any", "spacing_mm": [2.0] * 3, "fast_spacing_mm": [4.0] * 3,
                       "intensity": INTENSITY, "patch_size": [32, 32, 32]},
             "network": spec}

@@ -20,7 +20,7 @@ from pathlib import Path
 import jsonschema
 
 from mskai import MskaiError
-from mskai.models.tasks import ACL_CLASSIFICATION, SEGMENTATION
+from mskai.models.tasks import ACL_CLASSIFICATION, KNEE_LIGAMENTS, SEGMENTATION
 from mskai.outputs import atomic_output
 from mskai.text import one_line
 
@@ -42,7 +42,7 @@ SCHEMA = {
         # id and version name the install folder <id>-<version>: one path component, no "..".
         "id": {"type": "string", "pattern": r"^(?!.*\.\.)[a-z0-9][a-z0-9._-]{0,63}\Z"},
         "version": {"type": "string", "pattern": r"^(?!.*\.\.)[0-9A-Za-z][0-9A-Za-z.+-]{0,31}\Z"},
-        "task": {"enum": [SEGMENTATION, ACL_CLASSIFICATION]},
+        "task": {"enum": [SEGMENTATION, ACL_CLASSIFICATION, KNEE_LIGAMENTS]},
         "title": {"type": "string"},
         "description": {"type": "string"},
         "demo": {"type": "boolean"},
@@ -92,7 +92,10 @@ SCHEMA = {
                "then": {"required": ["labels"], "properties": {
                    "input": {"required": ["spacing_mm", "intensity", "patch_size"]}}}},
               {"if": {"properties": {"task": {"const": ACL_CLASSIFICATION}}},
-               "then": {"required": ["classes", "preprocessing"]}}],
+               "then": {"required": ["classes", "preprocessing"]}},
+              {"if": {"properties": {"task": {"const": KNEE_LIGAMENTS}}},
+               "then": {"required": ["labels"], "properties": {
+                   "input": {"required": ["in_plane_mm", "size", "context_slices"]}}}}],
 }
 
 

@@ -1,6 +1,8 @@
 """The one label table of the bone models: values, names, colours and SNOMED CT codes.
 
-Values keep the seed project's encoding (0 background, 1 tibia, 2 femur, 3 fibula, 4 pelvis) and add 5 patella.
+Values keep the seed project's encoding (0 background, 1 tibia, 2 femur, 3 fibula, 4 pelvis) and add 5 patella and
+6 sacrum (with the coccyx: taught as its own bone so that it is never called hip bone; the lumbar spine stays
+background). Packages carry their own table: a 0.3.0 package has no sacrum.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ BONES = (
     Label(3, "fibula", (0.55, 0.78, 0.45), "87342007", "Fibula"),
     Label(4, "pelvis", (0.42, 0.61, 0.85), "29836001", "Hip bone"),
     Label(5, "patella", (0.80, 0.45, 0.75), "64234005", "Patella"),
+    Label(6, "sacrum", (0.55, 0.45, 0.85), "54735007", "Sacrum"),
 )
 
 

@@ -3,8 +3,9 @@
 The anatomical clean-up (on by default when the grid's affine is known) looks at the whole field of view in
 patient LPS millimetres (superior is +S): a piece of a bone that is not kept joins the bone it touches most
 instead of vanishing, the femur kept lies above the tibia kept, a second large piece is kept only beside the
-first (the other leg), no hip bone is kept below the femur's centre, no patella behind it, and hip bone and tibia
-never both within 250 mm (the smaller goes: a "hip bone" in a knee's field of view, a "tibia" in a hip scan).
+first (the other leg), no hip bone or sacrum is kept below the femur's centre, no patella behind it, the sacrum is
+one piece, and hip bone (or sacrum) and tibia never both within 250 mm (the smaller goes: a "hip bone" in a knee's
+field of view, a "tibia" in a hip scan).
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ def _keep(bone: _Bone, rule: Cleanup, ok: np.ndarray, affine: np.ndarray, shape:
 
 
 def _hip_allowed(pelvis: _Bone, femur: _Bone | None) -> np.ndarray:
-    """Hip bone pieces not below the femur's centroid (all when no femur is kept)."""
+    """Hip bone (or sacrum) pieces not below the femur's centroid (all when no femur is kept)."""
     if femur is None or not femur.keep.any():
         return np.ones(len(pelvis.sizes), dtype=bool)
     return pelvis.centre[:, 2] >= np.average(femur.centre[femur.keep, 2], weights=femur.sizes[femur.keep])
@@ -299,29 +300,34 @@ def clean_anatomical(labels: np.ndarray, values, options: PostprocessOptions, af
     Per bone the largest piece is kept (of femur and tibia: the largest pair with the femur above the tibia),
     and further large pieces (``Cleanup``'s size rules) only beside it (the other leg's: BESIDE_MM apart along
     L, more than along S) or cut from it by the same superior or inferior border face. Hip bone pieces below
-    the femur's centroid are not kept, nor patella pieces behind it; where hip bone lies less than
-    HIP_ABOVE_TIBIA_MM above the tibia's top, the smaller of the two is not kept. A piece that is
+    the femur's centroid are not kept, nor patella pieces behind it; the sacrum (one bone on the midline) keeps one
+    piece under the hip bone's rules; where hip bone or sacrum lies less than HIP_ABOVE_TIBIA_MM above the tibia's
+    top, the smaller of the two is not kept. A piece that is
     not kept joins the bone whose kept voxels it touches most (26-neighbours; see ``_join``), or becomes
     background. Then holes are filled in the kept pieces.
     """
     boxes = ndimage.find_objects(labels)
     bones = {value: _bone(labels, value, boxes[value - 1], affine, chunk) for value in values
              if value <= len(boxes) and boxes[value - 1] is not None}
-    femur, tibia, pelvis, patella = (bones.get(BONE_VALUES[name]) for name in ("femur", "tibia", "pelvis", "patella"))
+    femur, tibia, pelvis, patella, sacrum = (bones.get(BONE_VALUES[name])
+                                             for name in ("femur", "tibia", "pelvis", "patella", "sacrum"))
     ok = {value: _candidates(bone, options.for_label(value), voxel_ml) for value, bone in bones.items()}
     first = {}
     if femur is not None and tibia is not None:
         first = dict(zip((femur.value, tibia.value), _femur_over_tibia(femur, ok[femur.value], tibia, ok[tibia.value])))
+    later = [b for b in (pelvis, patella, sacrum) if b is not None]  # their rules need the kept femur
     for value, bone in bones.items():
-        if bone is not pelvis and bone is not patella:
+        if not any(bone is b for b in later):
             bone.keep = _keep(bone, options.for_label(value), ok[value], affine, labels.shape, first.get(value))
-    for bone, where in ((pelvis, lambda: _hip_allowed(pelvis, femur)),  # these rules need the kept femur
+    for bone, where in ((pelvis, lambda: _hip_allowed(pelvis, femur)), (sacrum, lambda: _hip_allowed(sacrum, femur)),
                         (patella, lambda: _patella_allowed(patella, femur))):
         if bone is not None:
             rule = options.for_label(bone.value)
+            rule = replace(rule, max_components=1) if bone is sacrum else rule
             bone.keep = _keep(bone, rule, _candidates(bone, rule, voxel_ml, where()), affine, labels.shape)
-    if pelvis is not None and tibia is not None:
-        _hip_or_tibia(pelvis, tibia)
+    for hip in (pelvis, sacrum):
+        if hip is not None and tibia is not None:
+            _hip_or_tibia(hip, tibia)
     moved = []  # (padded box, mask) of each piece not kept
     for bone in bones.values():
         for p in np.flatnonzero(~bone.keep):

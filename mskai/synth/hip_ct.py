@@ -3,7 +3,7 @@
 Data: ../shared/data/hip_ct_labels (MICCAI2022-155/AuToSeg predictions, MIT License; a published model's outputs,
 not manual masks: small holes, specks and fused joints occur). ``clean_hip_labels`` keeps each bone's largest piece
 and fills its holes; ``HipCTSource`` turns a cleaned map into the encoding of ``real_pelves.RealPelvisSource`` (hip
-bone, femur, sacrum rendered as bone that is not hip bone) with muscles grown around the bones, so that the same
+bone, femur, sacrum: its own class, never hip bone) with muscles grown around the bones, so that the same
 soft tissue, vessels and legs (``RealHipLimb``) apply. People are split before anything else (``HIP_CT_SPLIT``):
 the test people are never trained on. Keep ../shared/data/NOTICE.md with anything derived from them.
 """

@@ -22,9 +22,9 @@ from mskai.synth.synthseg import (AIR, CORTEX, CORTEX_MM, FAT, MARROW, MUSCLE, O
 
 PELVIS_SUBJECTS = ("001", "002", "004", "005")
 PELVIS_FOLDER = SHARED_DATA / "pelvis_thigh_labels"
-# map value -> (marrow tissue, owner = product bone label); sacrum and spine look like bone but are background
+# map value -> (marrow tissue, owner = product bone label); the spine looks like bone but is background
 HIP_BONE, FEMUR, SACRUM, SPINE = 1, 2, 3, 4
-BONE_TISSUES = {SACRUM: (OTHER_MARROW, 0), SPINE: (OTHER_MARROW, 0), HIP_BONE: (MARROW[4], 4), FEMUR: (MARROW[2], 2)}
+BONE_TISSUES = {SACRUM: (MARROW[6], 6), SPINE: (OTHER_MARROW, 0), HIP_BONE: (MARROW[4], 4), FEMUR: (MARROW[2], 2)}
 FIRST_MUSCLE = 5
 CLOSE_MM, RING_MM = 20.0, 80.0  # the skin outline bridges gaps up to twice this between labelled structures
 IN_PLANE = np.ones((3, 3, 1), dtype=bool)  # per-slice connectivity
@@ -67,7 +67,7 @@ def _rim_footprint(spacing) -> np.ndarray:
 class RealPelvisSource(TissueMapSource):
     """One real pelvis label map as a synthseg shape source (LPS mm).
 
-    Hip bone and femur get a cortex rim and their marrow; sacrum and spine get a cortex rim and
+    Hip bone, femur and sacrum get a cortex rim and their marrow; the spine gets a cortex rim and
     OTHER_MARROW with no owner (bone-like background). All muscles are MUSCLE, with random thin fat
     septa between different muscles. The skin outline closes the labelled region, adds a random
     subcutaneous fat layer (5-25 mm) and fills the unlabelled inside with fat and other soft tissue
@@ -76,9 +76,9 @@ class RealPelvisSource(TissueMapSource):
     ("left" at +x); ``femur_sections``: per side (z, centroid, area) of the femur per slice.
     """
 
-    # All five labels are taught: a hip scan truly holds no tibia, fibula or patella (out of the field
+    # All six labels are taught: a hip scan truly holds no tibia, fibula or patella (out of the field
     # of view, not unannotated), so their absence is a true negative, unlike in RealKneeSource.
-    labelled = {1, 2, 3, 4, 5}
+    labelled = {1, 2, 3, 4, 5, 6}
 
     def __init__(self, subject: str = "001", rng=None, folder=PELVIS_FOLDER, image=None):
         """image: a nibabel image in this encoding instead of the subject's file (``mskai.synth.hip_ct``)."""
@@ -251,7 +251,7 @@ class RealHipLimb:
     (``tilt_deg``), so that the legs hang nearly straight down in LPS.
     """
 
-    labelled = {1, 2, 3, 4, 5}
+    labelled = {1, 2, 3, 4, 5, 6}
     REGIONS = {"hip": 0.35, "thigh": 0.2, "knee": 0.25, "shank": 0.2}
 
     def __init__(self, pelvis: RealPelvisSource, rng):

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 
 # Tissue classes shared by every source (OTHER: joint fluid and other soft tissue).
 AIR, MUSCLE, FAT, CORTEX, CARTILAGE, MENISCUS, OTHER = 0, 1, 2, 3, 4, 5, 6
-MARROW = {1: 7, 2: 8, 3: 9, 4: 10, 5: 11}  # bone label -> its marrow tissue class
+MARROW = {1: 7, 2: 8, 3: 9, 4: 10, 5: 11, 6: 15}  # bone label -> its marrow tissue class (6: sacrum)
 VESSEL, TENDON = 12, 13  # vessels (bright or dark: flow), tendons and ligaments (dark bands)
-OTHER_MARROW = 14  # marrow of bones outside the label table (sacrum, spine): looks like bone, is background
-N_TISSUES = 15
+OTHER_MARROW = 14  # marrow of bones outside the label table (the spine): looks like bone, is background
+SACRUM_MARROW = MARROW[6]  # rendered exactly as OTHER_MARROW (the same draws): the sacrum is told apart by shape
+N_TISSUES = 16
 CORTEX_MM = 1.5
 # Patch axes R, A, S written in LPS: the orientation the model sees after canonical reorientation.
 CANONICAL_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -326,7 +327,7 @@ def _tissue_means(rng) -> np.ndarray:
     marrow are bright unless fat-suppressed (then darker than muscle or fluid); vessels are bright or
     dark (flow); everything else varies widely, as across PD, T1, T2 and DESS protocols.
     """
-    means = rng.uniform(0, 1, N_TISSUES)
+    means = rng.uniform(0, 1, N_TISSUES - 1)  # every tissue but SACRUM_MARROW, the last
     fat = rng.uniform(0.02, 0.3) if rng.random() < 0.35 else rng.uniform(0.5, 1.0)  # fat-suppressed or not
     means[AIR] = rng.uniform(0, 0.06)
     means[CORTEX] = rng.uniform(0, 0.12)
@@ -338,14 +339,20 @@ def _tissue_means(rng) -> np.ndarray:
     means[CARTILAGE] = rng.uniform(0.2, 0.8)
     marrow = fat * rng.uniform(0.6, 1.1) if rng.random() < 0.8 else rng.uniform(0.1, 0.7)  # fatty or red marrow
     for tissue in (*MARROW.values(), OTHER_MARROW):
-        means[tissue] = np.clip(marrow * rng.uniform(0.9, 1.1), 0, 1)
-    return means
+        if tissue != SACRUM_MARROW:
+            means[tissue] = np.clip(marrow * rng.uniform(0.9, 1.1), 0, 1)
+    return _with_sacrum(means)
+
+
+def _with_sacrum(values: np.ndarray) -> np.ndarray:
+    """Per-tissue values drawn for all tissues but SACRUM_MARROW, with its value copied from OTHER_MARROW."""
+    return np.append(values, values[OTHER_MARROW])
 
 
 def render(tissue: torch.Tensor, rng, spacing, fast: bool = False) -> torch.Tensor:
     """MR-like intensities for a tissue map: random contrast, texture, slice thickness, bias, gamma, noise."""
     means = torch.as_tensor(_tissue_means(rng), dtype=torch.float32)
-    stds = torch.as_tensor(rng.uniform(0, 0.06, N_TISSUES), dtype=torch.float32)
+    stds = torch.as_tensor(_with_sacrum(rng.uniform(0, 0.06, N_TISSUES - 1)), dtype=torch.float32)
     image = means[tissue.long()] + stds[tissue.long()] * torch.randn(tissue.shape, generator=_torch_rng(rng))
     image = image * (1 + _smooth_field(rng, tissue.shape, coarse=8, scale=0.08))  # tissue texture
     image = _blur_axis(_blur_axis(_blur_axis(image, 0, 0.5), 1, 0.5), 2, 0.5)  # partial volume
@@ -433,7 +440,7 @@ def make_sample(source, rng, shape, spacing, directions=np.eye(3), centre=None, 
     image = render(tissue, rng, fine_spacing)
     image = F.avg_pool3d(image[None, None], supersample)[0, 0]
     labels = bone_labels_of(tissue, owner)
-    onehot = F.one_hot(labels.long(), 6).permute(3, 0, 1, 2).float()
+    onehot = F.one_hot(labels.long(), len(MARROW) + 1).permute(3, 0, 1, 2).float()
     labels = F.avg_pool3d(onehot[None], supersample)[0].argmax(0).to(torch.uint8)
     try:
         image = torch.as_tensor(normalise(image.numpy(), {"method": "percentile", "lower": 0.5, "upper": 99.5}))

@@ -81,7 +81,7 @@ def network_spec(config: TrainConfig, n_classes: int = len(BONES) + 1) -> dict:
                                       "num_res_units": 1, "norm": "INSTANCE"}}
 
 
-def _plot(log: list, folder: Path):
+def _plot(log: list, folder: Path, table=BONES):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +91,7 @@ def _plot(log: list, folder: Path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(it, [e["train_loss"] for e in log], label="train (Dice + focal)")
     a.set_xlabel("iteration"), a.set_ylabel("loss"), a.set_title("Loss"), a.legend(), a.grid(alpha=0.3)
-    for bone in BONES:
+    for bone in table:
         values = [e["val_dice"].get(bone.name) for e in log]
         if any(v is not None and np.isfinite(v) for v in values):
             b.plot(it, values, label=bone.name, color=bone.color)
@@ -124,35 +124,38 @@ def marginal_dice_focal(logits, target, labelled, gamma: float = 2.0, smooth: fl
     return dice.mean() + focal
 
 
-def _validate(net, val_set, device) -> dict:
-    """Validation Dice per bone over all patches; a sample's unlabelled bones are left out (third item)."""
-    totals = {b.value: [0, 0] for b in BONES}
+def _validate(net, val_set, device, table=BONES) -> dict:
+    """Validation Dice per label over all patches; a sample's unlabelled labels are left out (third item)."""
+    totals = {b.value: [0, 0] for b in table}
     net.eval()
     with torch.no_grad():
         for sample in val_set:
             image, label = sample[0], sample[1]
             pred = predict_patch(net, image.to(device)).cpu().numpy()
             ref = label.numpy()
-            for b in BONES:
+            for b in table:
                 if len(sample) > 2 and not bool(sample[2][b.value]):
                     continue
                 p, r = pred == b.value, ref == b.value
                 totals[b.value][0] += 2 * int(np.logical_and(p, r).sum())
                 totals[b.value][1] += int(p.sum()) + int(r.sum())
     net.train()
-    return {b.name: (totals[b.value][0] / totals[b.value][1] if totals[b.value][1] else float("nan")) for b in BONES}
+    return {b.name: (totals[b.value][0] / totals[b.value][1] if totals[b.value][1] else float("nan")) for b in table}
 
 
 def predict_patch(net, image: torch.Tensor) -> torch.Tensor:
-    """Labels of a 1 x D x H x W image (any size the network accepts, or sliding windows for larger ones)."""
+    """Labels of a 1 x D x H x W image (any size the network accepts, or sliding windows for larger ones), or of
+    a C x H x W slice for a 2D network (as it is)."""
     from monai.inferers import sliding_window_inference
 
+    if image.dim() == 3:
+        return net(image[None])[0].argmax(0)
     logits = sliding_window_inference(image[None], roi_size=(96, 96, 96), sw_batch_size=1, predictor=net,
                                       overlap=0.25, mode="gaussian")
     return logits[0].argmax(0)
 
 
-def _save(out_dir, config, spec, init_package, best_entry, best_state):
+def _save(out_dir, config, spec, init_package, best_entry, best_state, table=BONES):
     """Write the package of the best network so far."""
     from mskai.models.package import save_package
 
@@ -162,16 +165,17 @@ def _save(out_dir, config, spec, init_package, best_entry, best_state):
         "version": config.version,
         "task": SEGMENTATION,
         "title": base.get("title", "Lower-limb bones (MR)"),
-        "description": base.get("description", "Tibia, femur, fibula, pelvis (hip bone) and patella on MR."),
+        "description": base.get("description", "Tibia, femur, fibula, pelvis (hip bone), patella and sacrum on MR."),
         "demo": bool(config.demo or base.get("demo", False)),
         "licence": config.licence,
         "training_data": config.training_data or base.get("training_data", ""),
-        "labels": label_table(),
+        "labels": label_table(table),
         "input": {"modality": "MR", "plane": "any", "spacing_mm": [config.spacing_mm] * 3,
                   "fast_spacing_mm": [config.spacing_mm * 2] * 3, "intensity": INTENSITY,
                   "patch_size": [96, 96, 96]},
         "network": spec,
-        "metrics": {"best_iteration": best_entry["iteration"], "val_dice": best_entry["val_dice"],
+        "metrics": {"best_iteration": best_entry["iteration"],  # a label absent from validation: null, not NaN
+                    "val_dice": {k: v if np.isfinite(v) else None for k, v in best_entry["val_dice"].items()},
                     "val_mean_dice": best_entry["val_mean_dice"]},
         "training": {"config": asdict(config) | {"channels": list(config.channels)},
                      "fine_tuned_from": f"{init_package.id}@{init_package.version}" if init_package else None},
@@ -220,16 +224,46 @@ class _RunState:
                 "best_state": self.best_state}
 
 
-def _network(config: TrainConfig, init_package, device, bf16):
-    """(network spec, network on ``device`` in training mode): a new one, or ``init_package``'s to fine-tune."""
+NEW_CLASS_BIAS = -8.0  # a class added to a trained network starts almost never predicted
+
+
+def widened(state: dict, new_state: dict) -> dict:
+    """``state`` fitted into ``new_state``'s shapes (a network with more output classes): every trained weight is
+    kept and the new class's entries are zero, except in the first grown tensor (its fresh initialisation: the new
+    channel's own features) and the last grown bias (NEW_CLASS_BIAS), so the old classes' outputs are unchanged."""
+    grown = [name for name in new_state if state[name].shape != new_state[name].shape]
+    out = {}
+    for name, fresh in new_state.items():
+        old = state[name]
+        if name not in grown:
+            out[name] = old
+            continue
+        out[name] = fresh.clone() if name in grown[:2] else torch.zeros_like(fresh)  # the first layer's weight, bias
+        if name == grown[-1] and fresh.dim() == 1:
+            out[name][old.shape[0]:] = NEW_CLASS_BIAS
+        out[name][tuple(slice(0, n) for n in old.shape)] = old
+    return out
+
+
+def _memory_format(spec: dict):
+    """channels_last for the network's dimensions (bf16 on the CPU)."""
+    return torch.channels_last if spec["args"].get("spatial_dims", 3) == 2 else torch.channels_last_3d
+
+
+def _network(config: TrainConfig, init_package, device, bf16, table=BONES, network=None):
+    """(network spec, network on ``device`` in training mode): a new one (``network``: its spec, else the bone
+    model's), or ``init_package``'s to fine-tune."""
     from mskai.models.networks import build_network
 
-    spec = init_package.metadata["network"] if init_package is not None else network_spec(config)
+    spec = init_package.metadata["network"] if init_package is not None else network or network_spec(config)
+    n_classes = len(table) + 1
+    if init_package is not None and spec["args"].get("out_channels", n_classes) < n_classes:  # a bone was added
+        spec = {**spec, "args": {**spec["args"], "out_channels": n_classes}}
     net = build_network(spec)
     if init_package is not None:
-        net.load_state_dict(init_package.state_dict())
+        net.load_state_dict(widened(init_package.state_dict(), net.state_dict()))
     net.to(device).train()
-    return spec, net.to(memory_format=torch.channels_last_3d) if bf16 else net
+    return spec, net.to(memory_format=_memory_format(spec)) if bf16 else net
 
 
 def _resumed(out_dir: Path, net, optimiser, schedule, train_data, progress) -> _RunState:
@@ -252,7 +286,7 @@ def _step(net, optimiser, schedule, batch, device, bf16) -> float:
     """One optimiser step on a batch (image, labels[, labelled]); the loss in float32."""
     image, label = batch[0].to(device), batch[1].to(device).long()
     if bf16:
-        image = image.contiguous(memory_format=torch.channels_last_3d)
+        image = image.contiguous(memory_format=torch.channels_last if image.dim() == 4 else torch.channels_last_3d)
     with step_context(bf16):
         logits = net(image)
     logits = logits.float()
@@ -265,9 +299,9 @@ def _step(net, optimiser, schedule, batch, device, bf16) -> float:
     return float(loss.detach())
 
 
-def _evaluate(run: _RunState, net, val_set, device, iteration, losses, lr, seconds, save_best, progress):
+def _evaluate(run: _RunState, net, val_set, device, iteration, losses, lr, seconds, save_best, progress, table):
     """Validate, log, keep the best state (``save_best(entry, state)`` writes its package) and count patience."""
-    dice = _validate(net, val_set, device)
+    dice = _validate(net, val_set, device, table)
     finite = [v for v in dice.values() if np.isfinite(v)]
     mean = float(np.mean(finite)) if finite else 0.0
     entry = {"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": dice, "val_mean_dice": mean,
@@ -284,7 +318,8 @@ def _evaluate(run: _RunState, net, val_set, device, iteration, losses, lr, secon
              + (" (best)" if run.stale == 0 else ""))
 
 
-def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, progress=print, resume=False):
+def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, progress=print, resume=False,
+          table=BONES, network=None):
     """Train (or fine-tune ``init_package``) and write the best model as a package in ``out_dir``.
 
     train_data: an iterable of (image 1xPxPxP, labels PxPxP[, labelled]) samples, ``labelled`` a bool tensor
@@ -292,6 +327,8 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
     resume: continue from ``out_dir``'s checkpoint (network, optimiser, schedule, iteration, log, best so far); the
     data stream continues with a seed of its own (``train_data.reseed(iteration)`` where it has one).
     A checkpoint is written at every evaluation and when the time budget (``config.max_minutes``) ends the run.
+    table: the labels taught (the bone table; others for other segmentation networks); network: the spec of a
+    new network (default: the bone model's 3D UNet), e.g. a 2D one trained on (C x H x W, H x W) slices.
     Returns the training log (one entry per evaluation).
     """
     out_dir = Path(out_dir)
@@ -301,14 +338,14 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
         torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = config.bf16 and device.type == "cpu"
-    spec, net = _network(config, init_package, device, bf16)
+    spec, net = _network(config, init_package, device, bf16, table, network)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.02)
     run = _resumed(out_dir, net, optimiser, schedule, train_data, progress) if resume else _RunState()
     loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=config.workers,
                                          **({"prefetch_factor": 4, "worker_init_fn": _one_thread}
                                             if config.workers else {}))
-    save_best = lambda entry, state: _save(out_dir, config, spec, init_package, entry, state)  # noqa: E731
+    save_best = lambda entry, state: _save(out_dir, config, spec, init_package, entry, state, table)  # noqa: E731
     start, losses = time.perf_counter(), []
     for iteration, batch in enumerate(loader, start=run.done + 1):
         if iteration > config.iterations:
@@ -317,11 +354,11 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
         out_of_time = config.max_minutes is not None and time.perf_counter() - start > config.max_minutes * 60
         if iteration % config.eval_every == 0 or iteration == config.iterations or out_of_time:
             _evaluate(run, net, val_set, device, iteration, losses, schedule.get_last_lr()[0],
-                      time.perf_counter() - start, save_best, progress)
+                      time.perf_counter() - start, save_best, progress, table)
             losses = []
             with atomic_output(out_dir / "training_log.json") as tmp:
                 tmp.write_text(json.dumps({"config": asdict(config), "log": run.log}, indent=2))
-            _plot(run.log, out_dir)
+            _plot(run.log, out_dir, table)
             _save_checkpoint(out_dir, run.checkpoint(net, optimiser, schedule, iteration))
             if run.stale >= config.patience:
                 progress(f"stopping early: no better validation Dice for {run.stale} evaluations")

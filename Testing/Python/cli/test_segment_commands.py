@@ -48,7 +48,7 @@ def test_segment_a_volume_file_and_evaluate_against_the_truth(tmp_path):
     result = run_mskai("evaluate", tmp_path / "out" / "segmentation.seg.nrrd", tmp_path / "truth.nii.gz",
                  "--json", tmp_path / "scores.json")
     rows = {r["name"]: r for r in json.loads((tmp_path / "scores.json").read_text())}
-    assert "femur" in result.stdout and set(rows) == {"tibia", "femur", "fibula", "pelvis", "patella"}
+    assert "femur" in result.stdout and set(rows) == {"tibia", "femur", "fibula", "pelvis", "patella", "sacrum"}
     assert rows["femur"]["reference_volume_ml"] > 50
     assert rows["femur"]["dice"] > MIN_DEMO_DICE and rows["tibia"]["dice"] > MIN_DEMO_DICE
 

@@ -24,9 +24,12 @@ from SlicerMSKCommon.nodes import add_volume_node, ijk_to_ras, node_array, same_
 from AutoSegMSKLib.segmentations import label_volume, segment_ids  # noqa: E402
 from mskai.dicom import DicomDatabase, index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
 from mskai.volume_files import read_volume_file, write_volume  # noqa: E402
-from mskai.segment.labels import BONES, terminology_tag  # noqa: E402
+from mskai.models.registry import resolve_model  # noqa: E402
+from mskai.models.tasks import SEGMENTATION  # noqa: E402
+from mskai.segment.labels import labels_from_table, terminology_tag  # noqa: E402
 
 MODEL_SETTINGS = {"device": "cpu"}
+BONES = labels_from_table(resolve_model(None, SEGMENTATION).metadata["labels"])  # the bundled model's own table
 
 
 @pytest.fixture(scope="module")

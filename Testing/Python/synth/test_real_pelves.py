@@ -8,10 +8,10 @@ from conftest import SHARED_DATA
 from mskai.synth.phantom import ORIENTATIONS
 from mskai.synth.real_pelves import (PELVIS_SUBJECTS, RAS_TO_LPS, RealHipLimb, RealPelvisSource, hip_cases,
                                      hip_joint_centres_mm, pelvis_path)
-from mskai.synth.synthseg import CORTEX, OTHER_MARROW, bone_labels_of, make_sample, synthetic_case
+from mskai.synth.synthseg import CORTEX, OTHER_MARROW, SACRUM_MARROW, bone_labels_of, make_sample, synthetic_case
 
 FOLDER = SHARED_DATA / "pelvis_thigh_labels"
-TIBIA, FEMUR, FIBULA, PELVIS, PATELLA = 1, 2, 3, 4, 5
+TIBIA, FEMUR, FIBULA, PELVIS, PATELLA, SACRUM = 1, 2, 3, 4, 5, 6
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,12 +55,12 @@ def _unposed_case(source, rng, centre, extent_mm, spacing_mm):
 
 def test_each_subject_loads_two_hips_in_lps_and_stays_small(sources):
     for subject, source in sources.items():
-        assert source.labelled == {1, 2, 3, 4, 5}  # nothing outside the table is left out of the loss
+        assert source.labelled == {1, 2, 3, 4, 5, 6}  # nothing outside the table is left out of the loss
         assert source.tissue.dtype == source.owner.dtype == torch.uint8
         assert source.tissue.numel() * 2 < 80e6, subject  # cropped to the body
         heads = hip_joint_centres_mm(source)
         assert heads["left"][0] > source.midline_x > heads["right"][0]  # "left" is +x, as in LPS
-        axial = np.argwhere(source.tissue.numpy() == OTHER_MARROW)[::50]  # sacrum and spine
+        axial = np.argwhere(np.isin(source.tissue.numpy(), (OTHER_MARROW, SACRUM_MARROW)))[::50]  # sacrum, spine
         behind = axial @ source.affine[:3, :3].T + source.affine[:3, 3]
         assert behind[:, 1].mean() > max(h[1] for h in heads.values()) + 20  # posterior: +y in LPS
         assert behind[:, 2].mean() > max(h[2] for h in heads.values()) + 40  # superior: +z
@@ -70,11 +70,11 @@ def test_each_subject_loads_two_hips_in_lps_and_stays_small(sources):
         assert (labels == FEMUR).all(), subject  # the centres lie in the femoral heads
 
 
-def test_bones_map_onto_the_stored_labels_sacrum_and_spine_are_background(sources):
+def test_bones_map_onto_the_stored_labels_sacrum_its_own_spine_background(sources):
     for subject in ("001", "005"):
         original, affine = _original(subject)
         bones = np.argwhere((original > 0) & (original < 5))[::97]
-        for value, expected in ((1, PELVIS), (2, FEMUR), (3, 0), (4, 0)):
+        for value, expected in ((1, PELVIS), (2, FEMUR), (3, SACRUM), (4, 0)):
             ijk = bones[original[tuple(bones.T)] == value]
             labels, tissue = _labels_at(sources[subject], ijk @ affine[:3, :3].T + affine[:3, 3])
             assert (labels == expected).mean() > (0.99 if expected else 1.0 - 1e-9), (subject, value)
@@ -82,24 +82,24 @@ def test_bones_map_onto_the_stored_labels_sacrum_and_spine_are_background(source
                 assert np.isin(tissue, (CORTEX, OTHER_MARROW)).all()
 
 
-def test_hip_case_labels_pelvis_and_femur_never_sacrum_or_spine(sources):
+def test_hip_case_labels_sacrum_apart_from_the_hip_bone_and_never_the_spine(sources):
     rng = np.random.default_rng(0)
     source = sources["002"]
     centre = np.mean(list(source.hip_centres_mm.values()), axis=0) + [0, 0, 30]
     labels, points = _unposed_case(source, rng, centre, (360, 270, 270), 3.0)
-    assert set(np.unique(labels)) == {0, FEMUR, PELVIS}
+    assert set(np.unique(labels)) == {0, FEMUR, PELVIS, SACRUM}
     original, affine = _original("002")
     ijk = np.rint((points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(int)
     inside = np.all((ijk >= 0) & (ijk < original.shape), axis=-1)
     truth = np.zeros(labels.shape, dtype=np.uint8)
     truth[inside] = original[tuple(ijk[inside].T)]
     assert (truth == 3).sum() > 500 and (truth == 4).sum() > 500
-    assert (labels[np.isin(truth, (3, 4))] == 0).all()
+    assert (labels[truth == 4] == 0).all() and (labels[truth == 3] == SACRUM).mean() > 0.97
     assert (labels[truth == 1] == PELVIS).mean() > 0.97
     assert (labels[truth == 2] == FEMUR).mean() > 0.97
     image, volume = synthetic_case(source, rng, (4.0, 4.0, 4.0), extent_mm=(360, 240, 280), plane="coronal",
                                    centre=centre)
-    assert image.shape == volume.shape and set(np.unique(volume.array)) == {0, FEMUR, PELVIS}
+    assert image.shape == volume.shape and set(np.unique(volume.array)) == {0, FEMUR, PELVIS, SACRUM}
 
 
 def test_hip_bone_is_beside_and_above_the_femoral_heads(sources):
@@ -146,7 +146,7 @@ def test_limb_has_every_bone_in_place(limb):
     centre = (lo + hi) / 2
     extent = hi - lo + [60, 60, 40]
     labels, points = _unposed_case(limb, rng, centre, extent, 8.0)
-    assert set(np.unique(labels)) == {0, TIBIA, FEMUR, FIBULA, PELVIS, PATELLA}
+    assert set(np.unique(labels)) == {0, TIBIA, FEMUR, FIBULA, PELVIS, PATELLA, SACRUM}
     z = points[..., 2]
     seam = limb._from_map([0, 0, limb.seam_z])[2]  # the seam plane is tilted by tilt_deg: +- 40 mm
     head_z = min(h[2] for h in heads.values())
@@ -172,4 +172,4 @@ def test_hip_cases_have_whole_scan_fields_of_view(sources):
     assert 0.7 <= spacing[0] <= 1.2 and spacing[1] == pytest.approx(spacing[0])
     extent = np.array(image.shape) * spacing
     assert 300 <= extent[0] <= 400 and extent[1] >= 150 and extent[2] >= 150
-    assert {FEMUR, PELVIS} <= set(np.unique(labels.array)) <= {0, FEMUR, PELVIS}
+    assert {FEMUR, PELVIS} <= set(np.unique(labels.array)) <= {0, FEMUR, PELVIS, SACRUM}

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_mskai
+from conftest import make_package, run_mskai
 from mskai import MskaiError
 from mskai.volume_files import write_volume
 from mskai.models.package import load_package
@@ -47,7 +47,7 @@ def test_train_then_fine_tune_writes_packages_logs_and_curves(tmp_path):
     assert package.id == "my-bones" and package.input["spacing_mm"] == [2.0, 2.0, 2.0]
     log = json.loads((tmp_path / "model" / "training_log.json").read_text())
     assert [e["iteration"] for e in log["log"]] == [3, 6]
-    assert set(log["log"][0]["val_dice"]) == {"tibia", "femur", "fibula", "pelvis", "patella"}
+    assert set(log["log"][0]["val_dice"]) == {"tibia", "femur", "fibula", "pelvis", "patella", "sacrum"}
     png = (tmp_path / "model" / "training_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -58,6 +58,37 @@ def test_train_then_fine_tune_writes_packages_logs_and_curves(tmp_path):
     assert tuned.version == "0.2.0" and tuned.metadata["network"] == package.metadata["network"]
     before, after = package.state_dict(), tuned.state_dict()
     assert any(not np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+
+
+def test_fine_tuning_a_package_without_the_sacrum_keeps_its_weights_and_adds_the_class(tmp_path):
+    import torch
+
+    from mskai.models.networks import build_network
+    from mskai.training.segment import widened
+
+    old = load_package(make_package(tmp_path / "old", n_bones=5))  # the five bones of 0.3.0, no sacrum
+    spec = old.metadata["network"]
+    assert spec["args"]["out_channels"] == 6
+    wide = build_network({**spec, "args": {**spec["args"], "out_channels": 7}}).state_dict()
+    state = widened(old.state_dict(), wide)
+    grown = [k for k in wide if old.state_dict()[k].shape != wide[k].shape]
+    assert grown and all(state[k].shape == wide[k].shape for k in wide)
+    for k in grown:  # every trained weight kept
+        kept = tuple(slice(0, n) for n in old.state_dict()[k].shape)
+        assert torch.equal(state[k][kept], old.state_dict()[k])
+    net = build_network({**spec, "args": {**spec["args"], "out_channels": 7}})
+    net.load_state_dict(state)
+    image = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        before, after = old.build_network().eval()(image), net.eval()(image)
+    assert torch.allclose(after[:, :6], before, atol=1e-5)  # the old classes' outputs are unchanged
+    assert torch.softmax(after, 1)[:, 6].max() < 0.05  # and the new class starts almost never predicted
+    _cases(tmp_path / "data", 2)
+    run_mskai("train-seg", tmp_path / "data", "-o", tmp_path / "tuned", "--init", tmp_path / "old",
+              "--iterations", 1, "--eval-every", 1, "--patch", 32)
+    tuned = load_package(tmp_path / "tuned")
+    assert tuned.metadata["network"]["args"]["out_channels"] == 7
+    assert [label["name"] for label in tuned.metadata["labels"]][-1] == "sacrum"
 
 
 def test_nnunet_layout_labels_are_remapped_by_name(tmp_path):
@@ -161,7 +192,7 @@ def test_synthetic_patches_mix_sources_and_mark_what_each_annotates():
     data = SyntheticPatches([(0.5, phantom, 2), (0.5, femur_tibia_only, 100)], patch=16, spacing=4.0, seed=1)
     samples = list(itertools.islice(iter(data), 12))
     flags = {tuple(s[2].tolist()) for s in samples}
-    assert flags == {(True,) * 6, (True, True, True, False, False, False)}
+    assert flags == {(True,) * 7, (True, True, True, False, False, False, False)}
     n_phantom = sum(bool(s[2][5]) for s in samples)
     assert made.count("knee") == 1 and made.count("phantom") == (n_phantom + 1) // 2  # renewed every 2 samples
     image, labels, _ = samples[0]
@@ -199,7 +230,7 @@ def test_a_run_stops_at_its_time_budget_and_resumes_from_its_checkpoint(tmp_path
 def test_hip_ct_people_are_split_before_training_and_render_as_hips():
     from mskai.synth.hip_ct import HipCTSource, clean_hip_labels, hip_ct_split
     from mskai.synth.real_pelves import hip_cases
-    from mskai.synth.synthseg import OTHER_MARROW
+    from mskai.synth.synthseg import SACRUM_MARROW
 
     split = hip_ct_split()
     assert len(split["test"]) >= 6 and len(split["val"]) >= 2 and len(split["train"]) >= 18
@@ -211,6 +242,6 @@ def test_hip_ct_people_are_split_before_training_and_render_as_hips():
     (name, image, truth, tissue), = hip_cases(1, seed=3, subjects=split["train"][:1], with_tissue=True,
                                               make_source=HipCTSource)
     values = set(np.unique(truth.array).tolist())
-    assert name.startswith("hip") and {2, 4} <= values and not values & {1, 3, 5}  # femur, hip bone only
-    sacrum = tissue.array == OTHER_MARROW
-    assert sacrum.sum() > 1000 and not truth.array[sacrum].any()  # the sacrum is bone, but never hip bone
+    assert name.startswith("hip") and {2, 4} <= values and not values & {1, 3, 5}  # femur, hip bone, sacrum
+    sacrum = tissue.array == SACRUM_MARROW
+    assert sacrum.sum() > 1000 and (truth.array[sacrum] == 6).all()  # the sacrum is its own bone, never hip bone

@@ -41,7 +41,7 @@ from mskai.synth.acl_knee.acquisition import (Acquisition, KneeCase, acquire, dr
                                               write_acl_study)
 from mskai.synth.acl_knee.knee_model import (ANATOMY_VERSION, OAI_FOLDER, acl_shape_subjects, anatomy,
                                              build_anatomy)
-from mskai.synth.acl_knee.landmarks import lateral_side, notch_landmarks
+from mskai.acl.landmarks import lateral_side, notch_landmarks
 from mskai.synth.acl_knee.tissues import PLANE_AXES, PROTOCOLS, KneeAnatomy
 
 __all__ = ["ANATOMY_VERSION", "GRADES", "OAI_FOLDER", "PLANE_AXES", "PROTOCOLS", "Acquisition", "KneeAnatomy",

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from mskai.synth import SHARED_DATA
 from mskai.synth.acl_knee.geometry import Band, _box, _box_points
-from mskai.synth.acl_knee.landmarks import notch_landmarks
+from mskai.acl.landmarks import notch_landmarks
 from mskai.synth.acl_knee.tissues import BONES
 
 

@@ -38,11 +38,6 @@ def _bezier(points, n=24) -> np.ndarray:
     return layer[:, 0]
 
 
-def _sagittal_normal(direction) -> np.ndarray:
-    n = np.cross(direction, [1.0, 0.0, 0.0])
-    return n / max(np.linalg.norm(n), 1e-9)
-
-
 @dataclass
 class Band:
     """A ligament or tendon: a polyline path with elliptical cross-sections (semi-axes per path node).

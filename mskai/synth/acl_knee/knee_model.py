@@ -14,7 +14,7 @@ from scipy import ndimage
 from mskai.cache import user_cache_dir
 from mskai.synth import SHARED_DATA
 from mskai.synth.acl_knee.bones import KneeDraft, _add_fibula, _add_patella, _bone_layers, _carve_acl_bed, _padded_bones
-from mskai.synth.acl_knee.landmarks import knee_landmarks
+from mskai.acl.landmarks import knee_landmarks
 from mskai.synth.acl_knee.soft_tissue import (_anterior_fat, _body_outline, _cartilage_and_menisci, _joint_fat,
                                               _popliteal_fossa, _recesses, _tendons, _vessels)
 from mskai.synth.acl_knee.tissues import AIR, TENDON, KneeAnatomy

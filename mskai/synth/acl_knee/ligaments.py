@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mskai.synth.acl_knee.geometry import Band, _bezier, _rotation, _sagittal_normal
+from mskai.acl.landmarks import sagittal_normal
+from mskai.synth.acl_knee.geometry import Band, _bezier, _rotation
 from mskai.synth.acl_knee.tissues import CORTEX_F, KneeAnatomy
 
 
@@ -53,7 +54,7 @@ def _clear_path(anat, a, b, bow, half, n=24, extend=2.5):
     pushed ``extend`` mm into their bones (the footprints; only the part outside bone is drawn).
     """
     d = (b - a) / np.linalg.norm(b - a)
-    normal = _sagittal_normal(d)
+    normal = sagittal_normal(d)
     if normal[1] > 0:  # point it posterior (-y): the cruciates bow away from the roof
         normal = -normal
     for extra in np.concatenate([[0.0], np.arange(1.0, 12.0, 1.0)]):
@@ -189,7 +190,7 @@ def _pcl_pieces(anat, g_lig):
 
 def _frame(direction) -> np.ndarray:
     d = np.asarray(direction, dtype=float) / np.linalg.norm(direction)
-    n = _sagittal_normal(d)
+    n = sagittal_normal(d)
     return np.stack([d, n, np.cross(d, n)], axis=1)
 
 
@@ -210,7 +211,7 @@ def _wave(path, amplitude, wavelength, phase, start=0.0) -> np.ndarray:
     """The path displaced along its in-plane normal by a sine wave growing from ``start`` (0..1) on."""
     cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
     s = cum / max(cum[-1], 1e-9)
-    normal = _sagittal_normal(path[-1] - path[0])
+    normal = sagittal_normal(path[-1] - path[0])
     ramp = np.clip((s - start) / 0.15, 0, 1)
     return path + normal[None] * (amplitude * ramp * np.sin(2 * np.pi * cum / wavelength + phase))[:, None]
 

@@ -190,5 +190,5 @@ def test_install_from_http_checks_the_checksum(model_dirs):
 def test_label_table_codes():
     codes = {b.name: b.snomed_code for b in BONES}
     assert codes == {"tibia": "12611008", "femur": "71341001", "fibula": "87342007", "pelvis": "29836001",
-                     "patella": "64234005"}
-    assert [b.value for b in BONES] == [1, 2, 3, 4, 5]
+                     "patella": "64234005", "sacrum": "54735007"}
+    assert [b.value for b in BONES] == [1, 2, 3, 4, 5, 6]

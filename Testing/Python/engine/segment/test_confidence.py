@@ -17,6 +17,7 @@ from mskai.volume_files import read_volume_file, write_volume
 from mskai.models.package import load_package
 from mskai import grid
 from mskai.segment.infer import SegmentOptions, segment_volume
+from mskai.segment.labels import BONES
 from mskai.segment.outputs import bone_statistics, write_outputs
 from mskai.segment.postprocess import PostprocessOptions
 from mskai.grid import argmax_on_grid, confidence_from_probabilities, confidence_percent
@@ -24,7 +25,7 @@ from mskai.segment.run import segment_to_folder
 from mskai.synth.phantom import phantom
 from mskai.volume import Volume
 
-N_CLASSES = 6  # background + the 5 bones of the test packages
+N_CLASSES = len(BONES) + 1  # background + the bones of the test packages (the whole label table)
 
 
 def _constant_confidence(n_classes=N_CLASSES, bias=5.0):

@@ -5,8 +5,8 @@ import pytest
 
 from mskai.segment.postprocess import PostprocessOptions, clean_anatomical, clean_labels
 
-TIBIA, FEMUR, FIBULA, PELVIS, PATELLA = 1, 2, 3, 4, 5
-VALUES = [TIBIA, FEMUR, FIBULA, PELVIS, PATELLA]
+TIBIA, FEMUR, FIBULA, PELVIS, PATELLA, SACRUM = 1, 2, 3, 4, 5, 6
+VALUES = [TIBIA, FEMUR, FIBULA, PELVIS, PATELLA, SACRUM]
 SPACING = 4.0
 
 
@@ -105,6 +105,21 @@ def test_a_small_tibia_in_a_hip_scan_goes_not_the_hip_bone():
 
     scene = hip().ball(TIBIA, [50, 40, -150], 10)  # 4 mL of "tibia" in the thigh, touching no bone
     np.testing.assert_array_equal(scene.clean(), hip().labels)
+
+
+def test_the_sacrum_is_one_piece_above_the_femur():
+    def hip():
+        scene = Scene(extent_mm=(150, 360, 300), centre=(0, 0, -20))
+        scene.capsule(PELVIS, [-40, 0, 50], [-40, 0, 120], 30).capsule(PELVIS, [-40, 0, 50], [40, -40, 40], 10)
+        scene.capsule(SACRUM, [40, 50, 60], [40, 40, 130], 25)  # on the midline, behind the hip bone
+        scene.ball(FEMUR, [0, 0, 0], 22).capsule(FEMUR, [0, 0, 0], [-35, 0, -30], 15)
+        return scene.capsule(FEMUR, [-35, 0, -30], [-35, 0, -190], 14)
+
+    np.testing.assert_array_equal(hip().clean(), hip().labels)  # a hip scan with its sacrum is left as it is
+    scene = hip().ball(SACRUM, [-40, 0, 100], 26)  # a "sacrum" piece in the ilium, a third of the sacrum, beside it
+    assert _label_at(scene, scene.clean(), [-40, 0, 100]) == PELVIS  # not a second sacrum: it joins the hip bone
+    femur = Scene().capsule(FEMUR, [0, 0, 20], [0, 0, 250], 14).ball(SACRUM, [60, 0, 40], 20)
+    assert not np.any(femur.clean() == SACRUM)  # below the femur's centroid
 
 
 def test_no_hip_bone_below_the_femur_nor_near_the_tibia():

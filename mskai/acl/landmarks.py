@@ -1,10 +1,18 @@
-"""Landmarks read from a real knee shape: the lateral side, the intercondylar notch, the joint line, the tibial
-plateau, and the attachments of the cruciate ligaments."""
+"""Landmarks read from a knee's femur and tibia masks: the lateral side, the intercondylar notch (its roof: the
+Blumensaat line), the joint line, the tibial plateau, and the attachments of the cruciate ligaments.
+
+Masks are on a grid in the knee frame (axes LR, AP with anterior +, IS; ``spacing`` in mm, origin at voxel 0):
+the synthetic knee generator builds its ligaments from them, and the tear signs measure a segmentation with them.
+"""
 
 import numpy as np
 from scipy import ndimage
 
-from mskai.synth.acl_knee.geometry import _sagittal_normal
+
+def sagittal_normal(direction) -> np.ndarray:
+    """Unit vector in the sagittal plane, across ``direction`` (x is left-right)."""
+    n = np.cross(direction, [1.0, 0.0, 0.0])
+    return n / max(np.linalg.norm(n), 1e-9)
 
 
 def lateral_side(femur: np.ndarray, tibia: np.ndarray, spacing, notch_x: float) -> int:
@@ -177,7 +185,7 @@ def _segment_hits(bone, sp, a, b, half, skip=0.12) -> int:
     """Bone samples on the straight band a -> b (its axis and edges ``half`` mm either side), ends excepted."""
     d = np.asarray(b, dtype=float) - a
     t = d / np.linalg.norm(d)
-    n = _sagittal_normal(t)
+    n = sagittal_normal(t)
     m = np.cross(t, n)
     pts = a + np.linspace(skip, 1 - skip, 16)[:, None] * d
     pts = (pts[None] + np.stack([0 * n, n * half, -n * half, m * half, -m * half])[:, None]).reshape(-1, 3)
