@@ -44,8 +44,11 @@ def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show
     model: an id[@version], a package path, or a loaded package. Returns the report as written (it names no
     patient) plus, in memory only, "series_uid": the chosen series' UID (None for a volume file).
     """
+    from mskai.acl.anatomy import anatomy_of, read_anatomy
     from mskai.acl.infer import classify_volume, key_slice_png
+    from mskai.acl.ligaments import LIGAMENT_TABLE
     from mskai.models.registry import resolve_model
+    from mskai.segment.outputs import write_seg_nrrd
     from mskai.outputs import atomic_output, output_folder
     from mskai.volume_files import write_volume
 
@@ -58,6 +61,13 @@ def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show
         load_s = time.perf_counter() - start
         progress("classify", 0.0)
         result = classify_volume(volume, package)
+        anatomy = None
+        if anatomy_of(package) is not None:
+            progress("anatomy", 0.0)
+            t = time.perf_counter()
+            ligaments, anatomy = read_anatomy(volume, package)
+            result.notes["timings_s"]["anatomy"] = time.perf_counter() - t
+            write_seg_nrrd(ligaments, staging / "ligaments.seg.nrrd", LIGAMENT_TABLE)
         progress("write", 0.0)
         write_volume(result.cam, staging / "cam.nrrd")
         key_slice_png(volume, result, staging / "key_slice.png")
@@ -77,10 +87,33 @@ def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show
             "timings_s": {"load": round(load_s, 3), **{k: round(v, 3) for k, v in result.notes["timings_s"].items()}},
             "files": {"cam": "cam.nrrd", "key_slice": "key_slice.png"},
         }
+        if anatomy is not None:
+            report.update(verdict_from_anatomy(anatomy, report, package.metadata["classes"]))
+            report["files"]["ligaments"] = "ligaments.seg.nrrd"
         with atomic_output(staging / "report.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         progress("write", 1.0)
     return {**report, "series_uid": series_uid}
+
+
+def verdict_from_anatomy(anatomy: dict, report: dict, classes) -> dict:
+    """The report's verdict when the package reads anatomy: the tear signs' grade and probabilities (as the
+    package's classes: four grades or intact / torn); "indeterminate" with its reason, the image classifier's
+    probabilities kept beside it, when the signs give none. The image classifier's own output stays under "cnn"."""
+    from mskai.acl import BINARY_CLASSES, GRADES, to_binary
+    from mskai.acl.anatomy import INDETERMINATE
+
+    out = {"anatomy": anatomy, "cnn": {"probabilities": report["probabilities"], "predicted": report["predicted"]}}
+    if anatomy["grade"] == INDETERMINATE:
+        return out | {"predicted": INDETERMINATE, "indeterminate_reason": anatomy["reason"],
+                      "probabilities_source": "image classifier (the anatomy gave no grade)"}
+    if tuple(classes) == BINARY_CLASSES:
+        p_torn = anatomy["p_torn"]
+        probabilities = {"intact": round(1 - p_torn, 6), "torn": round(p_torn, 6)}
+        predicted = BINARY_CLASSES[to_binary(GRADES.index(anatomy["grade"]))]
+    else:
+        probabilities, predicted = dict(anatomy["probabilities"]), anatomy["grade"]
+    return out | {"probabilities": probabilities, "predicted": predicted, "probabilities_source": "tear signs"}
 
 
 # --- cases for training and evaluation ---------------------------------------------------------------------

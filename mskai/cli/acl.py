@@ -1,4 +1,4 @@
-"""`mskai classify`, `mskai train-acl` and `mskai evaluate-acl`."""
+"""`mskai classify`, `mskai acl-signs`, `mskai train-acl` and `mskai evaluate-acl`."""
 
 from __future__ import annotations
 
@@ -19,8 +19,39 @@ def cmd_classify(args):
     print(f"Series: {report['series']['reason']}")
     for name, p in sorted(report["probabilities"].items(), key=lambda item: -item[1]):
         print(f"  {name:<17} {p:6.3f}")
-    print(f"ACL: {report['predicted']} (key slice {report['key_slice'] + 1}); wrote report.json, cam.nrrd and "
-          f"key_slice.png to {args.output}")
+    if "anatomy" in report:
+        print(f"  (from the {report['probabilities_source']})")
+        _print_signs(report["anatomy"])
+    if report["predicted"] == "indeterminate":
+        print(f"ACL: indeterminate: {report['indeterminate_reason']}")
+    print(f"ACL: {report['predicted']} (key slice {report['key_slice'] + 1}); wrote "
+          f"{', '.join(report['files'].values())} and report.json to {args.output}")
+    return 0
+
+
+def _print_signs(anatomy: dict):
+    for name, value in (anatomy["signs"] or {}).items():
+        print(f"  {name:<24} {value:10.3f}")
+
+
+def cmd_acl_signs(args):
+    """Grade a (corrected) ligament segmentation of an image again from its tear signs."""
+    import json
+
+    from mskai.acl.anatomy import reread_anatomy
+    from mskai.models.registry import resolve_model
+    from mskai.volume_files import read_volume_file
+
+    package = resolve_model(args.model, ACL_CLASSIFICATION)
+    anatomy = reread_anatomy(args.segmentation, read_volume_file(args.image), package)
+    _print_signs(anatomy)
+    verdict = anatomy["grade"] + (f": {anatomy['reason']}" if anatomy["reason"] else f" (P torn {anatomy['p_torn']:.2f})")
+    print(f"ACL from the tear signs: {verdict}")
+    if args.json:
+        from mskai.outputs import atomic_output
+
+        with atomic_output(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(anatomy, indent=2))
     return 0
 
 
@@ -144,7 +175,7 @@ def _add_acl_data_arguments(p):
 
 
 def add_commands(top):
-    """`mskai classify`, `mskai train-acl`, `mskai evaluate-acl`"""
+    """`mskai classify`, `mskai acl-signs`, `mskai train-acl`, `mskai evaluate-acl`"""
     p = top.add_parser("classify", help="classify the ACL on the sagittal series of a study (or a series, database)")
     p.add_argument("source", help="study or series folder, Slicer DICOM database, or a sagittal .nrrd/.nii.gz volume")
     p.add_argument("-o", "--output", required=True, help="output folder: report.json, cam.nrrd, key_slice.png")
@@ -154,6 +185,14 @@ def add_commands(top):
                    help="name the chosen series by its description (free text that may identify the patient)")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="none")
     p.set_defaults(func=cmd_classify)
+
+    p = top.add_parser("acl-signs", help="the ACL's tear signs and grade from a (corrected) ligament segmentation")
+    p.add_argument("image", help="the sagittal volume (.nrrd/.nii.gz) the segmentation was drawn on")
+    p.add_argument("segmentation", help="femur, tibia, acl, pcl: ligaments.seg.nrrd as `mskai classify` wrote it and "
+                                        "Slicer saved it, a label map, or a DICOM SEG")
+    p.add_argument("--model", default=ACL_MODEL, help="ACL model id[@version] or package path (its grader)")
+    p.add_argument("--json", help="also write the signs and the grade to this JSON file")
+    p.set_defaults(func=cmd_acl_signs)
 
     p = top.add_parser("train-acl", help="train an ACL classifier package (MRNet-style) from a dataset or synthetic knees")
     _add_acl_data_arguments(p)

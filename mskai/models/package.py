@@ -86,6 +86,7 @@ SCHEMA = {
                            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
         },
         "preprocessing": {"type": "object"},  # acl-classification: mskai.acl.preprocess.AclPreprocessing
+        "anatomy": {"type": "object"},  # acl-classification reading anatomy: mskai.acl.anatomy
         "metrics": {"type": "object"},
     },
     "allOf": [{"if": {"properties": {"task": {"const": SEGMENTATION}}},

@@ -181,10 +181,11 @@ def write_report(report: dict, folder) -> tuple[Path, Path]:
 
 
 def _value_for(name: str, code: str | None, table) -> int | None:
-    for label in table:
-        if (code and code == label.snomed_code) or name.strip().lower() == label.name:
-            return label.value
-    return None
+    """The label a segment is: by its SNOMED code where one label has it, else by name (ACL and PCL share one)."""
+    by_code = [label for label in table if code and code == label.snomed_code]
+    if len(by_code) == 1:
+        return by_code[0].value
+    return next((label.value for label in table if name.strip().lower() == label.name), None)
 
 
 def merge_binary_masks(masks: dict) -> np.ndarray:

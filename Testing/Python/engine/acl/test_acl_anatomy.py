@@ -1,0 +1,108 @@
+"""The ACL read from anatomy end to end: the ligament segmentation written beside the report, the tear signs and
+their grade in report.json, "indeterminate" with its reason when the anatomy cannot be read, and the signs measured
+again on a corrected segmentation (`mskai acl-signs`)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_acl_package, run_mskai
+from mskai import MskaiError
+from mskai.acl import GRADES
+from mskai.acl.grading import FEATURES
+from mskai.acl.ligaments import CONTEXT, LIGAMENT_TABLE, LIGAMENT_VALUES
+from mskai.models.package import load_package
+from mskai.segment.outputs import write_seg_nrrd
+from mskai.volume import Volume
+from mskai.volume_files import write_volume
+
+
+def _ligament_package(folder):
+    """A real knee-ligaments package (2D MONAI UNet) whose network finds nothing: background everywhere."""
+    import torch
+
+    from mskai.models.networks import build_network
+    from mskai.models.package import save_package
+    from mskai.models.tasks import KNEE_LIGAMENTS
+    from mskai.segment.labels import label_table
+
+    spec = {"class": "UNet", "args": {"spatial_dims": 2, "in_channels": 2 * CONTEXT + 1, "out_channels": 5,
+                                      "channels": [4, 8], "strides": [2], "num_res_units": 0}}
+    torch.manual_seed(0)
+    meta = {"id": "test-ligaments", "version": "1.0.0", "task": KNEE_LIGAMENTS, "demo": True, "licence": "test",
+            "training_data": "none (test package)", "labels": label_table(LIGAMENT_TABLE),
+            "input": {"modality": "MR", "plane": "sagittal", "in_plane_mm": 0.625, "size": 256, "context_slices": 1},
+            "network": spec}
+    state = {k: torch.zeros_like(v) for k, v in build_network(spec).state_dict().items()}
+    state[[k for k in state if k.endswith("bias")][-1]][0] = 5.0
+    return save_package(folder, meta, state)
+
+
+def _grader():
+    """Complete rupture when the ACL has a gap (2 per mm), healthy by its coverage (2 for all of it); wide scales."""
+    weights = np.zeros((len(GRADES), len(FEATURES)))
+    weights[3, FEATURES.index("gap_mm")], weights[0, FEATURES.index("coverage")] = 200.0, 200.0
+    return {"features": list(FEATURES), "mean": [0.0] * len(FEATURES), "scale": [100.0] * len(FEATURES),
+            "weights": weights.tolist(), "bias": [0.0] * len(GRADES)}
+
+
+@pytest.fixture(scope="module")
+def knee(tmp_path_factory):
+    """A synthetic knee with a complete rupture (a test subject), its truth written as the radiologist's corrected
+    ligaments.seg.nrrd, and an ACL package that reads anatomy with a ligament package."""
+    from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee
+
+    folder = tmp_path_factory.mktemp("anatomy")
+    volume, masks = synthetic_acl_knee(3, np.random.default_rng(11), subjects=acl_shape_subjects("test")[:1],
+                                       with_masks=True)
+    write_volume(volume, folder / "knee.nrrd")
+    labels = np.zeros(volume.shape, np.uint8)
+    for name in ("femur", "tibia", "pcl", "acl"):
+        labels[masks[name]] = LIGAMENT_VALUES[name]
+    write_seg_nrrd(Volume(labels, volume.affine_lps), folder / "corrected.seg.nrrd", LIGAMENT_TABLE)
+    ligaments = _ligament_package(folder / "ligaments")
+    acl = make_acl_package(folder / "acl", anatomy={"ligament_model": str(ligaments), "grader": _grader()})
+    return folder, acl
+
+
+def test_classify_writes_the_ligaments_and_says_indeterminate_when_they_are_not_found(knee):
+    folder, acl = knee
+    result = run_mskai("classify", folder / "knee.nrrd", "-o", folder / "out", "--model", acl)
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["files"]["ligaments"] == "ligaments.seg.nrrd" and (folder / "out" / "ligaments.seg.nrrd").is_file()
+    # a ligament network that finds nothing: no grade, the reason, the image classifier kept apart
+    assert report["predicted"] == "indeterminate" and "posterior cruciate" in report["indeterminate_reason"]
+    assert report["anatomy"]["signs"] is None and set(report["cnn"]["probabilities"]) == set(GRADES)
+    assert "indeterminate" in result.stdout and "anatomy" in report["timings_s"]
+
+
+def test_a_corrected_segmentation_is_graded_from_its_signs(knee, tmp_path):
+    folder, acl = knee
+    result = run_mskai("acl-signs", folder / "knee.nrrd", folder / "corrected.seg.nrrd", "--model", acl,
+                       "--json", tmp_path / "signs.json")
+    anatomy = json.loads((tmp_path / "signs.json").read_text())
+    assert anatomy["grade"] == "complete rupture" and anatomy["p_torn"] > 0.9  # a gap: torn, by this grader
+    assert anatomy["signs"]["gap_mm"] >= 4 and "gap_mm" in result.stdout
+    line = np.array(anatomy["landmarks"]["blumensaat_line_lps"])
+    assert line.shape == (2, 3) and 10 < np.linalg.norm(line[1] - line[0]) < 60  # the notch roof, in mm
+
+
+def test_a_segmentation_on_another_grid_or_a_package_without_anatomy_is_refused(knee, tmp_path):
+    from mskai.acl.anatomy import reread_anatomy
+    from mskai.volume_files import read_volume_file
+
+    folder, acl = knee
+    image = read_volume_file(folder / "knee.nrrd")
+    shifted = image.affine_lps.copy()
+    shifted[0, 3] += 5.0  # 5 mm to the left: another grid
+    moved = Volume(image.array, shifted)
+    with pytest.raises(MskaiError, match="not on the image's grid"):
+        reread_anatomy(folder / "corrected.seg.nrrd", moved, load_package(acl))
+    plain = make_acl_package(tmp_path / "plain")
+    with pytest.raises(MskaiError, match="reads no anatomy"):
+        reread_anatomy(folder / "corrected.seg.nrrd", image, load_package(plain))
+    broken = make_acl_package(tmp_path / "broken", anatomy={"ligament_model": "x", "grader": {"features": []}})
+    result = run_mskai("classify", folder / "knee.nrrd", "-o", tmp_path / "out", "--model", broken, ok=False)
+    assert result.returncode != 0 and "grader is malformed" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -1,0 +1,155 @@
+"""Segment the cruciate ligaments and the bones around them on a sagittal knee series, slice by slice.
+
+Each sagittal slice (the input axis nearest left-right) is resampled in its own plane onto a ``SIZE`` x ``SIZE``
+grid of ``IN_PLANE_MM`` pixels, rows running superior to inferior and columns anterior to posterior whatever the
+acquisition's orientation, with its ``CONTEXT`` neighbours either side as extra channels (2.5D). A 2D network
+(a MONAI UNet in a model package of task ``knee-ligaments``) labels femur, tibia, ACL and PCL; its probabilities
+are resampled back onto each slice's voxels. Training: ``mskai.training.ligaments``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from mskai import MskaiError
+from mskai.segment.labels import Label
+from mskai.volume import Volume
+
+IN_PLANE_MM, SIZE, CONTEXT = 0.625, 256, 1
+# SNOMED CT has its own concepts for the cruciate ligaments, but their codes could not be checked offline here:
+# they are coded as Ligament (52082005, DICOM PS3.16) and named; femur and tibia as in the bone table.
+LIGAMENT_TABLE = (
+    Label(1, "femur", (0.87, 0.51, 0.37), "71341001", "Femur"),
+    Label(2, "tibia", (0.89, 0.81, 0.34), "12611008", "Tibia"),
+    Label(3, "acl", (0.93, 0.30, 0.30), "52082005", "Ligament"),
+    Label(4, "pcl", (0.30, 0.55, 0.95), "52082005", "Ligament"),
+)
+LIGAMENT_VALUES = {label.name: label.value for label in LIGAMENT_TABLE}
+
+
+def slice_axis(volume: Volume) -> int:
+    """The input axis that runs across sagittal slices (nearest LPS x); refused when the series is not sagittal:
+    no axis within 45 degrees of left-right, or that axis lies in the plane of thicker slices (axial, coronal)."""
+    directions = volume.directions_lps
+    axis = int(np.argmax(np.abs(directions[0])))
+    if abs(directions[0, axis]) < 0.7:
+        raise MskaiError("the series is not sagittal: no slice axis within 45 degrees of left-right")
+    if 1.5 * volume.spacing[axis] < volume.spacing.max():
+        raise MskaiError(f"the series is not sagittal: its slices are {volume.spacing.max():.1f} mm apart along "
+                         f"another axis than left-right")
+    return axis
+
+
+def _plane_axes(volume: Volume, axis: int):
+    """Unit LPS vectors of the slice plane's columns (anterior) and rows (superior), orthonormal, in the plane."""
+    normal = volume.directions_lps[:, axis]
+    normal = normal / np.linalg.norm(normal)
+    anterior = np.array([0.0, -1.0, 0.0]) - normal * -normal[1]
+    anterior /= np.linalg.norm(anterior)
+    superior = np.cross(normal, anterior)
+    superior *= np.sign(superior[2]) or 1.0
+    return anterior, superior
+
+
+def _slice_points(volume: Volume, axis: int, k: float, centre_mm: np.ndarray, anterior, superior, scale=1.0,
+                  angle=0.0, size=SIZE) -> np.ndarray:
+    """Voxel coordinates (3, size, size) of the in-plane grid of slice ``k``: row r runs inferior, column c
+    posterior; ``scale`` / ``angle`` (radians) rotate and zoom the grid (training augmentation)."""
+    normal_ijk = np.zeros(3)
+    normal_ijk[axis] = k
+    inv = np.linalg.inv(volume.affine_lps)
+    centre_ijk = inv[:3, :3] @ centre_mm + inv[:3, 3]
+    centre_ijk[axis] = k
+    centre = volume.affine_lps[:3, :3] @ centre_ijk + volume.affine_lps[:3, 3]
+    c, s = np.cos(angle), np.sin(angle)
+    down, back = -(c * superior + s * anterior), -(-s * superior + c * anterior)
+    offsets = (np.arange(size) - (size - 1) / 2) * IN_PLANE_MM * scale
+    lps = centre + offsets[:, None, None] * down + offsets[None, :, None] * back
+    ijk = lps @ inv[:3, :3].T + inv[:3, 3]
+    ijk[..., axis] = k  # in the slice's own plane (oblique acquisitions)
+    return np.moveaxis(ijk, -1, 0)
+
+
+def normalised(array: np.ndarray) -> np.ndarray:
+    """Intensities scaled by the 0.5 and 99.5 percentiles to about [0, 1] (float32)."""
+    lo, hi = np.percentile(array, (0.5, 99.5))
+    return ((np.asarray(array, dtype=np.float32) - lo) / max(hi - lo, 1e-6)).clip(-0.5, 1.5)
+
+
+def slice_stack(volume: Volume, centre_mm=None, scale=1.0, angle=0.0, shift_mm=(0.0, 0.0, 0.0)):
+    """(images n x (2 CONTEXT + 1) x SIZE x SIZE float32, grids: voxel coordinates per slice, slice axis) of every
+    sagittal slice of ``volume``, neighbours as channels (edges repeated)."""
+    axis = slice_axis(volume)
+    centre = (volume.ijk_to_lps((np.array(volume.shape) - 1) / 2)[0] if centre_mm is None
+              else np.asarray(centre_mm, dtype=float)) + np.asarray(shift_mm)
+    anterior, superior = _plane_axes(volume, axis)
+    image = normalised(volume.array)
+    n = volume.shape[axis]
+    grids = [_slice_points(volume, axis, k, centre, anterior, superior, scale, angle) for k in range(n)]
+    planes = np.stack([ndimage.map_coordinates(image, g, order=1, mode="constant", cval=0.0) for g in grids])
+    index = np.clip(np.arange(n)[:, None] + np.arange(-CONTEXT, CONTEXT + 1)[None], 0, n - 1)
+    return planes[index].astype(np.float32), grids, axis
+
+
+def labels_on_slices(labels: np.ndarray, grids) -> np.ndarray:
+    """A label map on the volume grid sampled onto the slice grids (nearest): n x SIZE x SIZE uint8."""
+    return np.stack([ndimage.map_coordinates(labels, g, order=0, mode="constant", cval=0) for g in grids])
+
+
+def _back_to_volume(probabilities: np.ndarray, volume: Volume, axis: int, centre, anterior, superior) -> np.ndarray:
+    """Labels on the volume grid from per-slice probabilities (n x C x SIZE x SIZE), linear in the plane."""
+    shape = volume.shape
+    in_plane = [a for a in range(3) if a != axis]
+    ii, jj = np.meshgrid(np.arange(shape[in_plane[0]]), np.arange(shape[in_plane[1]]), indexing="ij")
+    out = np.zeros(shape, np.uint8)
+    rows_dir, cols_dir = -superior, -anterior
+    for k in range(shape[axis]):
+        ijk = np.zeros((3,) + ii.shape)
+        ijk[in_plane[0]], ijk[in_plane[1]], ijk[axis] = ii, jj, k
+        lps = np.tensordot(volume.affine_lps[:3, :3], ijk, 1) + volume.affine_lps[:3, 3, None, None]
+        grid_centre = _slice_points(volume, axis, k, centre, anterior, superior, size=1)[:, 0, 0]
+        centre_lps = volume.affine_lps[:3, :3] @ grid_centre + volume.affine_lps[:3, 3]
+        d = lps - centre_lps[:, None, None]
+        r = np.tensordot(rows_dir, d, 1) / IN_PLANE_MM + (SIZE - 1) / 2
+        c = np.tensordot(cols_dir, d, 1) / IN_PLANE_MM + (SIZE - 1) / 2
+        p = np.stack([ndimage.map_coordinates(probabilities[k, m], [r, c], order=1, mode="constant",
+                                              cval=1.0 if m == 0 else 0.0) for m in range(probabilities.shape[1])])
+        index = [slice(None)] * 3
+        index[axis] = k
+        out[tuple(index)] = p.argmax(0).astype(np.uint8)
+    return out
+
+
+def segment_ligaments(volume: Volume, package, network=None, batch: int = 8) -> Volume:
+    """Femur, tibia, ACL and PCL (``LIGAMENT_TABLE`` values) on the volume's grid."""
+    import torch
+
+    net = network or package.build_network()
+    net.eval()
+    stack, _, axis = slice_stack(volume)
+    probabilities = []
+    with torch.inference_mode():
+        for start in range(0, len(stack), batch):
+            probabilities.append(torch.softmax(net(torch.from_numpy(stack[start:start + batch])), 1).numpy())
+    probabilities = np.concatenate(probabilities)
+    centre = volume.ijk_to_lps((np.array(volume.shape) - 1) / 2)[0]
+    anterior, superior = _plane_axes(volume, axis)
+    labels = _back_to_volume(probabilities, volume, axis, centre, anterior, superior)
+    return Volume(labels, volume.affine_lps.copy(), label="knee ligaments")
+
+
+def ligament_masks(labels: Volume) -> dict:
+    """Bool masks by name ("acl", "pcl", "femur", "tibia") of a ligament label map."""
+    array = np.asarray(labels.array)
+    return {name: array == value for name, value in LIGAMENT_VALUES.items()}
+
+
+def ligament_segmenter(model):
+    """A Volume -> masks function with the package ``model`` (id, path or package) loaded once."""
+    from mskai.models.registry import resolve_model
+    from mskai.models.tasks import KNEE_LIGAMENTS
+
+    package = resolve_model(model, KNEE_LIGAMENTS)
+    net = package.build_network()
+    return lambda volume: ligament_masks(segment_ligaments(volume, package, net))
