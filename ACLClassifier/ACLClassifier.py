@@ -80,6 +80,7 @@ class ACLClassifierWidget(EngineWidget):
                              (ui.refreshStudiesButton, self.onRefreshStudies), (ui.loadStudyButton, self.onLoadStudy),
                              (ui.keySliceButton, self.onKeySlice), (ui.nextEvidenceButton, self.onNextEvidence),
                              (ui.showChartButton, self.onShowChart), (ui.saveButton, self.onSave),
+                             (ui.remeasureButton, self.onRemeasure),
                              (ui.processDatabaseButton, self.onProcessDatabase)):
             button.connect("clicked(bool)", slot)
         ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
@@ -120,8 +121,8 @@ class ACLClassifierWidget(EngineWidget):
         for widget in (ui.showOverlayCheckBox, ui.opacitySliderWidget, ui.keySliceButton, ui.nextEvidenceButton,
                        ui.showChartButton, ui.saveButton):
             widget.enabled = bool(result)
-        ui.verdictLabel.text = (f"ACL: {self.logic.verdict(result['probabilities'], result['predicted'])}"
-                                if result else "No result yet.")
+        ui.remeasureButton.enabled = bool(result and result["ligaments"]) and not running
+        ui.verdictLabel.text = f"ACL: {self.verdictOf(result)}" if result else "No result yet."
         ui.resultReasonLabel.text = f"Series: {result['seriesReason']}" if result else ""
 
     @guiAction("Failed to list the DICOM database.", waitCursor=True)
@@ -152,7 +153,7 @@ class ACLClassifierWidget(EngineWidget):
             parameterNode().result = result["cam"]  # also when the module is not shown
             self.onProgress("done", 1.0)
             demo = result["report"].get("model", {}).get("demo", True)
-            self.ui.statusLabel.text = (f"Done: {self.logic.verdict(result['probabilities'], result['predicted'])}. "
+            self.ui.statusLabel.text = (f"Done: {self.verdictOf(result)}. "
                                         + (mskai.DEMO_NOTICE if demo else ""))
             self.onResultChanged(result["cam"])
         self.updateGui()
@@ -212,6 +213,16 @@ class ACLClassifierWidget(EngineWidget):
     def onOpacityChanged(self, value):
         if self._parameterNode and self._parameterNode.showOverlay and self.currentResult():
             slicer.util.setSliceViewerLayers(foregroundOpacity=value)
+
+    def verdictOf(self, result) -> str:
+        return self.logic.verdict(result["probabilities"], result["predicted"], result["reason"])
+
+    @guiAction("Failed to measure the signs again.", waitCursor=True)
+    def onRemeasure(self):
+        anatomy = self.getLogic().remeasureSigns(self._parameterNode.result)
+        self.ui.statusLabel.text = (f"Signs measured again on the corrected segmentation: "
+                                    f"{self.logic.describeAnatomy(anatomy)}.")
+        self.updateGui()
 
     @guiAction("Failed to show the bar chart.")
     def onShowChart(self):
@@ -287,4 +298,5 @@ class ACLClassifierTest(ScriptedLoadableModuleTest):
         self.assertTrue(same_geometry(result["cam"], volume))
         self.assertTrue(0 <= result["keySlice"] < volume.GetImageData().GetDimensions()[result["keySliceAxis"]])
         logic.showResult(result["cam"])
-        self.delayDisplay(f"Test passed: {logic.verdict(result['probabilities'], result['predicted'])}")
+        verdict = logic.verdict(result["probabilities"], result["predicted"], result["reason"])
+        self.delayDisplay(f"Test passed: {verdict}")

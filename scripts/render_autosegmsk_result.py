@@ -19,7 +19,7 @@ import vtk  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AutoSegMSK"))
 from AutoSegMSKLib import AutoSegMSKLogic  # noqa: E402
 from AutoSegMSKLib.nodes import add_volume_node, node_array  # noqa: E402
-from AutoSegMSKLib.segmentations import label_volume, segment_ids  # noqa: E402
+from SlicerMSKCommon.segmentations import label_volume, segment_ids  # noqa: E402
 from mskai.dicom import plan_volumes, read_volume, scan_source  # noqa: E402
 
 

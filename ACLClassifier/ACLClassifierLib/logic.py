@@ -159,9 +159,30 @@ class ACLClassifierLogic:
         return results.result_of(camNode)
 
     @staticmethod
-    def verdict(probabilities: dict, predicted: str) -> str:
-        """One line: predicted class and probability (and, for the four grades, the probability of a tear)."""
-        return results.verdict(probabilities, predicted)
+    def verdict(probabilities: dict, predicted: str, reason=None) -> str:
+        """One line: predicted class and probability (and, for the four grades, the probability of a tear), or
+        "indeterminate" and ``reason``."""
+        return results.verdict(probabilities, predicted, reason)
+
+    @staticmethod
+    def describeAnatomy(anatomy: dict) -> str:
+        """One line: the grade the tear signs give and P(torn), or indeterminate and why."""
+        from mskai.acl.anatomy import describe
+
+        return describe(anatomy)
+
+    def remeasureSigns(self, camNode, model=None) -> dict:
+        """The tear signs and their grade measured again on the result's (corrected) ligament segmentation, with
+        the grader of ``model`` (default: the model that made the result); updates the signs table, the Blumensaat
+        line and the footprints. Returns the new anatomy (signs, landmarks, grade, reason)."""
+        from mskai.models.registry import resolve_model
+        from mskai.models.tasks import ACL_CLASSIFICATION
+
+        from .anatomy import remeasure
+
+        made_by = results.result_of(camNode)["report"]["model"]
+        package = resolve_model(model or f"{made_by['id']}@{made_by['version']}", ACL_CLASSIFICATION)
+        return remeasure(self.scene, camNode, package)
 
     def showResult(self, camNode, opacity=0.4, jump=True):
         """Evidence as coloured foreground over the input in every slice view with a colour legend, views centred

@@ -20,6 +20,8 @@ from mskai.volume import LPS_TO_RAS
 from SlicerMSKCommon.nodes import (add_node, add_volume_node, color_table, ijk_to_ras, jump_slices, new_table,
                                    node_array, place_beside, table_rows, volume_from_node, voxel_slice_centre_ras)
 
+from .anatomy import load_anatomy
+
 EVIDENCE = "ACLClassifier.evidence"  # attribute "true": an evidence (CAM) node this module made
 REPORT = "ACLClassifier.report"  # attribute of the evidence node: the engine's report.json as JSON text
 SERIES_REASON = "ACLClassifier.seriesReason"  # attribute of an input node read from a study: why that series
@@ -79,6 +81,7 @@ def load_classification(scene, output: Path, volumeNode, keep) -> dict:
     node.SetNodeReferenceID(INPUT_REFERENCE, volumeNode.GetID())
     node.SetNodeReferenceID(TABLE_REFERENCE, table.GetID())
     node.SetNodeReferenceID(CHART_REFERENCE, chart.GetID())
+    load_anatomy(scene, output, volumeNode, node, keep)
     return result_of(node)
 
 
@@ -116,19 +119,27 @@ def result_of(camNode) -> dict:
     chart, input (nodes; None when removed since), report (the engine's report.json), seriesReason."""
     if not is_result(camNode):
         raise MskaiError("Select an ACL evidence volume made by this module")
+    from .anatomy import LIGAMENTS_REFERENCE, SIGNS_REFERENCE
+
     report = json.loads(camNode.GetAttribute(REPORT))
     return {"probabilities": dict(report["probabilities"]), "predicted": report["predicted"],
+            "reason": report.get("indeterminate_reason"), "anatomy": report.get("anatomy"),
+            "ligaments": camNode.GetNodeReference(LIGAMENTS_REFERENCE),
+            "signs": camNode.GetNodeReference(SIGNS_REFERENCE),
             "keySlice": int(report["key_slice"]), "keySliceAxis": int(report["key_slice_axis"]),
             "cam": camNode, "table": camNode.GetNodeReference(TABLE_REFERENCE),
             "chart": camNode.GetNodeReference(CHART_REFERENCE), "input": camNode.GetNodeReference(INPUT_REFERENCE),
             "report": report, "seriesReason": report["series"]["reason"]}
 
 
-def verdict(probabilities: dict, predicted: str) -> str:
+def verdict(probabilities: dict, predicted: str, reason: str | None = None) -> str:
     """One line for the user: the predicted class and its probability; for the four grades also the probability of
-    a tear (partial or complete rupture), the binary question MRNet and the seeds answer."""
+    a tear (partial or complete rupture), the binary question MRNet and the seeds answer; "indeterminate" and why
+    when the model gives no grade."""
     from mskai.acl import GRADES
 
+    if predicted not in probabilities:
+        return f"{predicted}: {reason or 'no grade'}"
     text = f"{predicted} ({probabilities[predicted]:.0%})"
     if tuple(probabilities) == GRADES:
         torn = probabilities["partial rupture"] + probabilities["complete rupture"]

@@ -10,7 +10,9 @@ from mskai import MskaiError
 from SlicerMSKCommon.jobs import EngineBatchJob, VolumeEngineJob
 from SlicerMSKCommon.nodes import new_table
 
-from .segmentations import add_confidence_node, least_certain, load_segmentation, statistics_rows
+from SlicerMSKCommon.segmentations import load_segmentation
+
+from .segmentations import add_confidence_node, least_certain, statistics_rows
 
 CONFIDENCE_REFERENCE = "AutoSegMSK.confidence"  # node reference: segmentation -> its confidence map
 LEAST_CERTAIN = "AutoSegMSK.leastCertain"  # segmentation attribute: bone names, least certain first

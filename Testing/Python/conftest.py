@@ -132,6 +132,40 @@ def make_acl_package(folder, classes=None, size=48, depth=8, widths=(8, 8, 16, 1
     return save_package(folder, meta, net.state_dict())
 
 
+def make_ligament_package(folder):
+    """A real knee-ligaments package (2D MONAI UNet) whose network finds nothing: background everywhere."""
+    import torch
+
+    from mskai.acl.ligaments import CONTEXT, LIGAMENT_TABLE
+    from mskai.models.networks import build_network
+    from mskai.models.package import save_package
+    from mskai.models.tasks import KNEE_LIGAMENTS
+    from mskai.segment.labels import label_table
+
+    spec = {"class": "UNet", "args": {"spatial_dims": 2, "in_channels": 2 * CONTEXT + 1, "out_channels": 5,
+                                      "channels": [4, 8], "strides": [2], "num_res_units": 0}}
+    torch.manual_seed(0)
+    meta = {"id": "test-ligaments", "version": "1.0.0", "task": KNEE_LIGAMENTS, "demo": True, "licence": "test",
+            "training_data": "none (test package)", "labels": label_table(LIGAMENT_TABLE),
+            "input": {"modality": "MR", "plane": "sagittal", "in_plane_mm": 0.625, "size": 256, "context_slices": 1},
+            "network": spec}
+    state = {k: torch.zeros_like(v) for k, v in build_network(spec).state_dict().items()}
+    state[[k for k in state if k.endswith("bias")][-1]][0] = 5.0
+    return save_package(folder, meta, state)
+
+
+def gap_grader():
+    """A tear-sign grader: complete rupture when the ACL has a gap (2 per mm), healthy by its coverage (2 for all of
+    it); wide scales."""
+    from mskai.acl import GRADES
+    from mskai.acl.grading import FEATURES
+
+    weights = np.zeros((len(GRADES), len(FEATURES)))
+    weights[3, FEATURES.index("gap_mm")], weights[0, FEATURES.index("coverage")] = 200.0, 200.0
+    return {"features": list(FEATURES), "mean": [0.0] * len(FEATURES), "scale": [100.0] * len(FEATURES),
+            "weights": weights.tolist(), "bias": [0.0] * len(GRADES)}
+
+
 def mrml_scene_with_views():
     """A real (slicer-core) MRML scene laid out like the application's: the Red, Yellow and Green slice views with
     their orientation presets and composite nodes, and the colour legend node class the application registers."""

@@ -66,6 +66,13 @@ def grade_anatomy(labels: Volume, image: Volume, grader: dict) -> dict:
             "p_torn": graded["p_torn"]}
 
 
+def describe(anatomy: dict) -> str:
+    """One line: the grade the signs give and the probability of a tear, or indeterminate and why."""
+    if anatomy["reason"]:
+        return f"{anatomy['grade']}: {anatomy['reason']}"
+    return f"{anatomy['grade']} (P torn {anatomy['p_torn']:.2f})"
+
+
 def read_anatomy(volume: Volume, package, ligaments=None, network=None) -> tuple:
     """(ligament label map on the volume's grid, grade_anatomy's result) with the package's ligament model
     (``ligaments``: that package already loaded, ``network`` its network)."""

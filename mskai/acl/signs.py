@@ -143,7 +143,8 @@ def tear_signs(masks: dict, affine_lps: np.ndarray, image: np.ndarray | None = N
         lm = knee_landmarks(femur, tibia, (FRAME_MM,) * 3)
     except (ValueError, IndexError) as exc:
         raise SignsUnavailable(f"the knee's landmarks were not found: {exc}") from None
-    signs = {"acl_volume_ml": float(acl_ml), "pcl_volume_ml": float(pcl_ml), "acl_to_pcl_volume": float(acl_ml / pcl_ml)}
+    signs = {"acl_volume_ml": float(acl_ml), "pcl_volume_ml": float(pcl_ml),
+             "acl_to_pcl_volume": float(acl_ml / pcl_ml)}
     pieces, n = ndimage.label(acl, structure=np.ones((3, 3, 3)))
     sizes = ndimage.sum_labels(acl, pieces, range(1, n + 1)) if n else np.zeros(0)
     signs["acl_pieces"] = float(np.sum(sizes * FRAME_MM ** 3 >= 5.0))  # pieces of at least 5 mm^3

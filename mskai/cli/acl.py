@@ -38,15 +38,14 @@ def cmd_acl_signs(args):
     """Grade a (corrected) ligament segmentation of an image again from its tear signs."""
     import json
 
-    from mskai.acl.anatomy import reread_anatomy
+    from mskai.acl.anatomy import describe, reread_anatomy
     from mskai.models.registry import resolve_model
     from mskai.volume_files import read_volume_file
 
     package = resolve_model(args.model, ACL_CLASSIFICATION)
     anatomy = reread_anatomy(args.segmentation, read_volume_file(args.image), package)
     _print_signs(anatomy)
-    verdict = anatomy["grade"] + (f": {anatomy['reason']}" if anatomy["reason"] else f" (P torn {anatomy['p_torn']:.2f})")
-    print(f"ACL from the tear signs: {verdict}")
+    print(f"ACL from the tear signs: {describe(anatomy)}")
     if args.json:
         from mskai.outputs import atomic_output
 

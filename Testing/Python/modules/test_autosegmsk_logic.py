@@ -21,7 +21,7 @@ import slicer  # noqa: E402  (the slicer-core wheel: a test dependency, installe
 
 from AutoSegMSKLib import AutoSegMSKLogic  # noqa: E402
 from SlicerMSKCommon.nodes import add_volume_node, ijk_to_ras, node_array, same_geometry, table_rows  # noqa: E402
-from AutoSegMSKLib.segmentations import label_volume, segment_ids  # noqa: E402
+from SlicerMSKCommon.segmentations import label_volume, segment_ids  # noqa: E402
 from mskai.dicom import DicomDatabase, index_folder, plan_volumes, read_volume, scan_folder  # noqa: E402
 from mskai.volume_files import read_volume_file, write_volume  # noqa: E402
 from mskai.models.registry import resolve_model  # noqa: E402
@@ -299,7 +299,8 @@ def test_the_lib_imports_with_slicer_core_alone_and_without_torch():
 
 def test_segments_whose_names_collide_as_files_get_one_surface_file_each(tmp_path):
     from SlicerMSKCommon.nodes import add_node
-    from AutoSegMSKLib.segmentations import export_models, segmentations_logic
+    from AutoSegMSKLib.segmentations import export_models
+    from SlicerMSKCommon.segmentations import segmentations_logic
     from mskai.volume import Volume
 
     scene = slicer.vtkMRMLScene()

@@ -56,7 +56,8 @@ SPECS = [
     ModuleSpec("ACLClassifier", frozenset(),
                frozenset({"ACLClassifierLib", "SlicerMSKCommon.nodes", "mskai.dicom", "mskai.runner.engine", "mskai.models.tasks"}),
                frozenset({"startClassification", "classifyVolume", "loadStudy", "databaseStudies", "showResult",
-                          "jumpToSlice", "evidenceSlices", "saveResult", "startBatch", "verdict", "planeOf"}),
+                          "jumpToSlice", "evidenceSlices", "saveResult", "startBatch", "verdict", "planeOf",
+                          "remeasureSigns", "describeAnatomy"}),
                frozenset({"model"})),
 ]
 

@@ -7,44 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_acl_package, run_mskai
+from conftest import gap_grader, make_acl_package, make_ligament_package, run_mskai
 from mskai import MskaiError
 from mskai.acl import GRADES
-from mskai.acl.grading import FEATURES
-from mskai.acl.ligaments import CONTEXT, LIGAMENT_TABLE, LIGAMENT_VALUES
+from mskai.acl.ligaments import LIGAMENT_TABLE, LIGAMENT_VALUES
 from mskai.models.package import load_package
 from mskai.segment.outputs import write_seg_nrrd
 from mskai.volume import Volume
 from mskai.volume_files import write_volume
-
-
-def _ligament_package(folder):
-    """A real knee-ligaments package (2D MONAI UNet) whose network finds nothing: background everywhere."""
-    import torch
-
-    from mskai.models.networks import build_network
-    from mskai.models.package import save_package
-    from mskai.models.tasks import KNEE_LIGAMENTS
-    from mskai.segment.labels import label_table
-
-    spec = {"class": "UNet", "args": {"spatial_dims": 2, "in_channels": 2 * CONTEXT + 1, "out_channels": 5,
-                                      "channels": [4, 8], "strides": [2], "num_res_units": 0}}
-    torch.manual_seed(0)
-    meta = {"id": "test-ligaments", "version": "1.0.0", "task": KNEE_LIGAMENTS, "demo": True, "licence": "test",
-            "training_data": "none (test package)", "labels": label_table(LIGAMENT_TABLE),
-            "input": {"modality": "MR", "plane": "sagittal", "in_plane_mm": 0.625, "size": 256, "context_slices": 1},
-            "network": spec}
-    state = {k: torch.zeros_like(v) for k, v in build_network(spec).state_dict().items()}
-    state[[k for k in state if k.endswith("bias")][-1]][0] = 5.0
-    return save_package(folder, meta, state)
-
-
-def _grader():
-    """Complete rupture when the ACL has a gap (2 per mm), healthy by its coverage (2 for all of it); wide scales."""
-    weights = np.zeros((len(GRADES), len(FEATURES)))
-    weights[3, FEATURES.index("gap_mm")], weights[0, FEATURES.index("coverage")] = 200.0, 200.0
-    return {"features": list(FEATURES), "mean": [0.0] * len(FEATURES), "scale": [100.0] * len(FEATURES),
-            "weights": weights.tolist(), "bias": [0.0] * len(GRADES)}
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +31,8 @@ def knee(tmp_path_factory):
     for name in ("femur", "tibia", "pcl", "acl"):
         labels[masks[name]] = LIGAMENT_VALUES[name]
     write_seg_nrrd(Volume(labels, volume.affine_lps), folder / "corrected.seg.nrrd", LIGAMENT_TABLE)
-    ligaments = _ligament_package(folder / "ligaments")
-    acl = make_acl_package(folder / "acl", anatomy={"ligament_model": str(ligaments), "grader": _grader()})
+    ligaments = make_ligament_package(folder / "ligaments")
+    acl = make_acl_package(folder / "acl", anatomy={"ligament_model": str(ligaments), "grader": gap_grader()})
     return folder, acl
 
 
