@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, gap_grader, make_acl_package, make_ligament_package, mrml_scene_with_views
+from conftest import REPO, mrml_scene_with_views, torn_knee_with_packages
 
 sys.path[:0] = [str(REPO), str(REPO / "ACLClassifier")]  # SlicerMSKCommon, ACLClassifierLib
 
@@ -17,24 +17,13 @@ from ACLClassifierLib import ACLClassifierLogic  # noqa: E402
 from ACLClassifierLib.anatomy import LIGAMENTS_REFERENCE, load_anatomy  # noqa: E402
 from SlicerMSKCommon.nodes import add_volume_node, table_rows  # noqa: E402
 from SlicerMSKCommon.segmentations import label_volume, load_segmentation, segment_ids  # noqa: E402
-from mskai.acl.ligaments import LIGAMENT_TABLE, LIGAMENT_VALUES  # noqa: E402
-from mskai.segment.outputs import write_seg_nrrd  # noqa: E402
-from mskai.volume import Volume  # noqa: E402
+from mskai.acl.ligaments import LIGAMENT_TABLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def knee(tmp_path_factory):
-    from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee
-
     folder = tmp_path_factory.mktemp("anatomy")
-    volume, masks = synthetic_acl_knee(3, np.random.default_rng(11), subjects=acl_shape_subjects("test")[:1],
-                                       with_masks=True)
-    truth = np.zeros(volume.shape, np.uint8)
-    for name in ("femur", "tibia", "pcl", "acl"):
-        truth[masks[name]] = LIGAMENT_VALUES[name]
-    write_seg_nrrd(Volume(truth, volume.affine_lps), folder / "truth.seg.nrrd", LIGAMENT_TABLE)
-    ligaments = make_ligament_package(folder / "ligaments")
-    acl = make_acl_package(folder / "acl", anatomy={"ligament_model": str(ligaments), "grader": gap_grader()})
+    volume, truth, acl = torn_knee_with_packages(folder)
     return folder, volume, truth, acl
 
 
@@ -58,7 +47,7 @@ def test_signs_measured_again_on_the_corrected_segmentation(knee):
     node = add_volume_node(scene, volume, "knee")
     logic = ACLClassifierLogic(scene)
     cam = logic.classifyVolume(node, model=str(acl))["cam"]
-    corrected = load_segmentation(scene, folder / "truth.seg.nrrd", "corrected", node)  # the radiologist's edit
+    corrected = load_segmentation(scene, folder / "corrected.seg.nrrd", "corrected", node)  # the radiologist's edit
     cam.SetNodeReferenceID(LIGAMENTS_REFERENCE, corrected.GetID())
     np.testing.assert_array_equal(label_volume(scene, corrected, node, LIGAMENT_TABLE).array, truth)
     anatomy = logic.remeasureSigns(cam, model=str(acl))

@@ -7,12 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import gap_grader, make_acl_package, make_ligament_package, run_mskai
+from conftest import make_acl_package, run_mskai, torn_knee_with_packages
 from mskai import MskaiError
 from mskai.acl import GRADES
-from mskai.acl.ligaments import LIGAMENT_TABLE, LIGAMENT_VALUES
 from mskai.models.package import load_package
-from mskai.segment.outputs import write_seg_nrrd
 from mskai.volume import Volume
 from mskai.volume_files import write_volume
 
@@ -21,18 +19,9 @@ from mskai.volume_files import write_volume
 def knee(tmp_path_factory):
     """A synthetic knee with a complete rupture (a test subject), its truth written as the radiologist's corrected
     ligaments.seg.nrrd, and an ACL package that reads anatomy with a ligament package."""
-    from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee
-
     folder = tmp_path_factory.mktemp("anatomy")
-    volume, masks = synthetic_acl_knee(3, np.random.default_rng(11), subjects=acl_shape_subjects("test")[:1],
-                                       with_masks=True)
+    volume, _, acl = torn_knee_with_packages(folder)
     write_volume(volume, folder / "knee.nrrd")
-    labels = np.zeros(volume.shape, np.uint8)
-    for name in ("femur", "tibia", "pcl", "acl"):
-        labels[masks[name]] = LIGAMENT_VALUES[name]
-    write_seg_nrrd(Volume(labels, volume.affine_lps), folder / "corrected.seg.nrrd", LIGAMENT_TABLE)
-    ligaments = make_ligament_package(folder / "ligaments")
-    acl = make_acl_package(folder / "acl", anatomy={"ligament_model": str(ligaments), "grader": gap_grader()})
     return folder, acl
 
 
