@@ -1,10 +1,13 @@
 """Fit the ACL tear-sign grader on synthetic knees of the training subjects and evaluate it on the test subjects.
 
     python scripts/fit_acl_grader.py --train 200 --test 80 --out build/acl_grader [--segmenter PACKAGE]
+        [--package-from Resources/Models/mskai-acl-demo --version 0.4.0 --package-out build/mskai-acl-demo-0.4.0]
 
 Signs are measured on the generator's own masks, or with --segmenter on the masks a knee segmentation package
 predicts (what users meet). Writes signs_train.json / signs_test.json (measured once, reused with --reuse),
-grader.json (the model, plain numbers) and evaluation.json, and prints the held-out figures.
+grader.json (the model, plain numbers) and evaluation.json, and prints the held-out figures. With --package-from,
+also an ACL package that reads anatomy: that package's image classifier, the --segmenter package named as its
+ligament model and this grader (metadata "anatomy"), as --version, in --package-out.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ def _rows(out: Path, name: str, n: int, split: str, seed: int, segmenter, reuse:
     return rows
 
 
+def _write_package(args, grader: dict, figures: dict):
+    from mskai.models.package import load_package, save_package
+
+    source, ligaments = load_package(args.package_from), load_package(args.segmenter)
+    metadata = {k: v for k, v in source.metadata.items() if k not in ("format_version", "weights")}
+    metadata.update(version=args.version, anatomy={
+        "ligament_model": f"{ligaments.id}@{ligaments.version}", "grader": grader,
+        "evaluation": {"test": figures["test"], "masks": figures["masks"]}},
+        description="ACL grade from anatomy: the cruciate ligaments segmented (" + ligaments.id + "), tear signs "
+                    "measured on them and graded by a small logistic model; the image classifier's vote is kept "
+                    "beside it. Synthetic training data: demo, not for clinical use.")
+    save_package(args.package_out, metadata, source.state_dict())
+    print(f"wrote {args.package_out} ({metadata['id']} {args.version}, ligament model {ligaments.id}@{ligaments.version})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=200)
@@ -38,7 +56,12 @@ def main():
     parser.add_argument("--segmenter", help="knee ligament segmentation package (default: the generator's masks)")
     parser.add_argument("--reuse", action="store_true", help="reuse the signs measured by an earlier run")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "acl_grader")
+    parser.add_argument("--package-from", help="ACL package whose image classifier the new package keeps")
+    parser.add_argument("--package-out", type=Path, help="where to write the ACL package that reads anatomy")
+    parser.add_argument("--version", default="0.4.0")
     args = parser.parse_args()
+    if args.package_from and not (args.segmenter and args.package_out):
+        parser.error("--package-from needs --segmenter (the ligament model it names) and --package-out")
     args.out.mkdir(parents=True, exist_ok=True)
     segmenter = None
     if args.segmenter:
@@ -52,6 +75,8 @@ def main():
                "masks": args.segmenter or "generator truth"}
     (args.out / "grader.json").write_text(json.dumps(grader, indent=1))
     (args.out / "evaluation.json").write_text(json.dumps(figures, indent=1))
+    if args.package_from:
+        _write_package(args, grader, figures)
     print("| split | cases | graded | indeterminate | AUC torn | macro F1 | sensitivity | specificity |")
     print("|---|---|---|---|---|---|---|---|")
     for split in ("train", "test"):

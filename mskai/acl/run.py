@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mskai import MskaiError
@@ -70,7 +71,6 @@ def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show
             write_seg_nrrd(ligaments, staging / "ligaments.seg.nrrd", LIGAMENT_TABLE)
         progress("write", 0.0)
         write_volume(result.cam, staging / "cam.nrrd")
-        key_slice_png(volume, result, staging / "key_slice.png")
         demo = package.metadata["demo"]
         report = {
             "model": {"id": package.id, "version": package.version, "demo": demo},
@@ -90,6 +90,8 @@ def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show
         if anatomy is not None:
             report.update(verdict_from_anatomy(anatomy, report, package.metadata["classes"]))
             report["files"]["ligaments"] = "ligaments.seg.nrrd"
+        key_slice_png(volume, replace(result, probabilities=report["probabilities"], predicted=report["predicted"]),
+                      staging / "key_slice.png")  # titled with the report's verdict
         with atomic_output(staging / "report.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         progress("write", 1.0)
