@@ -64,6 +64,15 @@ def _resampled(mask: np.ndarray, affine_lps: np.ndarray, frame: np.ndarray, shap
                                     order=1, mode="constant", cval=0.0) >= 0.5
 
 
+def _main_piece(mask: np.ndarray) -> np.ndarray:
+    """A bone's largest connected piece with its holes filled: a segmentation's specks and dark-marrow holes must not
+    move its lowest point or open a false notch."""
+    pieces, n = ndimage.label(mask)
+    if n > 1:
+        mask = pieces == 1 + int(np.argmax(ndimage.sum_labels(mask, pieces, range(1, n + 1))))
+    return ndimage.binary_fill_holes(mask)
+
+
 def _line_fit(y: np.ndarray, z: np.ndarray) -> np.ndarray:
     """Unit direction (y, z) of the least-squares line through points, pointing anterior (+y)."""
     slope = np.polyfit(y, z, 1)[0] if len(y) > 1 and np.ptp(y) > 0 else 0.0
@@ -139,6 +148,7 @@ def tear_signs(masks: dict, affine_lps: np.ndarray, image: np.ndarray | None = N
         raise SignsUnavailable(f"no posterior cruciate ligament found ({pcl_ml:.2f} mL): not a readable knee")
     frame, shape = _frame_grid(masks, affine_lps)
     femur, tibia, acl = (_resampled(masks[name], affine_lps, frame, shape) for name in ("femur", "tibia", "acl"))
+    femur, tibia = _main_piece(femur), _main_piece(tibia)
     try:
         lm = knee_landmarks(femur, tibia, (FRAME_MM,) * 3)
     except (ValueError, IndexError) as exc:
