@@ -108,12 +108,15 @@ def notch_landmarks(femur: np.ndarray, tibia: np.ndarray, spacing) -> dict:
     }
 
 
-def knee_landmarks(femur: np.ndarray, tibia: np.ndarray, spacing) -> dict:
-    """``notch_landmarks``, the lateral side (``"lateral"``: +1 or -1) and the cruciates' attachments of a knee."""
+def knee_landmarks(femur: np.ndarray, tibia: np.ndarray, spacing, max_hits: int | None = 12) -> dict:
+    """``notch_landmarks``, the lateral side (``"lateral"``: +1 or -1) and the cruciates' attachments of a knee.
+
+    max_hits: bone samples the straight ACL may cross (the generator refuses knees needing more); None takes the
+    freest path there is (measuring a segmentation, whose bones may reach into the notch)."""
     lm = notch_landmarks(femur, tibia, spacing)
     lateral = lateral_side(femur, tibia, spacing, lm["notch_x"])
     lm["lateral"] = lateral
-    lm.update(_attachments(femur, tibia, spacing, lm, lateral))
+    lm.update(_attachments(femur, tibia, spacing, lm, lateral, max_hits))
     return lm
 
 
@@ -127,7 +130,7 @@ def _wall_x(femur, sp, x_mm, y_mm, z_mm, towards: int) -> float:
     return float(hit[0] * sp[0]) if len(hit) else float(x_mm + towards * 9.0)
 
 
-def _attachments(femur, tibia, sp, lm, lateral) -> dict:
+def _attachments(femur, tibia, sp, lm, lateral, max_hits=12) -> dict:
     """Attachment centres (mm) of the ACL and the PCL on this knee."""
     y0, y1 = lm["notch_y"]
     xc = lm["notch_x"]
@@ -166,7 +169,7 @@ def _attachments(femur, tibia, sp, lm, lateral) -> dict:
                     best, best_cost = (point, tib), cost
         if best_cost == 0:
             break
-    if best is None or best_cost > 12:
+    if best is None or (max_hits is not None and best_cost > max_hits):
         raise ValueError("no free path for the ACL through this knee's notch")
     acl_f, tib = best
     # PCL: inner wall of the medial condyle, anterior part of the notch; posterior tibia below the plateau

@@ -150,7 +150,7 @@ def tear_signs(masks: dict, affine_lps: np.ndarray, image: np.ndarray | None = N
     femur, tibia, acl = (_resampled(masks[name], affine_lps, frame, shape) for name in ("femur", "tibia", "acl"))
     femur, tibia = _main_piece(femur), _main_piece(tibia)
     try:
-        lm = knee_landmarks(femur, tibia, (FRAME_MM,) * 3)
+        lm = knee_landmarks(femur, tibia, (FRAME_MM,) * 3, max_hits=None)
     except (ValueError, IndexError) as exc:
         raise SignsUnavailable(f"the knee's landmarks were not found: {exc}") from None
     signs = {"acl_volume_ml": float(acl_ml), "pcl_volume_ml": float(pcl_ml),
