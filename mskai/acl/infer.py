@@ -84,9 +84,10 @@ def sagittal_view(volume: Volume, array: np.ndarray, axis: int, index: int) -> n
     return np.ascontiguousarray(view, dtype=np.float32)
 
 
-def key_slice_png(volume: Volume, result: AclResult, path):
+def key_slice_png(volume: Volume, result: AclResult, path, cam_of: str | None = None):
     """The key slice with the CAM as a coloured overlay, as the radiologist reads a sagittal slice (anterior
-    left, superior up), with the verdict in the title. No patient data."""
+    left, superior up), with the verdict in the title. No patient data. cam_of: the class the CAM is the evidence
+    for when it is not the verdict (the image classifier's, beside a verdict from anatomy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +101,9 @@ def key_slice_png(volume: Volume, result: AclResult, path):
     fig, ax = plt.subplots(figsize=(6, 6.6))
     ax.imshow(image, cmap="gray", vmin=low, vmax=high)
     shown = ax.imshow(np.ma.masked_less(cam, 0.2), cmap="jet", vmin=0, vmax=1, alpha=0.45)
-    fig.colorbar(shown, ax=ax, fraction=0.046, label="Grad-CAM (evidence for the predicted class)")
+    label = (f"Grad-CAM (the image classifier's evidence for {cam_of})" if cam_of and cam_of != result.predicted
+             else "Grad-CAM (evidence for the predicted class)")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label=label)
     verdict = ", ".join(f"{name} {p:.2f}" for name, p in result.probabilities.items())
     ax.set_title(f"{result.predicted} (slice {k + 1})\n{verdict}", fontsize=9)
     ax.axis("off")

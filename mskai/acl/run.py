@@ -91,7 +91,7 @@ def classify_to_folder(source, output, *, model=ACL_MODEL, series_key=None, show
             report.update(verdict_from_anatomy(anatomy, report, package.metadata["classes"]))
             report["files"]["ligaments"] = "ligaments.seg.nrrd"
         key_slice_png(volume, replace(result, probabilities=report["probabilities"], predicted=report["predicted"]),
-                      staging / "key_slice.png")  # titled with the report's verdict
+                      staging / "key_slice.png", cam_of=result.predicted)  # titled with the report's verdict
         with atomic_output(staging / "report.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         progress("write", 1.0)
