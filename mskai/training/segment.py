@@ -229,8 +229,9 @@ NEW_CLASS_BIAS = -8.0  # a class added to a trained network starts almost never 
 
 def widened(state: dict, new_state: dict) -> dict:
     """``state`` fitted into ``new_state``'s shapes (a network with more output classes): every trained weight is
-    kept and the new class's entries are zero, except in the first grown tensor (its fresh initialisation: the new
-    channel's own features) and the last grown bias (NEW_CLASS_BIAS), so the old classes' outputs are unchanged."""
+    kept and the new class's entries are zero, except in the first grown layer's weight and bias (their fresh
+    initialisation: the new channel's own features) and the last grown bias (NEW_CLASS_BIAS), so the old classes'
+    outputs are unchanged."""
     grown = [name for name in new_state if state[name].shape != new_state[name].shape]
     out = {}
     for name, fresh in new_state.items():
