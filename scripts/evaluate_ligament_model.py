@@ -20,7 +20,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mskai.acl.ligaments import LIGAMENT_TABLE, LIGAMENT_VALUES, segment_ligaments, slice_axis  # noqa: E402
+from mskai.acl.ligaments import (LIGAMENT_TABLE, LIGAMENT_VALUES, ligament_label_map, segment_ligaments,  # noqa: E402
+                                 slice_axis)
 from mskai.acl.signs import SignsUnavailable, signs_of_volume  # noqa: E402
 from mskai.models.package import load_package  # noqa: E402
 
@@ -81,11 +82,8 @@ def synthetic(package, net, n, seed, out) -> list:
         rows.append(row)
         print(row, flush=True)
         if i < 4:
-            truth = np.zeros(volume.shape, np.uint8)
-            for name in ("femur", "tibia", "pcl", "acl"):
-                truth[masks[name]] = LIGAMENT_VALUES[name]
             overlay_png(volume, labels, out / f"synthetic-{i}-grade{grade}.png", f"synthetic test knee, grade {grade}",
-                        truth)
+                        ligament_label_map(masks))
     return rows
 
 

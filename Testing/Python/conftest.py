@@ -170,16 +170,14 @@ def torn_knee_with_packages(folder):
     """A synthetic knee with a complete ACL rupture (a test subject: never trained on), its true femur, tibia, ACL
     and PCL written as a corrected ligaments.seg.nrrd, and an ACL package that reads anatomy (gap_grader) with a
     ligament package whose network finds nothing. Returns (volume, truth label map, ACL package path)."""
-    from mskai.acl.ligaments import LIGAMENT_TABLE, LIGAMENT_VALUES
+    from mskai.acl.ligaments import LIGAMENT_TABLE, ligament_label_map
     from mskai.segment.outputs import write_seg_nrrd
     from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee
     from mskai.volume import Volume
 
     volume, masks = synthetic_acl_knee(3, np.random.default_rng(11), subjects=acl_shape_subjects("test")[:1],
                                        with_masks=True)
-    truth = np.zeros(volume.shape, np.uint8)
-    for name in ("femur", "tibia", "pcl", "acl"):
-        truth[masks[name]] = LIGAMENT_VALUES[name]
+    truth = ligament_label_map(masks)
     write_seg_nrrd(Volume(truth, volume.affine_lps), folder / "corrected.seg.nrrd", LIGAMENT_TABLE)
     ligaments = make_ligament_package(folder / "ligaments")
     acl = make_acl_package(folder / "acl", anatomy={"ligament_model": str(ligaments), "grader": gap_grader()})

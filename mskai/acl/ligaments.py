@@ -139,6 +139,14 @@ def segment_ligaments(volume: Volume, package, network=None, batch: int = 8) -> 
     return Volume(labels, volume.affine_lps.copy(), label="knee ligaments")
 
 
+def ligament_label_map(masks: dict) -> np.ndarray:
+    """The label map (``LIGAMENT_VALUES``) of bool masks by name; the ligaments last: they win where masks touch."""
+    labels = np.zeros(np.shape(masks["femur"]), np.uint8)
+    for name in ("femur", "tibia", "pcl", "acl"):
+        labels[masks[name]] = LIGAMENT_VALUES[name]
+    return labels
+
+
 def ligament_masks(labels: Volume) -> dict:
     """Bool masks by name ("acl", "pcl", "femur", "tibia") of a ligament label map."""
     array = np.asarray(labels.array)

@@ -185,12 +185,9 @@ def _blumensaat_points(lm: dict) -> np.ndarray:
     """The roof line's two ends (knee frame mm, at the notch centre): a markup for the viewer."""
     roof = lm["roof"]
     j = np.array(sorted(roof))
-    y = j * FRAME_MM
-    d = _line_fit(y, np.array([roof[k] for k in j]))
-    z0 = np.polyval(np.polyfit(y, [roof[k] for k in j], 1), y[0]) if len(j) > 1 else roof[j[0]]
-    start = np.array([lm["notch_x"], y[0], z0])
-    length = (y[-1] - y[0]) / max(d[0], 1e-6)
-    return np.stack([start, start + length * np.array([0.0, d[0], d[1]])])
+    y, z = j * FRAME_MM, np.array([roof[k] for k in j])
+    slope, intercept = np.polyfit(y, z, 1) if len(y) > 1 and np.ptp(y) > 0 else (0.0, z[0])
+    return np.array([[lm["notch_x"], end, intercept + slope * end] for end in (y[0], y[-1])])
 
 
 def frame_to_lps(frame: np.ndarray, points_mm: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mskai.acl.ligaments import LIGAMENT_VALUES, labels_on_slices, slice_stack
+from mskai.acl.ligaments import LIGAMENT_VALUES, labels_on_slices, ligament_label_map, slice_stack
 
 
 def case_slices(grade: int, rng: np.random.Generator, subjects, augment: bool = True):
@@ -15,9 +15,7 @@ def case_slices(grade: int, rng: np.random.Generator, subjects, augment: bool = 
     from mskai.synth.acl_knee import synthetic_acl_knee
 
     volume, masks = synthetic_acl_knee(grade, rng, subjects=list(subjects), with_masks=True)
-    labels = np.zeros(volume.shape, np.uint8)
-    for name in ("femur", "tibia", "pcl", "acl"):  # the ligaments last: they win where masks touch
-        labels[masks[name]] = LIGAMENT_VALUES[name]
+    labels = ligament_label_map(masks)
     if augment:
         pose = {"scale": float(rng.uniform(0.85, 1.15)), "angle": float(np.radians(rng.uniform(-15, 15))),
                 "shift_mm": tuple(rng.uniform(-12, 12, 3))}
