@@ -17,13 +17,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mskai.acl.ligaments import CONTEXT, IN_PLANE_MM, LIGAMENT_TABLE, SIZE  # noqa: E402
+from mskai.acl.ligaments import CONTEXT, IN_PLANE_MM, LIGAMENT_TABLE, SIZE, input_section  # noqa: E402
 from mskai.models.package import load_package  # noqa: E402
 from mskai.models.tasks import KNEE_LIGAMENTS  # noqa: E402
 from mskai.segment.labels import label_table  # noqa: E402
 from mskai.synth.acl_knee import acl_shape_subjects  # noqa: E402
 from mskai.training.ligaments import LigamentSlices, validation_slices  # noqa: E402
-from mskai.training.segment import INTENSITY, TrainConfig, train  # noqa: E402
+from mskai.training.segment import TrainConfig, train  # noqa: E402
 
 TRAINING_DATA = (
     "Synthetic only: sagittal knee MR rendered by mskai.synth.acl_knee (femur and tibia shapes of OAI training "
@@ -65,8 +65,7 @@ def main():
                          extra={"task": KNEE_LIGAMENTS, "title": "Knee cruciate ligaments (sagittal MR)",
                                 "description": "Femur, tibia, ACL and PCL on sagittal knee MR, slice by slice (2.5D).",
                                 "labels": label_table(LIGAMENT_TABLE),
-                                "input": {"modality": "MR", "plane": "sagittal", "in_plane_mm": IN_PLANE_MM,
-                                          "size": SIZE, "context_slices": CONTEXT, "intensity": INTENSITY},
+                                "input": input_section(),
                                 "training_sources": {"train_subjects": len(acl_shape_subjects("train")),
                                                      "val_subjects": acl_shape_subjects("val"),
                                                      "test_subjects": acl_shape_subjects("test")}})

@@ -136,7 +136,7 @@ def make_ligament_package(folder):
     """A real knee-ligaments package (2D MONAI UNet) whose network finds nothing: background everywhere."""
     import torch
 
-    from mskai.acl.ligaments import CONTEXT, LIGAMENT_TABLE
+    from mskai.acl.ligaments import CONTEXT, LIGAMENT_TABLE, input_section
     from mskai.models.networks import build_network
     from mskai.models.package import save_package
     from mskai.models.tasks import KNEE_LIGAMENTS
@@ -147,7 +147,7 @@ def make_ligament_package(folder):
     torch.manual_seed(0)
     meta = {"id": "test-ligaments", "version": "1.0.0", "task": KNEE_LIGAMENTS, "demo": True, "licence": "test",
             "training_data": "none (test package)", "labels": label_table(LIGAMENT_TABLE),
-            "input": {"modality": "MR", "plane": "sagittal", "in_plane_mm": 0.625, "size": 256, "context_slices": 1},
+            "input": input_section(),
             "network": spec}
     state = {k: torch.zeros_like(v) for k, v in build_network(spec).state_dict().items()}
     state[[k for k in state if k.endswith("bias")][-1]][0] = 5.0

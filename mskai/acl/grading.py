@@ -2,6 +2,8 @@
 numbers in the model package (fitted by ``mskai.training.acl_signs``), and the rules that say "indeterminate".
 
 The model reads standardised signs; P(torn) is P(partial) + P(complete), as MRNet counts partial tears as tears.
+A knee is called torn when P(torn) reaches the grader's ``threshold`` (the operating point chosen on validation
+knees; 0.5 when the grader names none), and its grade is the likeliest grade on that side.
 Signs far outside the range the model was fitted on (``MAX_Z``), or signs that could not be measured, give no
 grade: the report says "indeterminate" and why.
 """
@@ -32,7 +34,8 @@ def check_grader(grader: dict, where: str = "the model package") -> dict:
         ok = (list(grader["features"]) == list(FEATURES) and np.shape(grader["mean"]) == (n,)
               and np.shape(grader["scale"]) == (n,) and np.shape(grader["weights"]) == (k, n)
               and np.shape(grader["bias"]) == (k,) and np.all(np.isfinite(grader["weights"]))
-              and np.all(np.asarray(grader["scale"], dtype=float) > 0))
+              and np.all(np.asarray(grader["scale"], dtype=float) > 0)
+              and 0.0 < float(grader.get("threshold", 0.5)) < 1.0)
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -41,8 +44,8 @@ def check_grader(grader: dict, where: str = "the model package") -> dict:
 
 
 def grade_from_signs(signs: dict, grader: dict) -> dict:
-    """{"probabilities": per grade, "p_torn", "grade", "indeterminate": reason or None, "outside": signs out of
-    range} from measured signs."""
+    """{"probabilities": per grade, "p_torn", "threshold", "grade", "indeterminate": reason or None, "outside": signs
+    out of range} from measured signs."""
     x = feature_vector(signs)
     z = (x - np.asarray(grader["mean"], dtype=float)) / np.asarray(grader["scale"], dtype=float)
     logits = np.asarray(grader["weights"], dtype=float) @ z + np.asarray(grader["bias"], dtype=float)
@@ -50,5 +53,9 @@ def grade_from_signs(signs: dict, grader: dict) -> dict:
     p /= p.sum()
     outside = [name for name, value in zip(FEATURES, z) if abs(value) > MAX_Z]
     reason = (f"signs outside the range the grader knows: {', '.join(outside)}" if outside else None)
-    return {"probabilities": {g: round(float(v), 4) for g, v in zip(GRADES, p)}, "p_torn": round(float(p[2:].sum()), 4),
-            "grade": None if reason else GRADES[int(np.argmax(p))], "indeterminate": reason, "outside": outside}
+    threshold = float(grader.get("threshold", 0.5))
+    p_torn = float(p[2:].sum())
+    side = slice(2, None) if p_torn >= threshold else slice(0, 2)
+    grade = GRADES[side.start + int(np.argmax(p[side]))]
+    return {"probabilities": {g: round(float(v), 4) for g, v in zip(GRADES, p)}, "p_torn": round(p_torn, 4),
+            "threshold": threshold, "grade": None if reason else grade, "indeterminate": reason, "outside": outside}

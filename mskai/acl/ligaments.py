@@ -17,6 +17,7 @@ from mskai.segment.labels import Label
 from mskai.volume import Volume
 
 IN_PLANE_MM, SIZE, CONTEXT = 0.625, 256, 1
+INTENSITY = {"method": "percentile", "lower": 0.5, "upper": 99.5, "clip": [-0.5, 1.5]}  # what ``normalised`` does
 # SNOMED CT has its own concepts for the cruciate ligaments, but their codes could not be checked offline here:
 # they are coded as Ligament (52082005, DICOM PS3.16) and named; femur and tibia as in the bone table.
 LIGAMENT_TABLE = (
@@ -72,9 +73,24 @@ def _slice_points(volume: Volume, axis: int, k: float, centre_mm: np.ndarray, an
 
 
 def normalised(array: np.ndarray) -> np.ndarray:
-    """Intensities scaled by the 0.5 and 99.5 percentiles to about [0, 1] (float32)."""
-    lo, hi = np.percentile(array, (0.5, 99.5))
-    return ((np.asarray(array, dtype=np.float32) - lo) / max(hi - lo, 1e-6)).clip(-0.5, 1.5)
+    """Intensities scaled by the 0.5 and 99.5 percentiles to about [0, 1], clipped to [-0.5, 1.5] (float32)."""
+    lo, hi = np.percentile(array, (INTENSITY["lower"], INTENSITY["upper"]))
+    return ((np.asarray(array, dtype=np.float32) - lo) / max(hi - lo, 1e-6)).clip(*INTENSITY["clip"])
+
+
+def input_section() -> dict:
+    """The ``input`` a ligament package is trained for: what ``slice_stack`` feeds its network."""
+    return {"modality": "MR", "plane": "sagittal", "in_plane_mm": IN_PLANE_MM, "size": SIZE, "context_slices": CONTEXT,
+            "intensity": INTENSITY}
+
+
+def check_input(package):
+    """MskaiError unless ``package`` was trained on the slices this code makes (size, pixel, context, intensity)."""
+    given = package.metadata.get("input", {})
+    wrong = [key for key, value in input_section().items() if given.get(key) != value]
+    if wrong:
+        raise MskaiError(f"{package.source}: this ligament model was trained on other input ({', '.join(wrong)} "
+                         f"differ from this version of mskai's)")
 
 
 def slice_stack(volume: Volume, centre_mm=None, scale=1.0, angle=0.0, shift_mm=(0.0, 0.0, 0.0)):
@@ -125,6 +141,7 @@ def segment_ligaments(volume: Volume, package, network=None, batch: int = 8) -> 
     """Femur, tibia, ACL and PCL (``LIGAMENT_TABLE`` values) on the volume's grid."""
     import torch
 
+    check_input(package)
     net = network or package.build_network()
     net.eval()
     stack, _, axis = slice_stack(volume)

@@ -54,12 +54,32 @@ def fit_grader(rows: list[dict], c: float = 1.0) -> dict:
             "weights": weights.round(6).tolist(), "bias": bias.round(6).tolist(), "fitted_on": len(usable)}
 
 
-def evaluate_grader(rows: list[dict], grader: dict, threshold: float = 0.5) -> dict:
-    """Figures of the grader on held-out rows; an unavailable or indeterminate knee counts as indeterminate."""
+def choose_threshold(rows: list[dict], grader: dict, min_specificity: float = 0.8) -> float:
+    """The operating point on validation rows: the P(torn) threshold with the highest sensitivity among those whose
+    specificity is at least ``min_specificity`` (the strictest threshold if none reaches it)."""
+    from mskai.acl.grading import grade_from_signs
+
+    scored = [(to_binary(r["grade"]), grade_from_signs(r["signs"], grader)["p_torn"]) for r in rows if "signs" in r]
+    torn = np.array([t for t, _ in scored])
+    p_torn = np.array([p for _, p in scored])
+    if not (torn == 0).any() or not (torn == 1).any():
+        raise ValueError("choosing an operating point needs torn and intact validation knees")
+    best = (-1.0, 0.0, 0.99)
+    for t in np.unique(np.clip(p_torn, 0.01, 0.99)):
+        sensitivity, specificity = (p_torn[torn == 1] >= t).mean(), (p_torn[torn == 0] < t).mean()
+        key = (sensitivity if specificity >= min_specificity else -1.0, specificity, float(t))
+        best = max(best, key)
+    return round(best[2], 4)
+
+
+def evaluate_grader(rows: list[dict], grader: dict) -> dict:
+    """Figures of the grader on held-out rows at its operating point; an unavailable or indeterminate knee counts
+    as indeterminate."""
     from sklearn.metrics import f1_score, roc_auc_score
 
     from mskai.acl.grading import grade_from_signs
 
+    threshold = float(grader.get("threshold", 0.5))
     graded, indeterminate = [], 0
     for r in rows:
         result = grade_from_signs(r["signs"], grader) if "signs" in r else None

@@ -7,6 +7,8 @@ import pytest
 from mskai import MskaiError
 from mskai.acl.ligaments import (CONTEXT, IN_PLANE_MM, SIZE, _back_to_volume, _plane_axes, labels_on_slices,
                                  segment_ligaments, slice_axis, slice_stack)
+from conftest import make_ligament_package
+from mskai.models.package import load_package
 from mskai.volume import Volume
 
 
@@ -81,7 +83,19 @@ def test_segment_ligaments_labels_the_input_grid(tmp_path):
             p.zero_()
         net.model[-1].conv.bias[2] = 5.0  # a network that calls everything tibia
 
-    labels = segment_ligaments(volume, None, network=net)
+    labels = segment_ligaments(volume, load_package(make_ligament_package(tmp_path / "ligaments")), network=net)
     assert labels.shape == volume.shape and np.array_equal(labels.affine_lps, volume.affine_lps)
     # inside the resampled field of view every voxel is "tibia"; outside (beyond 80 mm of the centre) background
     assert set(np.unique(labels.array)) <= {0, 2} and (labels.array == 2).mean() > 0.5
+
+
+def test_a_ligament_package_made_for_other_slices_is_refused(tmp_path):
+    import json
+
+    folder = make_ligament_package(tmp_path / "ligaments")
+    meta = json.loads((folder / "metadata.json").read_text())
+    for key, value in (("size", 128), ("intensity", {"method": "percentile", "lower": 0.5, "upper": 99.5})):
+        (folder / "metadata.json").write_text(json.dumps({**meta, "input": {**meta["input"], key: value}}))
+        volume, _ = _oblique_sagittal()
+        with pytest.raises(MskaiError, match=f"trained on other input \\({key} differ"):
+            segment_ligaments(volume, load_package(folder))

@@ -78,10 +78,36 @@ def test_grade_from_signs_probabilities_torn_and_indeterminate():
     assert far["grade"] is None and "coverage" in far["indeterminate"]
 
 
+def test_the_operating_point_decides_torn_and_the_grade_stays_on_its_side():
+    weights = np.zeros((len(GRADES), len(FEATURES)))
+    weights[3, FEATURES.index("gap_mm")] = 1.0
+    signs = dict.fromkeys(FEATURES, 0.0) | {"signal_to_pcl": 1.0, "gap_mm": 2.0}  # P(torn) 0.81
+    assert grade_from_signs(signs, _grader(weights))["grade"] == "complete rupture"
+    strict = grade_from_signs(signs, _grader(weights) | {"threshold": 0.9})
+    assert strict["threshold"] == 0.9 and strict["p_torn"] < 0.9 and strict["grade"] == "healthy"
+
+
+def test_the_operating_point_is_the_most_sensitive_one_that_keeps_the_specificity():
+    from mskai.training.acl_signs import choose_threshold
+
+    weights = np.zeros((len(GRADES), len(FEATURES)))
+    weights[3, FEATURES.index("gap_mm")] = 1.0
+    base = dict.fromkeys(FEATURES, 0.0) | {"signal_to_pcl": 1.0}
+    gaps = {0: [0.0, 0.5, 1.0, 1.5, 3.0], 3: [1.2, 2.0, 4.0, 5.0, 6.0]}  # one intact knee with a long "gap"
+    rows = [{"grade": g, "signs": base | {"gap_mm": v}} for g, values in gaps.items() for v in values]
+    rows.append({"grade": 3, "reason": "no notch"})  # unavailable signs are left out
+    grader = _grader(weights)
+    threshold = choose_threshold(rows, grader, min_specificity=0.8)
+    p = {v: grade_from_signs(base | {"gap_mm": v}, grader)["p_torn"] for v in (1.5, 2.0, 3.0)}
+    assert p[1.5] < threshold <= p[2.0]  # 4 of 5 intact below it, 4 of 5 torn at or above it
+    assert choose_threshold(rows, grader, min_specificity=1.0) > p[3.0]
+
+
 def test_a_malformed_grader_is_refused():
     good = _grader()
     check_grader(good)
     for broken in ({**good, "features": good["features"][::-1]}, {**good, "scale": [0.0] * len(FEATURES)},
-                   {**good, "weights": [[1.0]]}, {k: v for k, v in good.items() if k != "bias"}):
+                   {**good, "weights": [[1.0]]}, {k: v for k, v in good.items() if k != "bias"},
+                   {**good, "threshold": 1.5}):
         with pytest.raises(MskaiError, match="grader is malformed"):
             check_grader(broken)
