@@ -196,3 +196,29 @@ def test_cli_writes_a_readable_sagittal_and_coronal_study(tmp_path):
         assert volume["problem"] is None and 20 <= volume["size"][2] <= 40
     bad = run_mskai("synth", "acl", tmp_path / "x", "--grade", "1", "--planes", "oblique", ok=False)
     assert bad.returncode != 0 and bad.stderr.startswith("mskai: error:") and "Traceback" not in bad.stderr
+
+
+def test_tissue_texture_marks_marrow_muscle_and_fat_and_leaves_fluid_flat(synth):
+    import torch
+
+    from mskai.synth.acl_knee.tissues import CORTEX_F, FAT, FLUID, MARROW_F, MUSCLE, N_TISSUES, TENDON
+
+    tissue = torch.full((60, 60, 80), FLUID, dtype=torch.uint8)  # axes LR, AP, IS; 0.5 mm voxels
+    tissue[:30, :30], tissue[30:, :30], tissue[:30, 30:] = MARROW_F, MUSCLE, FAT
+    means = torch.full((N_TISSUES,), 0.5)
+    means[[MARROW_F, MUSCLE, FAT, FLUID, CORTEX_F, TENDON]] = torch.tensor([0.8, 0.3, 0.9, 0.7, 0.05, 0.05])
+    image = synth._textured(means, tissue, (0.5, 0.5, 0.5), seed=1)
+    assert torch.equal(image, synth._textured(means, tissue, (0.5, 0.5, 0.5), seed=1))
+    assert not torch.equal(image, synth._textured(means, tissue, (0.5, 0.5, 0.5), seed=2))
+    assert torch.all(image[tissue == FLUID] == means[FLUID])
+    for kind, septa in ((MARROW_F, "darker"), (MUSCLE, "brighter"), (FAT, "darker")):
+        values = image[tissue == kind]
+        assert values.std() > 0.01 * means[kind] and values.min() > 0, kind
+        # a network of trabeculae / septa: towards cortex in marrow, towards fat in muscle, towards tendon in fat
+        network = values < 0.85 * means[kind] if septa == "darker" else values > 1.15 * means[kind]
+        assert 0.02 < network.float().mean() < 0.4, kind
+    # muscle striae run along the limb (IS): neighbours 5 mm apart are more alike along IS than along AP
+    muscle = image[30:, :30].numpy()
+    along = np.corrcoef(muscle[:, :, :-10].ravel(), muscle[:, :, 10:].ravel())[0, 1]
+    across = np.corrcoef(muscle[:, :-10].ravel(), muscle[:, 10:].ravel())[0, 1]
+    assert along > across

@@ -16,7 +16,8 @@ with a tissue model built around it once per subject and process:
 Per case (``synthetic_acl_knee``) the ACL and PCL are drawn as bands along curved paths between their
 attachments, with the grade's lesion; then a random acquisition renders the anatomy: right or left knee,
 pose, oblique-sagittal slices of 3-4.5 mm (20-40 of them), a 256 or 320 matrix at 0.4-0.66 mm, a contrast
-(PD, PD fat-sat, T2 fat-sat, T1), a bias field and Rician noise. The random stream is split at the start
+(PD, PD fat-sat, T2 fat-sat, T1, T2), tissue texture (trabeculae, muscle striae, fat septa), a bias field and
+Rician noise. The random stream is split at the start
 (subject, scene, ligament, lesion, fluid, noise), so for the same generator state the grades differ only in
 the ligament and in the joint fluid that goes with a tear: same subject, pose, contrast, noise, field of
 view and slice count.

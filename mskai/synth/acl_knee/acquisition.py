@@ -296,7 +296,7 @@ def _painted(case: KneeCase, acq: Acquisition, tissue_t, crop, with_masks: bool)
     bone), and their labels (1 ACL, 2 PCL, 3 fluid) with ``with_masks``, else None."""
     anat = case.anatomy
     sp = anat.spacing
-    image = torch.as_tensor(acq.means, dtype=torch.float32)[tissue_t.long()]
+    image = _textured(torch.as_tensor(acq.means, dtype=torch.float32), tissue_t, sp, acq.seed)
     boneless_all = tissue_t < CORTEX_F
     labels = torch.zeros(tissue_t.shape, dtype=torch.uint8) if with_masks else None
     for thing in [*case.blobs, *case.pieces]:
@@ -309,6 +309,40 @@ def _painted(case: KneeCase, acq: Acquisition, tissue_t, crop, with_masks: bool)
         painter(image[inside], boneless_all[inside].float(), thing, acq.tones, box, sp,
                 None if labels is None else labels[inside])
     return image, labels
+
+
+def _field(shape, spacing, grain_mm, gen) -> torch.Tensor:
+    """A smooth random field of unit spread with about ``grain_mm`` between its extremes (per axis, or one)."""
+    grain = np.broadcast_to(np.asarray(grain_mm, dtype=float), (3,))
+    coarse = [max(2, int(np.ceil(n * s / g)) + 1) for n, s, g in zip(shape, spacing, grain)]
+    f = F.interpolate(torch.randn(coarse, generator=gen)[None, None], size=tuple(shape), mode="trilinear",
+                      align_corners=True)[0, 0]
+    return f / f.std().clamp(min=1e-6)
+
+
+def _textured(means: torch.Tensor, tissue_t: torch.Tensor, spacing, seed: int) -> torch.Tensor:
+    """The tissue means per voxel with the texture real knees show (anatomy axes LR, AP, IS): trabeculae in the
+    marrow (a darker random network), muscle striated along the limb with fat septa, septa in the fat, a fine grain
+    in cartilage, menisci and tendons. Own random stream (``seed``), so nothing else drawn for the case changes."""
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    u = lambda lo, hi: lo + (hi - lo) * float(torch.rand(1, generator=gen))  # noqa: E731
+    shape, t = tissue_t.shape, tissue_t.long()
+    marrow = torch.zeros(N_TISSUES, dtype=torch.bool)
+    marrow[[m for _, m in BONES.values()]] = True
+    grain = torch.zeros(N_TISSUES)
+    grain[marrow] = u(0.05, 0.14)
+    grain[[MUSCLE]], grain[[FAT]] = u(0.04, 0.10), u(0.02, 0.06)
+    grain[[CARTILAGE, MENISCUS, TENDON]] = u(0.02, 0.06)
+    image = means[t]
+    image = image * (1 + grain[t] * _field(shape, spacing, 1.2, gen).clamp_(-2.5, 2.5))
+    striae = _field(shape, spacing, (2.0, 2.0, 12.0), gen)
+    image = torch.where(t == MUSCLE, image * (1 + u(0.03, 0.08) * striae.clamp_(-2.5, 2.5)), image)
+    for where, grain_mm, towards, weight in ((marrow[t], 3.0, float(means[CORTEX_F]), u(0.15, 0.4)),
+                                             (t == MUSCLE, 7.0, float(means[FAT]), u(0.2, 0.6)),
+                                             (t == FAT, 5.0, float(means[TENDON]), u(0.2, 0.6))):
+        line = (_field(shape, spacing, grain_mm, gen).abs() < u(0.08, 0.16)) & where
+        image = torch.where(line, image + (towards - image) * weight, image)
+    return image
 
 
 def _sampling_grid(w, crop, crop_shape, shape, offsets) -> torch.Tensor:

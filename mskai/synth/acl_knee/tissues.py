@@ -27,8 +27,11 @@ PROTOCOLS = {
                        skin=(.15, .3)),
     "T1": dict(fat=(.85, 1.0), marrow=(.78, .95), muscle=(.24, .34), cartilage=(.30, .42), fluid=(.10, .20),
                oedema=(.25, .36), acl=(.13, .22), pcl=(.04, .09), dark=(.02, .06), skin=(.3, .45)),
+    # without fat suppression, as the shared real series (multi-echo T2 spin echo): fat and marrow stay bright
+    "T2": dict(fat=(.75, .95), marrow=(.55, .80), muscle=(.12, .22), cartilage=(.25, .40), fluid=(.85, 1.0),
+               oedema=(.55, .80), acl=(.05, .12), pcl=(.02, .06), dark=(.01, .04), skin=(.25, .4)),
 }
-PROTOCOL_WEIGHTS = (0.3, 0.35, 0.2, 0.15)
+PROTOCOL_WEIGHTS = (0.25, 0.3, 0.15, 0.1, 0.2)
 PLANE_AXES = {  # directions of the i, j, k axes (columns) in LPS before the oblique tilt
     "sagittal": np.array([[0, 1, 0], [0, 0, -1], [-1, 0, 0]], dtype=float).T,
     "coronal": np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float).T,
