@@ -222,3 +222,30 @@ def test_tissue_texture_marks_marrow_muscle_and_fat_and_leaves_fluid_flat(synth)
     along = np.corrcoef(muscle[:, :, :-10].ravel(), muscle[:, :, 10:].ravel())[0, 1]
     across = np.corrcoef(muscle[:, :-10].ravel(), muscle[:, 10:].ravel())[0, 1]
     assert along > across
+
+
+def test_real_ligament_profiles_come_from_the_visible_human_person_of_the_knees_split(synth, few_subjects,
+                                                                                     monkeypatch):
+    from mskai.synth.acl_knee import ligaments
+    from mskai.synth.visible_human import VH_TEST, VH_TRAIN
+
+    for kind in ("ACL", "PCL"):
+        profiles = ligaments.real_profiles(kind, VH_TRAIN)
+        assert len(profiles) == 2  # left and right knee
+        for half_n, half_b in profiles:
+            assert half_n.shape == half_b.shape == (ligaments.PROFILE_POINTS,)
+            assert 1.5 < half_n.mean() < 8 and 1.5 < half_b.mean() < 8, kind  # mm: a cruciate's size
+    asked = []
+    monkeypatch.setattr(ligaments, "REAL_SHARE", 1.0)
+    monkeypatch.setattr(ligaments, "real_profiles", lambda kind, people: asked.append(people) or ((
+        np.full(ligaments.PROFILE_POINTS, 3.0), np.full(ligaments.PROFILE_POINTS, 4.0)),))
+    splits = synth.acl_shape_subjects
+    for split, people in (("test", VH_TEST), ("train", VH_TRAIN)):
+        # one knee (its model already built) counted in the test split, then in the training split
+        monkeypatch.setattr(synth, "acl_shape_subjects", lambda name, folder=None, split=split:
+                            few_subjects[:1] if name == split else splits(name, folder))
+        asked.clear()
+        case = synth.draw_case(0, np.random.default_rng(1), few_subjects[:1], OAI)
+        assert asked == [people, people]  # PCL and ACL
+        acl = next(p for p in case.pieces if p.kind == "acl")
+        assert np.allclose(acl.band.half_n / 3.0, acl.band.half_n[0] / 3.0)  # the real profile, stretched

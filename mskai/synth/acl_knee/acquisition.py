@@ -18,6 +18,7 @@ from mskai.synth.acl_knee.ligaments import Blob, Piece, _acl_pieces, _length, _p
 from mskai.synth.acl_knee.tissues import (AIR, ARTERY, BONES, CARTILAGE, CORTEX_F, FAT, FLUID, MENISCUS, MUSCLE,
                                           N_TISSUES, PLANE_AXES, PROTOCOL_WEIGHTS, PROTOCOLS, SKIN, TENDON, VEIN,
                                           KneeAnatomy)
+from mskai.synth.visible_human import VH_TEST, VH_TRAIN
 from mskai.volume import Volume
 
 SUB = 3  # samples across each slice's thickness
@@ -170,8 +171,9 @@ def draw_case(grade: int, rng: np.random.Generator, subjects=None, shape_folder=
     knee_to_lps[:3, :3] = pose @ flip
     knee_to_lps[:3, 3] = g_scene.uniform(-1, 1, 3) * [40, 20, 30] - knee_to_lps[:3, :3] @ knee_centre
     acquisitions = {plane: _draw_acquisition(g_scene, plane, knee_to_lps, flip, anat) for plane in PLANE_AXES}
-    pcl = _pcl_pieces(anat, g_lig)
-    acl, blobs = _acl_pieces(anat, grade, g_lig, g_lesion)
+    people = VH_TEST if anat.subject in acl_shape_subjects("test", shape_folder) else VH_TRAIN
+    pcl = _pcl_pieces(anat, g_lig, people)
+    acl, blobs = _acl_pieces(anat, grade, g_lig, g_lesion, people)
     # joint fluid: a little always; an effusion with a tear more often and larger, but intact knees have some too
     physiological, chance, amount = g_fluid.uniform(0.02, 0.12), g_fluid.random(), g_fluid.uniform(0.2, 1.0)
     effusion = physiological
@@ -312,37 +314,34 @@ def _painted(case: KneeCase, acq: Acquisition, tissue_t, crop, with_masks: bool)
 
 
 def _field(shape, spacing, grain_mm, gen) -> torch.Tensor:
-    """A smooth random field of unit spread with about ``grain_mm`` between its extremes (per axis, or one)."""
+    """A smooth random field of about unit spread with about ``grain_mm`` between its extremes (per axis, or one)."""
     grain = np.broadcast_to(np.asarray(grain_mm, dtype=float), (3,))
     coarse = [max(2, int(np.ceil(n * s / g)) + 1) for n, s, g in zip(shape, spacing, grain)]
     f = F.interpolate(torch.randn(coarse, generator=gen)[None, None], size=tuple(shape), mode="trilinear",
                       align_corners=True)[0, 0]
-    return f / f.std().clamp(min=1e-6)
+    return f.div_(f[::4, ::4, ::4].std().clamp(min=1e-6))
 
 
 def _textured(means: torch.Tensor, tissue_t: torch.Tensor, spacing, seed: int) -> torch.Tensor:
-    """The tissue means per voxel with the texture real knees show (anatomy axes LR, AP, IS): trabeculae in the
-    marrow (a darker random network), muscle striated along the limb with fat septa, septa in the fat, a fine grain
-    in cartilage, menisci and tendons. Own random stream (``seed``), so nothing else drawn for the case changes."""
+    """The tissue means per voxel with the texture real knees show (anatomy axes LR, AP, IS): a fine grain in bone
+    marrow, muscle, fat, cartilage, menisci and tendons; muscle striated along the limb; a random network of
+    trabeculae in the marrow (towards cortex), fat septa in muscle (towards fat) and septa in fat (towards tendon).
+    Its own random stream (``seed``), so nothing else drawn for the case changes."""
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)
     u = lambda lo, hi: lo + (hi - lo) * float(torch.rand(1, generator=gen))  # noqa: E731
-    shape, t = tissue_t.shape, tissue_t.long()
-    marrow = torch.zeros(N_TISSUES, dtype=torch.bool)
-    marrow[[m for _, m in BONES.values()]] = True
-    grain = torch.zeros(N_TISSUES)
-    grain[marrow] = u(0.05, 0.14)
-    grain[[MUSCLE]], grain[[FAT]] = u(0.04, 0.10), u(0.02, 0.06)
+    marrows = [m for _, m in BONES.values()]
+    grain, striae = torch.zeros(N_TISSUES), torch.zeros(N_TISSUES)
+    grain[marrows], grain[MUSCLE], grain[FAT] = u(0.05, 0.14), u(0.04, 0.10), u(0.02, 0.06)
     grain[[CARTILAGE, MENISCUS, TENDON]] = u(0.02, 0.06)
-    image = means[t]
-    image = image * (1 + grain[t] * _field(shape, spacing, 1.2, gen).clamp_(-2.5, 2.5))
-    striae = _field(shape, spacing, (2.0, 2.0, 12.0), gen)
-    image = torch.where(t == MUSCLE, image * (1 + u(0.03, 0.08) * striae.clamp_(-2.5, 2.5)), image)
-    for where, grain_mm, towards, weight in ((marrow[t], 3.0, float(means[CORTEX_F]), u(0.15, 0.4)),
-                                             (t == MUSCLE, 7.0, float(means[FAT]), u(0.2, 0.6)),
-                                             (t == FAT, 5.0, float(means[TENDON]), u(0.2, 0.6))):
-        line = (_field(shape, spacing, grain_mm, gen).abs() < u(0.08, 0.16)) & where
-        image = torch.where(line, image + (towards - image) * weight, image)
-    return image
+    striae[MUSCLE] = u(0.03, 0.08)
+    width, towards, weight = torch.zeros(N_TISSUES), means.clone(), torch.zeros(N_TISSUES)
+    for kinds, target in ((marrows, CORTEX_F), ([MUSCLE], FAT), ([FAT], TENDON)):
+        width[kinds], towards[kinds], weight[kinds] = u(0.08, 0.16), means[target], u(0.2, 0.6)
+    t, shape = tissue_t.long(), tissue_t.shape
+    image = means[t] * (1 + grain[t] * _field(shape, spacing, 1.2, gen).clamp_(-2.5, 2.5)
+                        + striae[t] * _field(shape, spacing, (2.0, 2.0, 12.0), gen).clamp_(-2.5, 2.5))
+    network = (_field(shape, spacing, 4.0, gen).abs_() < width[t]) * weight[t]
+    return image.add_((towards[t] - image).mul_(network))
 
 
 def _sampling_grid(w, crop, crop_shape, shape, offsets) -> torch.Tensor:

@@ -1,9 +1,16 @@
 """The ligaments: the ACL and PCL as bands along curved paths between their attachments, the ACL's lesion per
-grade, and the fluid blobs that go with it."""
+grade, and the fluid blobs that go with it.
+
+A band's thickness and width along its length are drawn either from a simple parametric profile or, for
+``REAL_SHARE`` of the knees, from a real ligament's: the ACLs and PCLs of the Visible Human Female (the knees of
+OAI training and validation subjects) or Male (test subjects only), measured section by section and stretched at
+random (``real_profiles``; CC BY 4.0, Andreassen et al. 2022, see ../shared/data/NOTICE.md).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -67,18 +74,70 @@ def _clear_path(anat, a, b, bow, half, n=24, extend=2.5):
     return _bezier([a - d * extend, (a + b) / 2 + normal * bow, b + d * extend], n)
 
 
-def _acl_pieces(anat, grade, g_lig, g_lesion):
-    """ACL pieces and fluid blobs for a grade; geometry draws come first so grades share them."""
+REAL_SHARE = 0.5  # knees whose ligaments take a real ligament's profile
+PROFILE_POINTS = 24
+
+
+@lru_cache(maxsize=8)
+def real_profiles(kind: str, people: tuple) -> tuple:
+    """((half thickness, half width) mm arrays of PROFILE_POINTS from the femoral to the tibial end), one per Visible
+    Human ligament of ``kind`` ("ACL", "PCL") of ``people``; () when the surfaces are not there.
+
+    Each ligament is voxelised, its long axis found (principal axis, pointed at the tibial cartilage), and cut into
+    sections; per section the extent (3rd-97th percentile) left-right is the width and the extent across it in the
+    sagittal plane the thickness.
+    """
+    from mskai.synth.visible_human import SIDES, VH_DIR, _axes, voxelised
+
+    out = []
+    for person in people:
+        for side in SIDES:
+            files = [VH_DIR / f"{person}_{side}_{name}.stl" for name in
+                     (f"Ligament_{kind}", "Cartilage_TibiaLateral", "Cartilage_TibiaMedial")]
+            if not all(f.is_file() for f in files):
+                continue
+            points = voxelised(str(files[0]))[1]
+            tibia = np.concatenate([voxelised(str(f))[1] for f in files[1:]]).mean(0)
+            centre = points.mean(0)
+            axis = _axes(points)[:, 0]
+            axis = axis if (tibia - centre) @ axis > 0 else -axis
+            across = np.array([1.0, 0.0, 0.0]) - axis * axis[0]  # the frames' x runs left-right
+            across /= np.linalg.norm(across)
+            t, b, n = ((points - centre) @ v for v in (axis, across, np.cross(axis, across)))
+            edges = np.linspace(t.min(), t.max(), PROFILE_POINTS + 1)
+            sections = [(t >= lo) & (t <= hi) for lo, hi in zip(edges[:-1], edges[1:])]
+            extent = np.array([[np.ptp(np.percentile(x[m], (3, 97))) for x in (n, b)] for m in sections])
+            extent = np.apply_along_axis(lambda e: np.convolve(np.pad(e, 1, mode="edge"), np.ones(3) / 3, "valid"), 0,
+                                         extent)
+            out.append((extent[:, 0] / 2, extent[:, 1] / 2))
+    return tuple(out)
+
+
+def _profile(g_lig, kind: str, people: tuple, parametric):
+    """(half_n, half_b) of a band: a real ligament's stretched at random for REAL_SHARE of the knees, else
+    ``parametric``; the same number of draws either way (the streams stay aligned)."""
+    real, pick, stretch = g_lig.random() < REAL_SHARE, g_lig.random(), g_lig.uniform(0.8, 1.05, 2)
+    profiles = real_profiles(kind, tuple(people)) if real else ()
+    if not profiles:
+        return parametric
+    half_n, half_b = profiles[int(pick * len(profiles))]
+    return half_n * stretch[0], half_b * stretch[1]
+
+
+def _acl_pieces(anat, grade, g_lig, g_lesion, people=()):
+    """ACL pieces and fluid blobs for a grade; geometry draws come first so grades share them. ``people``: the
+    Visible Human people whose ligament profiles this knee may take."""
     lm = anat.landmarks
     a = np.asarray(lm["acl_femur"], dtype=float) + g_lig.normal(0, 0.8, 3) * [0.5, 1, 1]
     b = np.asarray(lm["acl_tibia"], dtype=float) + g_lig.normal(0, 1.2, 3) * [1, 1.5, 0.3]
     width, thick = g_lig.uniform(7.0, 11.0), g_lig.uniform(4.6, 6.6)
     fan, bow = g_lig.uniform(1.35, 1.8), g_lig.uniform(0.0, 1.5)
     striation, stripes, phase = g_lig.uniform(0.1, 0.35), g_lig.uniform(1.5, 3.0), g_lig.uniform(0, 2 * np.pi)
-    n = 24
+    n = PROFILE_POINTS
     s = np.linspace(0, 1, n)
     half_n = thick / 2 * (1 + 0.15 * np.clip(1 - s / 0.2, 0, 1) + (fan - 1) * np.clip((s - 0.6) / 0.4, 0, 1) ** 1.5)
     half_b = width / 2 * (1 + 0.1 * np.clip((s - 0.6) / 0.4, 0, 1))
+    half_n, half_b = _profile(g_lig, "ACL", people, (half_n, half_b))
     path = _clear_path(anat, a, b, bow, float(half_n.mean()), n)
     base = dict(kind="acl", striation=striation, stripes=stripes, phase=phase)
     # lesion draws (only these depend on the grade)
@@ -163,7 +222,7 @@ def _complete_tear(anat, path, half_n, half_b, base, u, wobble):
     return pieces, blobs
 
 
-def _pcl_pieces(anat, g_lig):
+def _pcl_pieces(anat, g_lig, people=()):
     lm = anat.landmarks
     a = np.asarray(lm["pcl_femur"], dtype=float) + g_lig.normal(0, 1.0, 3)
     b = np.asarray(lm["pcl_tibia"], dtype=float) + g_lig.normal(0, 1.0, 3)
@@ -171,7 +230,7 @@ def _pcl_pieces(anat, g_lig):
     d = b - a
     # a hockey stick: leaves the femur backwards under the roof, rising a little, then bends down to the
     # posterior tibia; the rise shrinks until the path clears the femur
-    n = 24
+    n = PROFILE_POINTS
     ext = 2.5
     rise = g_lig.uniform(4.0, 9.0)
     for scale in np.linspace(1.0, -0.5, 7):
@@ -184,6 +243,7 @@ def _pcl_pieces(anat, g_lig):
     s = np.linspace(0, 1, n)
     half_n = thick / 2 * (1 + 0.2 * np.sin(np.pi * s))
     half_b = width / 2 * (1 - 0.25 * s)
+    half_n, half_b = _profile(g_lig, "PCL", people, (half_n, half_b))
     return Piece(Band(path, half_n, half_b, 0.5), "pcl", striation=g_lig.uniform(0.0, 0.08),
                  stripes=2.0, phase=g_lig.uniform(0, 2 * np.pi))
 
