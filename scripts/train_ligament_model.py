@@ -27,8 +27,10 @@ from mskai.training.segment import TrainConfig, train  # noqa: E402
 
 TRAINING_DATA = (
     "Synthetic only: sagittal knee MR rendered by mskai.synth.acl_knee (femur and tibia shapes of OAI training "
-    "subjects, Apache-2.0; the bundled pymskt patella, MIT; procedural soft tissue, cruciate ligaments with graded "
-    "lesions, random contrasts PD / PD fat-sat / T2 fat-sat / T1, 3-4.5 mm slices, noise). No patient images. "
+    "subjects, Apache-2.0; the bundled pymskt patella, MIT; procedural soft tissue with texture, cruciate ligaments "
+    "with graded lesions, half of them with the thickness and width profiles of the Visible Human Female's ACLs and "
+    "PCLs, CC BY 4.0, Andreassen et al. 2022; random contrasts PD / PD fat-sat / T2 fat-sat / T1 / T2, 3-4.5 mm "
+    "slices, noise). No patient images. "
     "Demo model, not for clinical use."
 )
 
