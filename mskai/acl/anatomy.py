@@ -58,19 +58,19 @@ def grade_anatomy(labels: Volume, image: Volume, grader: dict) -> dict:
         measured = signs_of_volume(labels, image, LIGAMENT_VALUES)
     except SignsUnavailable as exc:
         return {"grade": INDETERMINATE, "reason": str(exc), "signs": None, "landmarks": None, "probabilities": None,
-                "p_torn": None}
+                "p_torn": None, "threshold": float(grader.get("threshold", 0.5))}
     graded = grade_from_signs(measured["signs"], grader)
     grade = graded["grade"] or INDETERMINATE
     return {"grade": grade, "reason": graded["indeterminate"], "signs": measured["signs"],
             "landmarks": _landmarks_lps(measured["landmarks"]), "probabilities": graded["probabilities"],
-            "p_torn": graded["p_torn"]}
+            "p_torn": graded["p_torn"], "threshold": graded["threshold"]}
 
 
 def describe(anatomy: dict) -> str:
     """One line: the grade the signs give and the probability of a tear, or indeterminate and why."""
     if anatomy["reason"]:
         return f"{anatomy['grade']}: {anatomy['reason']}"
-    return f"{anatomy['grade']} (P torn {anatomy['p_torn']:.2f})"
+    return f"{anatomy['grade']} (P torn {anatomy['p_torn']:.2f}, torn from {anatomy.get('threshold', 0.5):.2f})"
 
 
 def read_anatomy(volume: Volume, package, ligaments=None, network=None) -> tuple:
