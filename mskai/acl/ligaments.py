@@ -5,6 +5,10 @@ grid of ``IN_PLANE_MM`` pixels, rows running superior to inferior and columns an
 acquisition's orientation, with its ``CONTEXT`` neighbours either side as extra channels (2.5D). A 2D network
 (a MONAI UNet in a model package of task ``knee-ligaments``) labels femur, tibia, ACL and PCL; its probabilities
 are resampled back onto each slice's voxels. Training: ``mskai.training.ligaments``.
+
+The network learned on 3-4.5 mm slices. A thin-slice series (a 3D DESS or PD SPACE of 0.5-1 mm) is read as such:
+thin slices averaged into slabs of about ``SLAB_MM``, the network run on every ``step``-th slab with slabs
+``step`` apart as its neighbours, and its probabilities interpolated across the slices between (``slab_step``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from mskai.segment.labels import Label
 from mskai.volume import Volume
 
 IN_PLANE_MM, SIZE, CONTEXT = 0.625, 256, 1
+SLAB_MM = 3.5  # about the slice thickness the network was trained on
 INTENSITY = {"method": "percentile", "lower": 0.5, "upper": 99.5, "clip": [-0.5, 1.5]}  # what ``normalised`` does
 # SNOMED CT has its own concepts for the cruciate ligaments, but their codes could not be checked offline here:
 # they are coded as Ligament (52082005, DICOM PS3.16) and named; femur and tibia as in the bone table.
@@ -93,9 +98,20 @@ def check_input(package):
                          f"differ from this version of mskai's)")
 
 
-def slice_stack(volume: Volume, centre_mm=None, scale=1.0, angle=0.0, shift_mm=(0.0, 0.0, 0.0)):
-    """(images n x (2 CONTEXT + 1) x SIZE x SIZE float32, grids: voxel coordinates per slice, slice axis) of every
-    sagittal slice of ``volume``, neighbours as channels (edges repeated)."""
+def slab_step(volume: Volume, axis: int) -> int:
+    """Slices per slab: 1 for slices of 2.4 mm or more, e.g. 5 for 0.7 mm slices."""
+    return max(1, int(round(SLAB_MM / float(volume.spacing[axis]))))
+
+
+def slab_centres(n: int, step: int) -> np.ndarray:
+    """The slices the network reads: every ``step``-th, and the last."""
+    return np.unique(np.r_[np.arange(0, n, step), n - 1])
+
+
+def slice_stack(volume: Volume, centre_mm=None, scale=1.0, angle=0.0, shift_mm=(0.0, 0.0, 0.0), step: int = 1):
+    """(images m x (2 CONTEXT + 1) x SIZE x SIZE float32, grids: voxel coordinates per slice, slice axis) of the
+    sagittal slices of ``volume``, neighbours as channels (edges repeated). ``step`` > 1: the slab of ``step``
+    slices around each of ``slab_centres``, its neighbours the slabs ``step`` slices away; grids of every slice."""
     axis = slice_axis(volume)
     centre = (volume.ijk_to_lps((np.array(volume.shape) - 1) / 2)[0] if centre_mm is None
               else np.asarray(centre_mm, dtype=float)) + np.asarray(shift_mm)
@@ -104,7 +120,10 @@ def slice_stack(volume: Volume, centre_mm=None, scale=1.0, angle=0.0, shift_mm=(
     n = volume.shape[axis]
     grids = [_slice_points(volume, axis, k, centre, anterior, superior, scale, angle) for k in range(n)]
     planes = np.stack([ndimage.map_coordinates(image, g, order=1, mode="constant", cval=0.0) for g in grids])
-    index = np.clip(np.arange(n)[:, None] + np.arange(-CONTEXT, CONTEXT + 1)[None], 0, n - 1)
+    if step > 1:
+        planes = ndimage.uniform_filter1d(planes, step, axis=0, mode="nearest")
+    centres = slab_centres(n, step)
+    index = np.clip(centres[:, None] + step * np.arange(-CONTEXT, CONTEXT + 1)[None], 0, n - 1)
     return planes[index].astype(np.float32), grids, axis
 
 
@@ -113,9 +132,12 @@ def labels_on_slices(labels: np.ndarray, grids) -> np.ndarray:
     return np.stack([ndimage.map_coordinates(labels, g, order=0, mode="constant", cval=0) for g in grids])
 
 
-def _back_to_volume(probabilities: np.ndarray, volume: Volume, axis: int, centre, anterior, superior) -> np.ndarray:
-    """Labels on the volume grid from per-slice probabilities (n x C x SIZE x SIZE), linear in the plane."""
+def _back_to_volume(probabilities: np.ndarray, volume: Volume, axis: int, centre, anterior, superior,
+                    centres=None) -> np.ndarray:
+    """Labels on the volume grid from per-slice probabilities (m x C x SIZE x SIZE, at the slices ``centres``; all
+    slices by default), linear in the plane and between the centres."""
     shape = volume.shape
+    centres = np.arange(shape[axis]) if centres is None else np.asarray(centres)
     in_plane = [a for a in range(3) if a != axis]
     ii, jj = np.meshgrid(np.arange(shape[in_plane[0]]), np.arange(shape[in_plane[1]]), indexing="ij")
     out = np.zeros(shape, np.uint8)
@@ -129,7 +151,11 @@ def _back_to_volume(probabilities: np.ndarray, volume: Volume, axis: int, centre
         d = lps - centre_lps[:, None, None]
         r = np.tensordot(rows_dir, d, 1) / IN_PLANE_MM + (SIZE - 1) / 2
         c = np.tensordot(cols_dir, d, 1) / IN_PLANE_MM + (SIZE - 1) / 2
-        p = np.stack([ndimage.map_coordinates(probabilities[k, m], [r, c], order=1, mode="constant",
+        right = min(int(np.searchsorted(centres, k)), len(centres) - 1)
+        left = max(right - 1, 0) if centres[right] > k else right
+        w = 0.0 if right == left else (k - centres[left]) / (centres[right] - centres[left])
+        slice_p = probabilities[left] if w == 0.0 else (1 - w) * probabilities[left] + w * probabilities[right]
+        p = np.stack([ndimage.map_coordinates(slice_p[m], [r, c], order=1, mode="constant",
                                               cval=1.0 if m == 0 else 0.0) for m in range(probabilities.shape[1])])
         index = [slice(None)] * 3
         index[axis] = k
@@ -144,7 +170,9 @@ def segment_ligaments(volume: Volume, package, network=None, batch: int = 8) -> 
     check_input(package)
     net = network or package.build_network()
     net.eval()
-    stack, _, axis = slice_stack(volume)
+    axis = slice_axis(volume)
+    step = slab_step(volume, axis)
+    stack, _, _ = slice_stack(volume, step=step)
     probabilities = []
     with torch.inference_mode():
         for start in range(0, len(stack), batch):
@@ -152,7 +180,8 @@ def segment_ligaments(volume: Volume, package, network=None, batch: int = 8) -> 
     probabilities = np.concatenate(probabilities)
     centre = volume.ijk_to_lps((np.array(volume.shape) - 1) / 2)[0]
     anterior, superior = _plane_axes(volume, axis)
-    labels = _back_to_volume(probabilities, volume, axis, centre, anterior, superior)
+    labels = _back_to_volume(probabilities, volume, axis, centre, anterior, superior,
+                             slab_centres(volume.shape[axis], step))
     return Volume(labels, volume.affine_lps.copy(), label="knee ligaments")
 
 

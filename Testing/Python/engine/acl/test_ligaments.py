@@ -99,3 +99,36 @@ def test_a_ligament_package_made_for_other_slices_is_refused(tmp_path):
         volume, _ = _oblique_sagittal()
         with pytest.raises(MskaiError, match=f"trained on other input \\({key} differ"):
             segment_ligaments(volume, load_package(folder))
+
+
+def test_a_thin_slice_series_is_read_in_slabs_like_the_slices_the_network_learned(tmp_path):
+    import torch
+
+    from mskai.acl.ligaments import SLAB_MM, slab_centres, slab_step
+
+    shape = (40, 40, 35)  # 35 sagittal slices of 0.7 mm along the last axis (LPS x)
+    affine = np.array([[0, 0, 0.7, 0], [0.8, 0, 0, 0], [0, 0.8, 0, 0], [0, 0, 0, 1]], float)
+    x = np.arange(shape[2], dtype=np.float32)
+    volume = Volume(np.broadcast_to(100 + 10 * x, shape).copy(), affine)
+    assert slice_axis(volume) == 2 and slab_step(volume, 2) == round(SLAB_MM / 0.7) == 5
+    centres = slab_centres(35, 5)
+    assert centres.tolist() == [0, 5, 10, 15, 20, 25, 30, 34]
+    stack, grids, _ = slice_stack(volume, step=5)
+    assert len(stack) == len(centres) and len(grids) == 35
+    middle = SIZE // 2
+    values = stack[:, :, middle, middle]  # a slab's mean is its centre slice's value (intensity linear in x)
+    assert np.allclose(values[3], values[3, 1] + np.array([-1, 0, 1]) * (values[4, 1] - values[3, 1]), atol=1e-3)
+    assert values[4, 1] - values[3, 1] == pytest.approx(values[3, 2] - values[3, 1], abs=1e-3)
+
+    calls = []
+
+    class Tibia(torch.nn.Module):  # a network that calls everything tibia and counts the slices it reads
+        def forward(self, x):
+            calls.append(len(x))
+            out = torch.zeros(len(x), 5, *x.shape[2:])
+            out[:, 2] = 5.0
+            return out
+
+    labels = segment_ligaments(volume, load_package(make_ligament_package(tmp_path / "ligaments")), network=Tibia())
+    assert sum(calls) == len(centres) and labels.shape == volume.shape
+    assert (labels.array == 2).all(axis=(0, 1)).all()  # every slice labelled, the ones between centres too
