@@ -133,33 +133,40 @@ def labels_on_slices(labels: np.ndarray, grids) -> np.ndarray:
 
 
 def _back_to_volume(probabilities: np.ndarray, volume: Volume, axis: int, centre, anterior, superior,
-                    centres=None) -> np.ndarray:
+                    centres=None, chunk: int = 16) -> np.ndarray:
     """Labels on the volume grid from per-slice probabilities (m x C x SIZE x SIZE, at the slices ``centres``; all
-    slices by default), linear in the plane and between the centres."""
+    slices by default), linear in the plane and between the centres; outside the slice grids background."""
+    import torch
+    import torch.nn.functional as F
+
     shape = volume.shape
     centres = np.arange(shape[axis]) if centres is None else np.asarray(centres)
     in_plane = [a for a in range(3) if a != axis]
     ii, jj = np.meshgrid(np.arange(shape[in_plane[0]]), np.arange(shape[in_plane[1]]), indexing="ij")
     out = np.zeros(shape, np.uint8)
     rows_dir, cols_dir = -superior, -anterior
-    for k in range(shape[axis]):
-        ijk = np.zeros((3,) + ii.shape)
-        ijk[in_plane[0]], ijk[in_plane[1]], ijk[axis] = ii, jj, k
-        lps = np.tensordot(volume.affine_lps[:3, :3], ijk, 1) + volume.affine_lps[:3, 3, None, None]
-        grid_centre = _slice_points(volume, axis, k, centre, anterior, superior, size=1)[:, 0, 0]
-        centre_lps = volume.affine_lps[:3, :3] @ grid_centre + volume.affine_lps[:3, 3]
-        d = lps - centre_lps[:, None, None]
-        r = np.tensordot(rows_dir, d, 1) / IN_PLANE_MM + (SIZE - 1) / 2
-        c = np.tensordot(cols_dir, d, 1) / IN_PLANE_MM + (SIZE - 1) / 2
-        right = min(int(np.searchsorted(centres, k)), len(centres) - 1)
-        left = max(right - 1, 0) if centres[right] > k else right
-        w = 0.0 if right == left else (k - centres[left]) / (centres[right] - centres[left])
-        slice_p = probabilities[left] if w == 0.0 else (1 - w) * probabilities[left] + w * probabilities[right]
-        p = np.stack([ndimage.map_coordinates(slice_p[m], [r, c], order=1, mode="constant",
-                                              cval=1.0 if m == 0 else 0.0) for m in range(probabilities.shape[1])])
-        index = [slice(None)] * 3
-        index[axis] = k
-        out[tuple(index)] = p.argmax(0).astype(np.uint8)
+    p = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))
+    for first in range(0, shape[axis], chunk):
+        ks = np.arange(first, min(first + chunk, shape[axis]))
+        right = np.minimum(np.searchsorted(centres, ks), len(centres) - 1)
+        left = np.where(centres[right] > ks, np.maximum(right - 1, 0), right)
+        span = (centres[right] - centres[left]).astype(np.float32)
+        w = torch.from_numpy(np.where(span > 0, (ks - centres[left]) / np.maximum(span, 1), 0.0).astype(np.float32))
+        slices = p[left] * (1 - w)[:, None, None, None] + p[right] * w[:, None, None, None]
+        grids = []
+        for k in ks:
+            ijk = np.zeros((3,) + ii.shape)
+            ijk[in_plane[0]], ijk[in_plane[1]], ijk[axis] = ii, jj, k
+            lps = np.tensordot(volume.affine_lps[:3, :3], ijk, 1) + volume.affine_lps[:3, 3, None, None]
+            grid_centre = _slice_points(volume, axis, k, centre, anterior, superior, size=1)[:, 0, 0]
+            d = lps - (volume.affine_lps[:3, :3] @ grid_centre + volume.affine_lps[:3, 3])[:, None, None]
+            r = np.tensordot(rows_dir, d, 1) / IN_PLANE_MM / ((SIZE - 1) / 2)  # grid_sample's -1..1
+            c = np.tensordot(cols_dir, d, 1) / IN_PLANE_MM / ((SIZE - 1) / 2)
+            grids.append(np.stack([c, r], axis=-1))  # x (columns) first
+        grid = torch.from_numpy(np.stack(grids).astype(np.float32))
+        sampled = F.grid_sample(slices, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        labels = sampled.max(1).indices.to(torch.uint8).numpy()  # zeros outside: background (the first) wins ties
+        out[tuple(ks if a == axis else slice(None) for a in range(3))] = np.moveaxis(labels, 0, axis)
     return out
 
 
