@@ -190,8 +190,11 @@ def test_ctrl_c_stops_cleanly_and_resume_runs_only_the_missing_series(tmp_path):
     command = [str(Path(sys.executable).with_name("mskai")), "batch", "segment", str(db), "-o", str(out),
                "--device", "cpu", "--formats", "report", "--workers", "2"]
     # A terminal's Ctrl-C goes to the whole foreground process group: the client and its worker processes.
+    # A terminal's shell starts it with Ctrl-C at its default; an ignored SIGINT (left by something earlier in this
+    # test process, e.g. an in-process Dask worker's setup) would be inherited and the batch would never stop.
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stderr:
         lines.append(line)
