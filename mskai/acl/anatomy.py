@@ -48,7 +48,7 @@ def _landmarks_lps(landmarks: dict) -> dict:
 
 def grade_anatomy(labels: Volume, image: Volume, grader: dict) -> dict:
     """Signs, landmarks (patient LPS mm) and grade of a ligament label map on ``image``'s grid."""
-    from mskai.acl.grading import grade_from_signs
+    from mskai.acl.grading import grade_from_signs, threshold_of
     from mskai.acl.ligaments import LIGAMENT_VALUES
     from mskai.acl.signs import SignsUnavailable, signs_of_volume
 
@@ -58,7 +58,7 @@ def grade_anatomy(labels: Volume, image: Volume, grader: dict) -> dict:
         measured = signs_of_volume(labels, image, LIGAMENT_VALUES)
     except SignsUnavailable as exc:
         return {"grade": INDETERMINATE, "reason": str(exc), "signs": None, "landmarks": None, "probabilities": None,
-                "p_torn": None, "threshold": float(grader.get("threshold", 0.5))}
+                "p_torn": None, "threshold": threshold_of(grader)}
     graded = grade_from_signs(measured["signs"], grader)
     grade = graded["grade"] or INDETERMINATE
     return {"grade": grade, "reason": graded["indeterminate"], "signs": measured["signs"],
@@ -70,7 +70,10 @@ def describe(anatomy: dict) -> str:
     """One line: the grade the signs give and the probability of a tear, or indeterminate and why."""
     if anatomy["reason"]:
         return f"{anatomy['grade']}: {anatomy['reason']}"
-    return f"{anatomy['grade']} (P torn {anatomy['p_torn']:.2f}, torn from {anatomy.get('threshold', 0.5):.2f})"
+    from mskai.acl.grading import DEFAULT_THRESHOLD
+
+    threshold = anatomy.get("threshold", DEFAULT_THRESHOLD)  # reports written before graders had one
+    return f"{anatomy['grade']} (P torn {anatomy['p_torn']:.2f}, torn from {threshold:.2f})"
 
 
 def read_anatomy(volume: Volume, package, ligaments=None, network=None) -> tuple:

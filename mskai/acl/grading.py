@@ -18,6 +18,12 @@ from mskai.acl import GRADES
 FEATURES = ("acl_to_pcl_volume", "acl_largest_share", "coverage", "gap_mm", "length_to_footprints",
             "angle_to_blumensaat_deg", "angle_to_plateau_deg", "log_signal_to_pcl", "notch_fill", "acl_pieces")
 MAX_Z = 6.0  # a sign this many standard deviations from the fitted knees' mean is outside what the model knows
+DEFAULT_THRESHOLD = 0.5  # the operating point of a grader that names none
+
+
+def threshold_of(grader: dict) -> float:
+    """The P(torn) from which the grader calls a knee torn."""
+    return float(grader.get("threshold", DEFAULT_THRESHOLD))
 
 
 def feature_vector(signs: dict) -> np.ndarray:
@@ -35,7 +41,7 @@ def check_grader(grader: dict, where: str = "the model package") -> dict:
               and np.shape(grader["scale"]) == (n,) and np.shape(grader["weights"]) == (k, n)
               and np.shape(grader["bias"]) == (k,) and np.all(np.isfinite(grader["weights"]))
               and np.all(np.asarray(grader["scale"], dtype=float) > 0)
-              and 0.0 < float(grader.get("threshold", 0.5)) < 1.0)
+              and 0.0 < threshold_of(grader) < 1.0)
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -53,7 +59,7 @@ def grade_from_signs(signs: dict, grader: dict) -> dict:
     p /= p.sum()
     outside = [name for name, value in zip(FEATURES, z) if abs(value) > MAX_Z]
     reason = (f"signs outside the range the grader knows: {', '.join(outside)}" if outside else None)
-    threshold = float(grader.get("threshold", 0.5))
+    threshold = threshold_of(grader)
     p_torn = float(p[2:].sum())
     side = slice(2, None) if p_torn >= threshold else slice(0, 2)
     grade = GRADES[side.start + int(np.argmax(p[side]))]

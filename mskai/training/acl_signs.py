@@ -77,9 +77,9 @@ def evaluate_grader(rows: list[dict], grader: dict) -> dict:
     as indeterminate."""
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from mskai.acl.grading import grade_from_signs
+    from mskai.acl.grading import grade_from_signs, threshold_of
 
-    threshold = float(grader.get("threshold", 0.5))
+    threshold = threshold_of(grader)
     graded, indeterminate = [], 0
     for r in rows:
         result = grade_from_signs(r["signs"], grader) if "signs" in r else None
