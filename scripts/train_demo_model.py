@@ -126,6 +126,10 @@ def main():
     parser.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes (then --resume)")
     parser.add_argument("--workers", type=int, default=0, help="processes rendering patches ahead")
     parser.add_argument("--resume", action="store_true", help="go on from --out's checkpoint")
+    parser.add_argument("--class-weight", action="append", default=[], metavar="LABEL=WEIGHT",
+                        help="a class's weight in the loss, e.g. 6=5 for the sacrum (repeatable)")
+    parser.add_argument("--head-lr-factor", type=float, default=1.0,
+                        help="the output layers learn this many times faster (a newly added class)")
     parser.add_argument("--version", default="0.3.0")
     parser.add_argument("--seed", type=int, default=0, help="training data stream (use a new one when continuing)")
     parser.add_argument("--out", default=str(REPO / "Resources" / "Models" / "mskai-bones-demo"))
@@ -152,6 +156,8 @@ def main():
                          eval_every=args.eval_every, lr=args.lr, threads=args.threads, patience=args.patience,
                          model_id="mskai-bones-demo", version=args.version, demo=True, training_data=TRAINING_DATA,
                          seed=args.seed, bf16=args.bf16, max_minutes=args.max_minutes, workers=args.workers,
+                         class_weights={int(k): float(v) for k, v in (w.split("=") for w in args.class_weight)},
+                         head_lr_factor=args.head_lr_factor,
                          extra={"training_sources": {
                              "oai_train_subjects": len(usable), "oai_val_subjects": subjects["val"],
                              "oai_test_subjects": subjects["test"], "pelvis_subjects": pelves,

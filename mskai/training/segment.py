@@ -46,6 +46,8 @@ class TrainConfig:
     bf16: bool = False  # CPU: bfloat16 autocast and channels_last_3d for the network (loss in float32)
     max_minutes: float | None = None  # stop cleanly after this much training time (a checkpoint to resume from)
     workers: int = 0  # processes rendering patches ahead of the network (DataLoader workers)
+    class_weights: dict = field(default_factory=dict)  # label -> weight in the loss (others 1), e.g. {6: 5.0}
+    head_lr_factor: float = 1.0  # the output layers (HEAD_PREFIX) learn this much faster, e.g. for a new class
 
     def __post_init__(self):
         check_range("spacing (mm)", self.spacing_mm, 0.1, 20)
@@ -62,6 +64,9 @@ class TrainConfig:
         if self.max_minutes is not None:
             check_range("time budget (minutes)", self.max_minutes, 0, 10**6)
         check_range("workers", self.workers, 0, 64, integer=True)
+        check_range("head learning-rate factor", self.head_lr_factor, 0.01, 1000)
+        for label, weight in self.class_weights.items():
+            check_range(f"weight of class {label}", weight, 0.01, 1000)
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -104,12 +109,13 @@ def _plot(log: list, folder: Path, table=BONES):
     plt.close(fig)
 
 
-def marginal_dice_focal(logits, target, labelled, gamma: float = 2.0, smooth: float = 1e-5):
+def marginal_dice_focal(logits, target, labelled, gamma: float = 2.0, smooth: float = 1e-5, weights=None):
     """Dice + focal loss in which each sample's unlabelled classes are merged into the background.
 
     logits: B x C x ...; target: B x ... (long); labelled: B x C bool (False: this sample's label map does not
     annotate that class, e.g. no patella in the OAI femur/tibia masks). Predicting such a class there is neither
     rewarded nor punished: its probability counts as background (a marginal loss), and it is left out of Dice.
+    weights: C floats or None: each class's weight in the Dice mean and on its voxels in the focal mean.
     """
     n = logits.shape[1]
     probs = torch.softmax(logits, dim=1)
@@ -120,8 +126,11 @@ def marginal_dice_focal(logits, target, labelled, gamma: float = 2.0, smooth: fl
     dims = [0, *range(2, probs.dim())]
     dice = 1 - (2 * (merged * onehot).sum(dims) + smooth) / (merged.sum(dims) + onehot.sum(dims) + smooth)
     p_true = merged.gather(1, target[:, None]).clamp(min=1e-7)
-    focal = -((1 - p_true) ** gamma * p_true.log()).mean()
-    return dice.mean() + focal
+    focal = -((1 - p_true) ** gamma * p_true.log())
+    if weights is None:
+        return dice.mean() + focal.mean()
+    weights = torch.as_tensor(weights, dtype=probs.dtype, device=probs.device)
+    return (dice * weights).sum() / weights.sum() + (focal * weights[target[:, None]]).mean()
 
 
 def _validate(net, val_set, device, table=BONES) -> dict:
@@ -267,6 +276,21 @@ def _network(config: TrainConfig, init_package, device, bf16, table=BONES, netwo
     return spec, net.to(memory_format=_memory_format(spec)) if bf16 else net
 
 
+HEAD_PREFIX = "model.2."  # MONAI UNet: the last up-sampling block and the output convolution
+
+
+def _parameter_groups(net, config: TrainConfig) -> list[dict]:
+    """Adam parameter groups: the output layers at ``head_lr_factor`` times the learning rate, the rest at it."""
+    if config.head_lr_factor == 1.0:
+        return [{"params": list(net.parameters())}]
+    named = list(net.named_parameters())
+    head = [p for name, p in named if name.startswith(HEAD_PREFIX)]
+    if not head:
+        raise MskaiError(f"--head-lr-factor: this network has no {HEAD_PREFIX!r} layers")
+    return [{"params": [p for name, p in named if not name.startswith(HEAD_PREFIX)]},
+            {"params": head, "lr": config.lr * config.head_lr_factor}]
+
+
 def _resumed(out_dir: Path, net, optimiser, schedule, train_data, progress) -> _RunState:
     """The state of the run that stopped in ``out_dir``, loaded into net, optimiser and schedule."""
     checkpoint = load_checkpoint(out_dir)
@@ -283,8 +307,8 @@ def _resumed(out_dir: Path, net, optimiser, schedule, train_data, progress) -> _
     return run
 
 
-def _step(net, optimiser, schedule, batch, device, bf16) -> float:
-    """One optimiser step on a batch (image, labels[, labelled]); the loss in float32."""
+def _step(net, optimiser, schedule, batch, device, bf16, weights=None) -> float:
+    """One optimiser step on a batch (image, labels[, labelled]); the loss in float32 (``weights``: per class)."""
     image, label = batch[0].to(device), batch[1].to(device).long()
     if bf16:
         image = image.contiguous(memory_format=torch.channels_last if image.dim() == 4 else torch.channels_last_3d)
@@ -293,7 +317,7 @@ def _step(net, optimiser, schedule, batch, device, bf16) -> float:
     logits = logits.float()
     labelled = batch[2].to(device) if len(batch) > 2 else torch.ones(logits.shape[:2], dtype=torch.bool, device=device)
     optimiser.zero_grad()
-    loss = marginal_dice_focal(logits, label, labelled)
+    loss = marginal_dice_focal(logits, label, labelled, weights=weights)
     loss.backward()
     optimiser.step()
     schedule.step()
@@ -340,7 +364,9 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = config.bf16 and device.type == "cpu"
     spec, net = _network(config, init_package, device, bf16, table, network)
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.Adam(_parameter_groups(net, config), lr=config.lr, weight_decay=config.weight_decay)
+    weights = [config.class_weights.get(label, 1.0) for label in range(len(table) + 1)] if config.class_weights \
+        else None
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.02)
     run = _resumed(out_dir, net, optimiser, schedule, train_data, progress) if resume else _RunState()
     loader = torch.utils.data.DataLoader(train_data, batch_size=config.batch_size, num_workers=config.workers,
@@ -351,7 +377,7 @@ def train(train_data, val_set, config: TrainConfig, out_dir, init_package=None, 
     for iteration, batch in enumerate(loader, start=run.done + 1):
         if iteration > config.iterations:
             break
-        losses.append(_step(net, optimiser, schedule, batch, device, bf16))
+        losses.append(_step(net, optimiser, schedule, batch, device, bf16, weights))
         out_of_time = config.max_minutes is not None and time.perf_counter() - start > config.max_minutes * 60
         if iteration % config.eval_every == 0 or iteration == config.iterations or out_of_time:
             _evaluate(run, net, val_set, device, iteration, losses, schedule.get_last_lr()[0],

@@ -171,6 +171,38 @@ def test_marginal_loss_leaves_unlabelled_classes_out():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+def test_class_weights_raise_the_cost_of_missing_that_class_only():
+    """Weights of 1 are the plain loss; a weighted class costs more when missed, not when found."""
+    import torch
+
+    from mskai.training.segment import marginal_dice_focal
+
+    target = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6, 2:4] = 2
+    target[0, 2:6, 2:6, 4:6] = 5
+    labelled = torch.ones(1, 6, dtype=torch.bool)
+    exact = torch.nn.functional.one_hot(target, 6).movedim(-1, 1).float() * 8.0
+    missed = torch.nn.functional.one_hot(torch.where(target == 5, 0, target), 6).movedim(-1, 1).float() * 8.0
+    plain = marginal_dice_focal(missed, target, labelled)
+    assert torch.isclose(marginal_dice_focal(missed, target, labelled, weights=[1.0] * 6), plain)
+    heavy = [1, 1, 1, 1, 1, 5.0]
+    assert marginal_dice_focal(missed, target, labelled, weights=heavy) > plain + 0.2
+    assert marginal_dice_focal(exact, target, labelled, weights=heavy) <= marginal_dice_focal(exact, target, labelled)
+
+
+def test_head_learning_rate_factor_makes_a_group_of_the_output_layers():
+    from mskai.models.networks import build_network
+    from mskai.training.segment import HEAD_PREFIX, TrainConfig, _parameter_groups, network_spec
+
+    config = TrainConfig(patch=32, lr=1e-3, head_lr_factor=10)
+    net = build_network(network_spec(config))
+    plain, head = _parameter_groups(net, config)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert head["lr"] == 1e-2 and head["params"] and all(names[id(p)].startswith(HEAD_PREFIX) for p in head["params"])
+    assert len(plain["params"]) + len(head["params"]) == len(list(net.parameters()))
+    assert len(_parameter_groups(net, TrainConfig(patch=32))) == 1
+
+
 def test_synthetic_patches_mix_sources_and_mark_what_each_annotates():
     """Each kind of source is drawn by weight and renewed on schedule; OAI-like sources mark patella/fibula unlabelled."""
     import itertools
