@@ -12,6 +12,7 @@ from SlicerMSKCommon.nodes import new_table
 
 from SlicerMSKCommon.segmentations import load_segmentation
 
+from .cases import MODEL_ATTRIBUTE, keep_draft
 from .segmentations import add_confidence_node, least_certain, statistics_rows
 
 CONFIDENCE_REFERENCE = "AutoSegMSK.confidence"  # node reference: segmentation -> its confidence map
@@ -71,7 +72,8 @@ class SegmentationJob(VolumeEngineJob):
                                           self.options.smoothing)
         keep(segmentation)
         model = report["model"]
-        segmentation.SetAttribute("AutoSegMSK.model", f"{model['id']}@{model['version']}")
+        segmentation.SetAttribute(MODEL_ATTRIBUTE, f"{model['id']}@{model['version']}")
+        keep(keep_draft(scene, segmentation, volume))  # to count what the radiologist changes when saved as a case
         segmentation.SetAttribute("AutoSegMSK.demo", str(bool(model["demo"])).lower())
         confidence = None
         if self.options.confidence:

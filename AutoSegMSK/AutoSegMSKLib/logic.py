@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mskai import MskaiError
-from mskai.models.tasks import SEGMENTATION
+from mskai.models.tasks import BONE_MODEL, SEGMENTATION
 from SlicerMSKCommon.jobs import installed_models
 from SlicerMSKCommon.nodes import new_table, show_overlay
 
@@ -134,6 +134,52 @@ class AutoSegMSKLogic:
 
         return export_dicom_seg(self.scene, segmentationNode, volumeNode, databaseDir, importer)
 
+    # --- learning from corrections ------------------------------------------------------------------
+
+    def saveTrainingCase(self, segmentationNode, volumeNode=None, libraryDir=None) -> dict:
+        """Save the segmentation as corrected now, with its source volume, as a training case (replacing the
+        volume's earlier case). libraryDir: a case library folder (default: the drawing model's own library).
+        Returns the case record: pseudonymous id, voxels changed per bone, model; nothing that names the patient."""
+        from mskai.cases import CaseLibrary
+
+        from .cases import save_case
+
+        return save_case(self.scene, segmentationNode, volumeNode, CaseLibrary(libraryDir) if libraryDir else None)
+
+    @staticmethod
+    def trainingCases(model=None, libraryDir=None) -> tuple[list[dict], list[str]]:
+        """(case records, damaged case folders with the reason) of a model's library."""
+        cases, problems = _library(model, libraryDir).cases()
+        return [c.record for c in cases], problems
+
+    @staticmethod
+    def removeTrainingCase(caseId, model=None, libraryDir=None):
+        _library(model, libraryDir).remove(caseId)
+
+    @staticmethod
+    def exportTrainingCases(zipPath, model=None, libraryDir=None) -> int:
+        """Write the cases into a zip that `mskai train-seg` reads; returns how many."""
+        return _library(model, libraryDir).export(zipPath)
+
+    @staticmethod
+    def startImprove(model=None, minutes=10.0, libraryDir=None, onProgress=None, onFinished=None):
+        """Fine-tune ``model`` on its cases in a background process (`mskai cases improve`); poll the returned job
+        from a timer, ``job.cancel()`` stops it leaving nothing behind. The result is the default model only if it is
+        better on the held-out cases (``result["accepted"]``)."""
+        from .cases import ImproveJob
+
+        return ImproveJob(model, minutes, libraryDir, onProgress, onFinished)
+
+    @staticmethod
+    def useShippedModel(modelId=None) -> str:
+        """Make the shipped version of a model (default: the bone model) the default again; returns the version."""
+        from mskai.models.registry import set_default, shipped_version
+
+        modelId = modelId or BONE_MODEL
+        version = shipped_version(modelId)
+        set_default(modelId, version)
+        return version
+
     # --- batch ---------------------------------------------------------------------------------------
 
     @staticmethod
@@ -157,3 +203,10 @@ class AutoSegMSKLogic:
         return run_batch(databaseDir, outputDir, resume=resume, series_filter=seriesFilter, model=model,
                          cluster=cluster, **options)
 
+
+
+def _library(model, folder):
+    """A case library: ``folder`` when given, else the library of ``model`` (id[@version]; None: the bone model)."""
+    from mskai.cases import CaseLibrary
+
+    return CaseLibrary(folder) if folder else CaseLibrary.for_model((model or BONE_MODEL).partition("@")[0])

@@ -7,7 +7,7 @@ import os
 import sys
 
 from mskai import MskaiError, __version__
-from mskai.cli import acl, batch, dicom, models, segment, synth
+from mskai.cli import acl, batch, cases, dicom, models, segment, synth
 from mskai.protocol import error_line
 from mskai.text import escape_controls
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mskai", description="SlicerAutoSegMSK engine: MSK MRI tools.")
     parser.add_argument("--version", action="version", version=f"mskai {__version__}")
     top = parser.add_subparsers(dest="command", required=True)
-    for group in (dicom, segment, batch, acl, models, synth):
+    for group in (dicom, segment, batch, acl, cases, models, synth):
         group.add_commands(top)
     return parser
 

@@ -1,17 +1,49 @@
-"""`mskai models list | install`."""
+"""`mskai models list | install | use`."""
 
 from __future__ import annotations
 
 
 def cmd_models_list(args):
-    from mskai.models.registry import bundled_dir, list_models, user_dir
+    from mskai.models.registry import bundled_dir, list_models, resolve_model, user_dir
 
     models = list_models()
+    defaults = {}
     for m in models:
+        if m.id not in defaults:
+            defaults[m.id] = resolve_model(m.id, m.metadata["task"]).version
         demo = "  [demo, synthetic training data]" if m.metadata["demo"] else ""
-        print(f"{m.id}@{m.version}  {m.metadata['task']}  {m.source}{demo}")
+        default = "  (default)" if defaults[m.id] == m.version else ""
+        print(f"{m.id}@{m.version}  {m.metadata['task']}  {m.source}{demo}{default}")
+        if "local" in m.metadata:
+            print(f"    {local_summary(m.metadata['local'])}")
     if not models:
         print(f"No models in {user_dir()} or {bundled_dir()}")
+    return 0
+
+
+def local_summary(local: dict) -> str:
+    """One line on a local fine-tune: its lineage, held-out figures and whether it was better."""
+    lineage = " -> ".join(v.partition("@")[2] for v in [*local.get("lineage", []), "this"])
+    before, after = local.get("before", {}), local.get("after", {})
+    figures = ", ".join(f"{b} {before[b]['dice']:.3f}->{after[b]['dice']:.3f}" for b in sorted(before) if b in after)
+    verdict = "better" if local.get("accepted") else "not better: kept aside"
+    return (f"local: {lineage}; {local.get('training_cases', '?')} cases, held-out Dice {figures or 'n/a'} "
+            f"({verdict})")
+
+
+def cmd_models_use(args):
+    from mskai.models.registry import find_model, set_default, shipped_version
+
+    model_id, _, version = args.model.partition("@")
+    if args.shipped:
+        version = shipped_version(model_id)
+    elif not version:
+        set_default(model_id, None)
+        print(f"{model_id}: the newest version that is not kept aside ({find_model(model_id).version}) is the default")
+        return 0
+    package = find_model(f"{model_id}@{version}")
+    set_default(package.id, package.version)
+    print(f"{package.id}@{package.version} is now the default")
     return 0
 
 
@@ -34,4 +66,8 @@ def add_commands(top):
     p.add_argument("--sha256", help="expected sha256: of the file for a URL (required) or a .zip, of the weights "
                                     "file for a package folder")
     p.set_defaults(func=cmd_models_install)
+    p = models.add_parser("use", help="the version used when a model is named without one (e.g. a local fine-tune)")
+    p.add_argument("model", help="id@version; a bare id: the newest again")
+    p.add_argument("--shipped", action="store_true", help="back to the version shipped with the extension")
+    p.set_defaults(func=cmd_models_use)
 

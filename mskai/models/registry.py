@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from mskai import MskaiError
-from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, inside, load_package, sha256_bytes
+from mskai.models.package import MAX_PACKAGE_BYTES, ModelPackage, check_name, inside, load_package, sha256_bytes
 from mskai.models.tasks import DEFAULT_MODEL
 from mskai.outputs import swap_in
 from mskai.text import one_line
@@ -36,7 +37,55 @@ def user_dir() -> Path:
 def _candidates(folder: Path):
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if (p / "metadata.json").is_file() or p.suffix == ".zip")
+    return sorted(p for p in folder.iterdir()  # dot-folders: installs and local training in progress
+                  if not p.name.startswith(".") and ((p / "metadata.json").is_file() or p.suffix == ".zip"))
+
+
+DEFAULTS = "defaults.json"  # user models folder: {model id: the version used when none is named}
+
+
+def _defaults() -> dict:
+    path = user_dir() / DEFAULTS
+    try:
+        found = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 1 << 16 else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(found, dict) \
+        else {}
+
+
+def default_version(model_id: str) -> str | None:
+    """The version of ``model_id`` chosen as the default (``set_default``), or None: the newest accepted."""
+    return _defaults().get(model_id)
+
+
+def set_default(model_id: str, version: str | None):
+    """Use ``model_id@version`` whenever the model is named without a version (None: the newest again)."""
+    from mskai.outputs import atomic_output
+
+    defaults = _defaults()
+    if version is None:
+        defaults.pop(model_id, None)
+    else:
+        check_name(model_id, version)
+        defaults[model_id] = version
+    user_dir().mkdir(parents=True, exist_ok=True)
+    with atomic_output(user_dir() / DEFAULTS) as tmp:
+        tmp.write_text(json.dumps(defaults, indent=2, sort_keys=True))
+
+
+def shipped_version(model_id: str) -> str:
+    """The newest version of ``model_id`` in the bundled folder (what the extension ships)."""
+    bundled = bundled_dir().resolve()
+    shipped = [p for p in list_models() if p.id == model_id and Path(p.source).resolve().is_relative_to(bundled)]
+    if not shipped:
+        raise MskaiError(f"No shipped model {model_id!r} in {bundled}")
+    return max(shipped, key=lambda p: _version_key(p.version)).version
+
+
+def kept_aside(package: ModelPackage) -> bool:
+    """A local fine-tune that was not better than its parent on the held-out cases: used only when named."""
+    return package.metadata.get("local", {}).get("accepted") is False
 
 
 def list_models(task: str | None = None) -> list[ModelPackage]:
@@ -86,8 +135,9 @@ def resolve_model(model, task: str) -> ModelPackage:
 
 
 def find_model(name: str, task: str | None = None) -> ModelPackage:
-    """A package by ``id`` or ``id@version`` from the registry (the newest version wins when none is given), or
-    by path when ``name`` is explicitly one (``is_path``); a folder in the current directory never shadows a model.
+    """A package by ``id`` or ``id@version`` from the registry, or by path when ``name`` is explicitly one
+    (``is_path``); a folder in the current directory never shadows a model. Without a version: the one chosen with
+    ``set_default``, else the newest that is not kept aside (a local fine-tune that was not better).
     """
     if is_path(name):
         return check_task(load_package(Path(name).expanduser()), task, name)
@@ -96,6 +146,9 @@ def find_model(name: str, task: str | None = None) -> ModelPackage:
     if not matches:
         known = ", ".join(sorted({f"{p.id}@{p.version}" for p in list_models(task)})) or "none"
         raise MskaiError(f"No model {name!r}; installed: {known}")
+    if not version:
+        chosen = [p for p in matches if p.version == default_version(model_id)]
+        matches = chosen or [p for p in matches if not kept_aside(p)] or matches
     return max(matches, key=lambda p: _version_key(p.version))
 
 
