@@ -23,7 +23,7 @@ def cmd_models_list(args):
 
 def local_summary(local: dict) -> str:
     """One line on a local fine-tune: its lineage, held-out figures and whether it was better."""
-    lineage = " -> ".join(v.partition("@")[2] for v in [*local.get("lineage", []), "this"])
+    lineage = " -> ".join([*(v.partition("@")[2] for v in local.get("lineage", [])), "this"])
     before, after = local.get("before", {}), local.get("after", {})
     figures = ", ".join(f"{b} {before[b]['dice']:.3f}->{after[b]['dice']:.3f}" for b in sorted(before) if b in after)
     verdict = "better" if local.get("accepted") else "not better: kept aside"

@@ -26,7 +26,6 @@ from mskai.models.tasks import SEGMENTATION
 TOLERANCE = 0.01  # a bone may lose this much mean held-out Dice and the model still count as better
 STAGING_NAME = "local-training"
 STAGING = f".{STAGING_NAME}.mskai-"  # in the user models folder: .local-training.mskai-new-<pid>-<random>
-PATCH = 96
 
 
 def split_heldout(cases) -> tuple[list, list]:
@@ -54,23 +53,31 @@ def score(package, cases, progress=None, cancel=None) -> dict:
             progress(n / len(cases))
         image, reference = case.image(), case.labels()
         result = segment_volume(image, package, SegmentOptions(check_compatibility=False), cancel=cancel)
-        per_case[case.id] = {row["name"]: {"dice": row["dice"], "hd95_mm": row["hd95_mm"]}
+        per_case[case.id] = {row["name"]: {"dice": row["dice"], "hd95_mm": _finite(row["hd95_mm"])}  # None: missed
                              for row in evaluate(result.labels, reference, table) if np.isfinite(row["dice"])}
     mean = {}
     for bone in {b for rows in per_case.values() for b in rows}:
         values = [rows[bone] for rows in per_case.values() if bone in rows]
+        distances = [v["hd95_mm"] for v in values if v["hd95_mm"] is not None]
         mean[bone] = {"dice": round(float(np.mean([v["dice"] for v in values])), 4),
-                      "hd95_mm": round(float(np.median([v["hd95_mm"] for v in values])), 3)}
+                      "hd95_mm": round(float(np.median(distances)), 3) if distances else None}
     return {"cases": per_case, "mean": dict(sorted(mean.items()))}
 
 
+def _finite(value):
+    return value if value is not None and np.isfinite(value) else None
+
+
 def is_better(before: dict, after: dict) -> bool:
-    """Better on the held-out cases: the mean Dice over bones higher, no bone lower by more than TOLERANCE."""
-    bones = sorted(set(before["mean"]) & set(after["mean"]))
+    """Better on the held-out cases: the mean Dice over bones higher, no bone lower by more than TOLERANCE. A bone
+    scored on one side only was absent from both prediction and reference on the other: perfect there (1.0), so a
+    bone drawn where there is none counts against a model."""
+    bones = sorted(set(before["mean"]) | set(after["mean"]))
     if not bones:
         return False
-    drops = [before["mean"][b]["dice"] - after["mean"][b]["dice"] for b in bones]
-    return max(drops) <= TOLERANCE and np.mean(drops) < 0
+    dice = lambda figures, bone: figures["mean"][bone]["dice"] if bone in figures["mean"] else 1.0  # noqa: E731
+    drops = [dice(before, b) - dice(after, b) for b in bones]
+    return bool(max(drops) <= TOLERANCE and np.mean(drops) < 0)
 
 
 def local_version(package, installed) -> str:
@@ -91,7 +98,7 @@ def improve(model=None, minutes: float = 10.0, library: CaseLibrary | None = Non
     from mskai.models.registry import list_models, resolve_model, set_default, user_dir
     from mskai.outputs import remove_stale, swap_in
 
-    check_range("time budget (minutes)", minutes, 0.1, 24 * 60)
+    check_range("time budget (minutes)", minutes, 0.01, 24 * 60)
     say = progress or (lambda stage, fraction, message=None: None)
     base = resolve_model(model, SEGMENTATION)
     library = library or CaseLibrary.for_model(base.id)
@@ -146,21 +153,22 @@ def _train(base, version, train_cases, held, staging: Path, minutes, threads, se
     from mskai.training.segment import TrainConfig, train
     from mskai.training.segment_data import FolderPatches, load_case
 
-    spacing, intensity = base.input["spacing_mm"], base.input["intensity"]
+    spacing, intensity, patch = base.input["spacing_mm"], base.input["intensity"], int(base.input["patch_size"][0])
     load = lambda case: load_case(case.folder / "image.nrrd", case.folder / "labels.nrrd", spacing, intensity)  # noqa: E731
     train_set, val_set = [load(c) for c in train_cases], [load(c) for c in held]
-    config = TrainConfig(spacing_mm=float(spacing[0]), patch=PATCH, batch_size=1, iterations=100_000,
+    config = TrainConfig(spacing_mm=float(spacing[0]), patch=patch, batch_size=1, iterations=100_000,
                          eval_every=50, lr=lr, patience=4, seed=seed, threads=threads, model_id=base.id,
                          version=version, demo=bool(base.metadata["demo"]),
                          training_data=f"{base.metadata.get('training_data', '')} Fine-tuned on this computer on "
                                        f"{len(train_cases)} corrected cases.".strip(),
                          licence=base.metadata.get("licence", ""), bf16=True, max_minutes=minutes)
     start = time.monotonic()
+    say("train", 0.0, f"training for up to {minutes:g} min on {len(train_set)} cases")
 
     def progress(message):
         say("train", min(1.0, (time.monotonic() - start) / (60 * minutes)), message)
 
-    train(FolderPatches(train_set, PATCH, seed), val_set, config, staging, init_package=base, progress=progress,
+    train(FolderPatches(train_set, patch, seed), val_set, config, staging, init_package=base, progress=progress,
           table=labels_from_table(base.metadata["labels"]))
 
 

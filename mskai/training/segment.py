@@ -179,9 +179,9 @@ def _save(out_dir, config, spec, init_package, best_entry, best_state, table=BON
         "licence": config.licence,
         "training_data": config.training_data or base.get("training_data", ""),
         "labels": label_table(table),
-        "input": {"modality": "MR", "plane": "any", "spacing_mm": [config.spacing_mm] * 3,
-                  "fast_spacing_mm": [config.spacing_mm * 2] * 3, "intensity": INTENSITY,
-                  "patch_size": [96, 96, 96]},
+        "input": base.get("input") or {"modality": "MR", "plane": "any", "spacing_mm": [config.spacing_mm] * 3,
+                                       "fast_spacing_mm": [config.spacing_mm * 2] * 3, "intensity": INTENSITY,
+                                       "patch_size": [96, 96, 96]},  # a fine-tune keeps what its model was made for
         "network": spec,
         "metrics": {"best_iteration": best_entry["iteration"],  # a label absent from validation: null, not NaN
                     "val_dice": {k: v if np.isfinite(v) else None for k, v in best_entry["val_dice"].items()},
