@@ -81,10 +81,14 @@ class AutoSegMSKWidget(EngineWidget):
                              (ui.segmentEditorButton, self.onCorrect), (ui.exportModelsButton, self.onExportModels),
                              (ui.saveSegNrrdButton, self.onSaveSegNrrd), (ui.exportDicomSegButton, self.onDicomSeg),
                              (ui.statisticsButton, self.onStatistics), (ui.saveStatisticsButton, self.onSaveStatistics),
-                             (ui.compareButton, self.onCompare), (ui.processDatabaseButton, self.onProcessDatabase)):
+                             (ui.compareButton, self.onCompare), (ui.processDatabaseButton, self.onProcessDatabase),
+                             (ui.saveCaseButton, self.onSaveCase), (ui.refreshCasesButton, self.onRefreshCases),
+                             (ui.removeCaseButton, self.onRemoveCase), (ui.exportCasesButton, self.onExportCases),
+                             (ui.improveButton, self.onImprove), (ui.useShippedButton, self.onUseShipped)):
             button.connect("clicked(bool)", slot)
         ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         ui.dicomSeriesTable.connect("itemSelectionChanged()", self.updateGui)
+        ui.casesListWidget.connect("itemSelectionChanged()", self.updateGui)
         ui.slabCheckBox.connect("toggled(bool)", self.onSlabToggled)
         ui.showConfidenceCheckBox.connect("toggled(bool)", self.onShowConfidence)
         ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
@@ -104,6 +108,9 @@ class AutoSegMSKWidget(EngineWidget):
                        ui.statisticsButton, ui.saveStatisticsButton):
             button.enabled = bool(p.segmentation)
         ui.compareButton.enabled = bool(p.segmentation and p.referenceSegmentation)
+        ui.saveCaseButton.enabled = bool(p.segmentation) and not running
+        ui.improveButton.enabled = ui.exportCasesButton.enabled = not running
+        ui.removeCaseButton.enabled = bool(ui.casesListWidget.selectedItems()) and not running
         ui.showConfidenceCheckBox.enabled = bool(self.logic and self.logic.confidenceNode(p.segmentation))
         ui.loadSeriesButton.enabled = bool(ui.dicomSeriesTable.selectedItems())
 
@@ -251,6 +258,69 @@ class AutoSegMSKWidget(EngineWidget):
     def onProcessDatabase(self):
         p = self._parameterNode
         self.startBatch("Segmenting every MR series", device=p.device, fast=p.fast, confidence=p.confidence)
+
+
+    # --- learning from corrections ---
+
+    def modelId(self):
+        return (self._parameterNode.model or "").partition("@")[0] or None
+
+    @guiAction("Failed to save the training case.", waitCursor=True)
+    def onSaveCase(self):
+        record = self.getLogic().saveTrainingCase(self._parameterNode.segmentation, self.sourceVolume())
+        changed = record["changed_voxels"]
+        self.ui.statusLabel.text = (f"Saved {record['case']} in the case library"
+                                    + (f" ({sum(changed.values())} voxels corrected)." if changed else "."))
+        self.onRefreshCases()
+
+    @guiAction("Failed to list the training cases.")
+    def onRefreshCases(self):
+        records, damaged = self.getLogic().trainingCases(self.modelId())
+        cases = self.ui.casesListWidget
+        cases.clear()
+        for r in records:
+            changed = "?" if r["changed_voxels"] is None else sum(r["changed_voxels"].values())
+            item = qt.QListWidgetItem(f"{r['case']}  saved {r['saved_utc']}  {changed} voxels corrected")
+            item.setData(qt.Qt.UserRole, r["case"])
+            cases.addItem(item)
+        cases.addItems([f"damaged, skipped: {problem}" for problem in damaged])
+        self.updateGui()
+
+    @guiAction("Failed to remove the training case.")
+    def onRemoveCase(self):
+        case = self.ui.casesListWidget.selectedItems()[0].data(qt.Qt.UserRole)
+        if case and self.confirm(f"Remove {case} from the case library?"):
+            self.getLogic().removeTrainingCase(case, self.modelId())
+            self.onRefreshCases()
+
+    @guiAction("Failed to export the training cases.", waitCursor=True)
+    def onExportCases(self):
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export cases", "cases.zip", "Zip (*.zip)")
+        if path:
+            count = self.getLogic().exportTrainingCases(path, self.modelId())
+            self.ui.statusLabel.text = f"Exported {count} case(s) to {path}."
+
+    @guiAction("Failed to start improving the model.")
+    def onImprove(self):
+        job = self.getLogic().startImprove(self._parameterNode.model or None, self.ui.improveMinutesSpinBox.value,
+                                           onProgress=self.onProgress, onFinished=self.onImproved)
+        self.runInBackground(job, "Improving the model in the background: Slicer stays usable, Cancel stops it.")
+
+    def onImproved(self, result):
+        if self.jobEnded(result, "Improving the model failed", "Cancelled: no new model was written."):
+            figures = ", ".join(f"{bone} {result['before'][bone]['dice']:.2f} -> {after['dice']:.2f}"
+                                for bone, after in result["after"].items() if bone in result["before"])
+            verdict = ("better on the held-out cases: now the default" if result["accepted"] else
+                       "NOT better on the held-out cases: kept aside, the default is unchanged")
+            self.fillModels(chooseDefault=True)
+            self.ui.statusLabel.text = f"{result['model']} {verdict} (held-out Dice {figures})."
+        self.updateGui()
+
+    @guiAction("Failed to go back to the shipped model.")
+    def onUseShipped(self):
+        version = self.getLogic().useShippedModel(self.modelId())
+        self.fillModels(chooseDefault=True)
+        self.ui.statusLabel.text = f"Using the shipped {self.modelId()} {version} again."
 
 
 class AutoSegMSKTest(ScriptedLoadableModuleTest):

@@ -23,13 +23,20 @@ from .nodes import remove_node, volume_from_node
 
 def installed_models(task: str) -> list[dict]:
     """Installed model packages of ``task`` ("segmentation", "acl-classification"): id, version, description,
-    demo flag and a display title that says DEMO - not for clinical use where it applies."""
-    from mskai.models.registry import list_models
+    demo flag, whether it is the default version of its id, a local fine-tune's lineage and held-out figures, and a
+    display title that says all of it (DEMO - not for clinical use where it applies)."""
+    from mskai.models.registry import list_models, local_summary, resolve_model
 
+    packages = list_models(task=task)
+    defaults = {p.id: resolve_model(p.id, task).version for p in packages}
+    versions = {i: sum(p.id == i for p in packages) for i in defaults}
     return [{"id": p.id, "version": p.version, "description": p.metadata.get("description", ""),
-             "demo": bool(p.metadata["demo"]),
-             "title": f"{p.id} {p.version}" + (" (DEMO - not for clinical use)" if p.metadata["demo"] else "")}
-            for p in list_models(task=task)]
+             "demo": bool(p.metadata["demo"]), "default": defaults[p.id] == p.version,
+             "local": local_summary(p.metadata["local"]) if "local" in p.metadata else "",
+             "title": f"{p.id} {p.version}" + (" (DEMO - not for clinical use)" if p.metadata["demo"] else "")
+             + (" [default]" if defaults[p.id] == p.version and versions[p.id] > 1 else "")
+             + (f" [{local_summary(p.metadata['local'])}]" if "local" in p.metadata else "")}
+            for p in packages]
 
 
 class VolumeEngineJob:

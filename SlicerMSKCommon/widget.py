@@ -74,7 +74,7 @@ class EngineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p.inputVolume:
             p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
         if self._models and p.model not in map(modelKey, self._models):
-            p.model = modelKey(self._models[0])
+            p.model = self.defaultModel()
 
     def cleanup(self):
         self.timer.stop()
@@ -162,13 +162,25 @@ class EngineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             module, name = self.logicClass
             self.logic = getattr(importlib.import_module(module), name)(slicer.mrmlScene)
-            self._models = self.logic.models()
-            for model in self._models:
-                self.ui.modelComboBox.addItem(model["title"], modelKey(model))
+            self.fillModels()
             self.ui.statusLabel.text = self.readyText if self._models else self.noModelText
             if self._parameterNode:
                 self.initializeParameterNode()
         return self.logic
+
+    def fillModels(self, chooseDefault=False):
+        """The model box filled (again, e.g. after a fine-tune); with ``chooseDefault`` the default model chosen."""
+        self._models = self.logic.models()
+        self.ui.modelComboBox.clear()
+        for model in self._models:
+            self.ui.modelComboBox.addItem(model["title"], modelKey(model))
+        if chooseDefault and self._parameterNode:
+            self._parameterNode.model = self.defaultModel()
+
+    def defaultModel(self) -> str:
+        """The key (id@version) of the first model that is its id's default version, else of the first model."""
+        chosen = next((m for m in self._models if m.get("default")), self._models[0] if self._models else None)
+        return modelKey(chosen) if chosen else ""
 
     def showModel(self):
         """The chosen model in the combo box, its description and demo badge; returns its entry (None if none)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def cmd_models_list(args):
-    from mskai.models.registry import bundled_dir, list_models, resolve_model, user_dir
+    from mskai.models.registry import bundled_dir, list_models, local_summary, resolve_model, user_dir
 
     models = list_models()
     defaults = {}
@@ -19,16 +19,6 @@ def cmd_models_list(args):
     if not models:
         print(f"No models in {user_dir()} or {bundled_dir()}")
     return 0
-
-
-def local_summary(local: dict) -> str:
-    """One line on a local fine-tune: its lineage, held-out figures and whether it was better."""
-    lineage = " -> ".join([*(v.partition("@")[2] for v in local.get("lineage", [])), "this"])
-    before, after = local.get("before", {}), local.get("after", {})
-    figures = ", ".join(f"{b} {before[b]['dice']:.3f}->{after[b]['dice']:.3f}" for b in sorted(before) if b in after)
-    verdict = "better" if local.get("accepted") else "not better: kept aside"
-    return (f"local: {lineage}; {local.get('training_cases', '?')} cases, held-out Dice {figures or 'n/a'} "
-            f"({verdict})")
 
 
 def cmd_models_use(args):

@@ -83,6 +83,16 @@ def shipped_version(model_id: str) -> str:
     return max(shipped, key=lambda p: _version_key(p.version)).version
 
 
+def local_summary(local: dict) -> str:
+    """One line on a local fine-tune: its lineage, held-out figures and whether it was better."""
+    lineage = " -> ".join([*(v.partition("@")[2] for v in local.get("lineage", [])), "this"])
+    before, after = local.get("before", {}), local.get("after", {})
+    figures = ", ".join(f"{b} {before[b]['dice']:.3f}->{after[b]['dice']:.3f}" for b in sorted(before) if b in after)
+    verdict = "better" if local.get("accepted") else "not better: kept aside"
+    return (f"local: {lineage}; {local.get('training_cases', '?')} cases, held-out Dice {figures or 'n/a'} "
+            f"({verdict})")
+
+
 def kept_aside(package: ModelPackage) -> bool:
     """A local fine-tune that was not better than its parent on the held-out cases: used only when named."""
     return package.metadata.get("local", {}).get("accepted") is False

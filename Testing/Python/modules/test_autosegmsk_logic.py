@@ -346,3 +346,78 @@ def test_a_nul_in_a_dicom_description_never_hangs_node_naming(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "NAME '1: KNEE PD [2J'" in result.stdout  # control characters gone, the rest kept
+
+
+def test_a_corrected_segmentation_is_saved_as_a_case_on_its_source_grid(knee_result, knee_dicom, tmp_path):
+    """The first draft is kept beside the result; a correction (a bone deleted) is counted, the case's geometry is the
+    volume node's, and no identifier of the real series reaches the library."""
+    from AutoSegMSKLib.cases import DRAFT_REFERENCE, MODEL_ATTRIBUTE
+    from mskai.cases import CaseLibrary
+    from SlicerMSKCommon.nodes import volume_from_node
+
+    scene, node, _, logic, segmentation, _ = knee_result
+    draft = segmentation.GetNodeReference(DRAFT_REFERENCE)
+    assert draft is not None and draft.GetHideFromEditors() and same_geometry(draft, node)
+    drawn = label_volume(scene, segmentation, node, BONES).array
+    assert np.array_equal(node_array(draft), drawn)
+    corrected = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "knee T2 bones corrected")
+    corrected.GetSegmentation().DeepCopy(segmentation.GetSegmentation())
+    corrected.SetReferenceImageGeometryParameterFromVolumeNode(node)
+    corrected.SetAttribute(MODEL_ATTRIBUTE, segmentation.GetAttribute(MODEL_ATTRIBUTE))
+    corrected.SetNodeReferenceID(DRAFT_REFERENCE, draft.GetID())
+    present = sorted({int(v) for v in np.unique(drawn) if v})
+    removed = next(b for b in BONES if b.value == present[-1])
+    corrected.GetSegmentation().RemoveSegment(corrected.GetSegmentation().GetSegmentIdBySegmentName(removed.name))
+
+    record = logic.saveTrainingCase(corrected, node, libraryDir=tmp_path / "lib")
+    assert record["changed_voxels"][str(removed.value)] == np.count_nonzero(drawn == removed.value)
+    assert sum(record["changed_voxels"].values()) == np.count_nonzero(drawn == removed.value)
+    assert record["model"] == segmentation.GetAttribute(MODEL_ATTRIBUTE)
+    (case,), problems = CaseLibrary(tmp_path / "lib").cases()
+    assert not problems and case.id == record["case"]
+    source = volume_from_node(node)
+    assert np.array_equal(case.image().array, source.array) and np.allclose(case.image().affine_lps, source.affine_lps)
+    expected = np.where(drawn == removed.value, 0, drawn)
+    assert np.array_equal(case.labels().array, expected)
+    again = logic.saveTrainingCase(corrected, node, libraryDir=tmp_path / "lib")  # the same series: replaced
+    assert again["case"] == record["case"] and len(logic.trainingCases(libraryDir=tmp_path / "lib")[0]) == 1
+    ds = pydicom.dcmread(sorted(knee_dicom.iterdir())[0], stop_before_pixels=True)
+    identifiers = [str(ds.get(k)) for k in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                                            "StudyDate") if str(ds.get(k, "")) not in ("", "None")]
+    for path in (tmp_path / "lib").rglob("*"):
+        for identifier in [*identifiers, node.GetName()]:
+            assert identifier not in str(path.relative_to(tmp_path))
+            assert not path.is_file() or identifier.encode() not in path.read_bytes()
+
+
+def test_improve_from_the_module_cancels_cleanly_then_installs_a_selectable_local_model(model_dirs, tmp_path):
+    import time
+
+    from mskai.cases import CaseLibrary
+    from mskai.models.registry import user_dir
+    from mskai.synth.synthseg import LowerLimbPhantom, synthetic_case
+
+    make_package(model_dirs / "bundled" / "test-bones", seed=1)
+    library, rng = CaseLibrary(tmp_path / "lib"), np.random.default_rng(3)
+    for _ in range(3):
+        phantom = LowerLimbPhantom(rng)
+        image, labels = synthetic_case(phantom, rng, (2.0, 2.0, 2.5), extent_mm=(64, 64, 64),
+                                       centre=phantom.knee + [0, 0, 20])
+        library.add(image, labels, [b.value for b in BONES])
+    stages = []
+    job = AutoSegMSKLogic.startImprove("test-bones", 5, tmp_path / "lib", onProgress=lambda s, f: stages.append(s))
+    deadline = time.monotonic() + 120
+    while "train" not in stages and not job.poll() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    job.cancel()
+    assert job.result == {"cancelled": True} and time.monotonic() - started < 3.5
+    assert not user_dir().exists() or list(user_dir().iterdir()) == []
+    result = AutoSegMSKLogic.startImprove("test-bones", 0.05, tmp_path / "lib").wait()
+    assert result["model"] == "test-bones@1.0.0+local.1", result
+    listed = {f"{m['id']}@{m['version']}": m for m in AutoSegMSKLogic.models()}
+    assert "local: 1.0.0 -> this" in listed["test-bones@1.0.0+local.1"]["title"]
+    assert listed["test-bones@1.0.0+local.1"]["default"] == result["accepted"]
+    assert AutoSegMSKLogic.useShippedModel("test-bones") == "1.0.0"
+    defaults = [f"{m['id']}@{m['version']}" for m in AutoSegMSKLogic.models() if m["default"]]
+    assert defaults == ["test-bones@1.0.0"]

@@ -51,7 +51,9 @@ SPECS = [
     ModuleSpec("AutoSegMSK", frozenset(),
                frozenset({"AutoSegMSKLib", "SlicerMSKCommon.nodes", "DICOMLib", "PyTorchUtils", "mskai.runner.engine",
                           "mskai.segment.labels"}),
-               frozenset({"startSegmentation", "segmentVolume", "exportModels", "compare", "startBatch"}),
+               frozenset({"startSegmentation", "segmentVolume", "exportModels", "compare", "startBatch",
+                          "saveTrainingCase", "trainingCases", "removeTrainingCase", "exportTrainingCases",
+                          "startImprove", "useShippedModel"}),
                frozenset({"model"})),
     ModuleSpec("ACLClassifier", frozenset(),
                frozenset({"ACLClassifierLib", "SlicerMSKCommon.nodes", "mskai.dicom", "mskai.runner.engine", "mskai.models.tasks"}),
@@ -252,6 +254,9 @@ class FakeWidget:
     def addItem(self, title, data=None):
         self.items.append((title, data))
 
+    def clear(self):
+        self.items = []
+
     def findData(self, data):
         return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
 
@@ -375,7 +380,7 @@ def _fake_slicer(monkeypatch, calls, scene=None, real=None, dicomDatabase=None):
            WithinRange=lambda low, high: (low, high))
     module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=Base, ScriptedLoadableModuleLogic=Base,
            ScriptedLoadableModuleWidget=Base, ScriptedLoadableModuleTest=object)
-    module("qt", QTimer=lambda: FakeWidget("timer"), QTableWidgetItem=FakeTableItem,
+    module("qt", QTimer=lambda: FakeWidget("timer"), QTableWidgetItem=FakeTableItem, QListWidgetItem=FakeTableItem,
            Qt=types.SimpleNamespace(UserRole=32))
 
     def loadSeriesByUID(uids):
@@ -413,6 +418,22 @@ class FakeLogic:
         self.calls.append(("startSegmentation", volumeNode, options))
         self.onFinished = onFinished
         return types_job(self.calls, onFinished)
+
+    def startImprove(self, model=None, minutes=10.0, libraryDir=None, onProgress=None, onFinished=None):
+        self.calls.append(("startImprove", model, minutes))
+        self.modelsAfter = [{"id": "bones", "version": "1.0", "description": "", "demo": True, "default": False,
+                             "title": "bones 1.0"},
+                            {"id": "bones", "version": "1.0+local.1", "description": "", "demo": True, "default": True,
+                             "title": "bones 1.0+local.1 [default]"}]
+        return types_job(self.calls, onFinished)
+
+    def trainingCases(self, model=None, libraryDir=None):
+        return [{"case": "case-0123456789ab", "saved_utc": "2026-12-02T04:00Z", "changed_voxels": {"2": 40}}], \
+            ["case-ffffffffffff: labels.nrrd is missing"]
+
+    def saveTrainingCase(self, segmentationNode, volumeNode=None, libraryDir=None):
+        self.calls.append(("saveTrainingCase", segmentationNode, volumeNode))
+        return {"case": "case-0123456789ab", "changed_voxels": {"2": 30, "1": 10}}
 
 
 def types_job(calls, onFinished):
@@ -453,6 +474,36 @@ def test_apply_runs_in_the_background_and_cancel_reports_it(widget):
     w.onCancel()
     assert ("cancel",) in calls and w.job is None and "Cancelled" in w.ui.statusLabel.text
     assert w.ui.applyButton.enabled and not w.ui.cancelButton.enabled
+
+
+def test_improve_runs_in_the_background_then_says_if_it_is_better_and_chooses_the_default(widget):
+    w, calls, _, _ = widget
+    w.ui.improveMinutesSpinBox.value = 5.0
+    w.onImprove()
+    assert ("startImprove", "bones@1.0", 5.0) in calls and w.ui.cancelButton.enabled
+    assert not w.ui.improveButton.enabled and not w.ui.applyButton.enabled  # one job at a time
+    logic = w.logic
+    logic.models = lambda: logic.modelsAfter
+    w.onImproved({"model": "bones@1.0+local.1", "accepted": True, "before": {"femur": {"dice": 0.71}},
+                  "after": {"femur": {"dice": 0.88}}})
+    assert "now the default" in w.ui.statusLabel.text and "femur 0.71 -> 0.88" in w.ui.statusLabel.text
+    assert w._parameterNode.model == "bones@1.0+local.1"
+    assert [t for t, _ in w.ui.modelComboBox.items] == ["bones 1.0", "bones 1.0+local.1 [default]"]
+    assert w.job is None and w.ui.improveButton.enabled
+    w.onImprove()
+    w.onCancel()
+    assert "no new model was written" in w.ui.statusLabel.text
+
+
+def test_save_case_lists_the_library_with_its_damaged_cases(widget):
+    w, calls, _, _ = widget
+    w._parameterNode.segmentation = "segmentation"
+    w.sourceVolume = lambda: "volume"  # its reference volume (the real one reads the node: test_autosegmsk_logic.py)
+    w.onSaveCase()
+    assert ("saveTrainingCase", "segmentation", "volume") in [c[:3] for c in calls]
+    assert "case-0123456789ab" in w.ui.statusLabel.text and "40 voxels corrected" in w.ui.statusLabel.text
+    listed = [c[1][0] for c in w.ui.casesListWidget.calls if c[0] in ("addItem", "addItems")]
+    assert any("damaged" in str(x) for x in listed)
 
 
 def test_engine_failure_is_shown_and_the_gui_is_usable_again(widget):
