@@ -89,13 +89,18 @@ def cmd_cases_improve(args):
     result = improve(args.model, args.minutes, library, progress, threads=args.threads, seed=args.seed)
     print_problems(result["skipped"])
     print(f"{result['model']} (from {result['parent']}, {result['training_cases']} cases, "
-          f"{result['train_minutes']:.1f} min of training), held out {len(result['heldout_cases'])}:")
+          f"{result['train_minutes']:.1f} min of training), checked on {len(result['heldout_cases']) or 'its one'} "
+          "held-out case(s):")
     print(f"  {'bone':<8} {'Dice before':>11} {'after':>7}")
     for bone in sorted(set(result["before"]) | set(result["after"])):
         before, after = (result[k].get(bone, {}).get("dice", float("nan")) for k in ("before", "after"))
         print(f"  {bone:<8} {before:>11.3f} {after:>7.3f}")
-    print("Better on the held-out cases: now the default." if result["accepted"] else
-          "NOT better on the held-out cases: kept aside (use it by naming its version), the default is unchanged.")
+    if not result["heldout_cases"]:
+        print("One case: nothing was held out to check the new model, so it is kept aside (use it by naming its "
+              "version); save more cases.")
+    else:
+        print("Better on the held-out cases: now the default." if result["accepted"] else
+              "NOT better on the held-out cases: kept aside (use it by naming its version), the default is unchanged.")
     if args.json:
         from mskai.outputs import atomic_output
 

@@ -30,10 +30,11 @@ STAGING = f".{STAGING_NAME}.mskai-"  # in the user models folder: .local-trainin
 
 def split_heldout(cases) -> tuple[list, list]:
     """(training, held-out) cases: about a fifth held out (at least one), chosen by a hash of the case id so that
-    the same cases stay held out as the library grows."""
-    if len(cases) < 2:
-        raise MskaiError(f"Improving the model needs at least 2 cases (one is held out to check it); the library "
-                         f"has {len(cases)}")
+    the same cases stay held out as the library grows. A single case is trained on and nothing is held out."""
+    if not cases:
+        raise MskaiError("The case library is empty: save corrected segmentations as training cases first")
+    if len(cases) == 1:
+        return list(cases), []
     ranked = sorted(cases, key=lambda c: hashlib.sha256(c.id.encode()).hexdigest())
     n_held = max(1, round(len(cases) * 0.2))
     return sorted(ranked[n_held:], key=lambda c: c.id), sorted(ranked[:n_held], key=lambda c: c.id)
@@ -91,7 +92,7 @@ def local_version(package, installed) -> str:
 
 
 def improve(model=None, minutes: float = 10.0, library: CaseLibrary | None = None, progress=None, threads=None,
-            seed: int = 0, lr: float = 1e-4) -> dict:
+            seed: int = 0, lr: float = 2e-4) -> dict:
     """Fine-tune ``model`` (id[@version], path or None: the default bone model) on its case library for about
     ``minutes`` of training; returns {"model", "parent", "accepted", "before", "after", "skipped", ...}."""
     from mskai.models.package import load_package
@@ -104,9 +105,11 @@ def improve(model=None, minutes: float = 10.0, library: CaseLibrary | None = Non
     library = library or CaseLibrary.for_model(base.id)
     cases, skipped = _readable(library)
     train_cases, held = split_heldout(cases)
+    checked = held or train_cases  # one case: checked on itself, and never made the default
     version = local_version(base, list_models(SEGMENTATION))
-    say("before", 0.0, f"{len(train_cases)} training and {len(held)} held-out cases; checking {base.id}@{base.version}")
-    before = score(base, held, lambda f: say("before", f))
+    say("before", 0.0, f"{len(train_cases)} training and {len(held)} held-out cases; checking {base.id}@{base.version}"
+        + ("" if held else " (one case: nothing to hold out, so the new model will be kept aside)"))
+    before = score(base, checked, lambda f: say("before", f))
     root = user_dir()
     root.mkdir(parents=True, exist_ok=True)
     remove_stale(root, STAGING)
@@ -116,8 +119,8 @@ def improve(model=None, minutes: float = 10.0, library: CaseLibrary | None = Non
         _train(base, version, train_cases, held, staging, minutes, threads, seed, lr, say)
         train_minutes = (time.monotonic() - started) / 60
         say("after", 0.0, "checking the new model on the held-out cases")
-        after = score(load_package(staging), held, lambda f: say("after", f))
-        accepted = is_better(before, after)
+        after = score(load_package(staging), checked, lambda f: say("after", f))
+        accepted = bool(held) and is_better(before, after)
         _write_local(staging, base, held, train_cases, before, after, accepted, train_minutes)
         (staging / "checkpoint.pt").unlink(missing_ok=True)
         target = root / f"{base.id}-{version}"
@@ -155,9 +158,10 @@ def _train(base, version, train_cases, held, staging: Path, minutes, threads, se
 
     spacing, intensity, patch = base.input["spacing_mm"], base.input["intensity"], int(base.input["patch_size"][0])
     load = lambda case: load_case(case.folder / "image.nrrd", case.folder / "labels.nrrd", spacing, intensity)  # noqa: E731
-    train_set, val_set = [load(c) for c in train_cases], [load(c) for c in held]
+    train_set = [load(c) for c in train_cases]
+    val_set = [load(c) for c in held] or train_set[:1]  # one case: validated on itself (and kept aside)
     config = TrainConfig(spacing_mm=float(spacing[0]), patch=patch, batch_size=1, iterations=100_000,
-                         eval_every=50, lr=lr, patience=4, seed=seed, threads=threads, model_id=base.id,
+                         eval_every=100, lr=lr, patience=4, seed=seed, threads=threads, model_id=base.id,
                          version=version, demo=bool(base.metadata["demo"]),
                          training_data=f"{base.metadata.get('training_data', '')} Fine-tuned on this computer on "
                                        f"{len(train_cases)} corrected cases.".strip(),
