@@ -46,6 +46,8 @@ REQUIREMENTS = (
     "scikit-image>=0.21",
     "dask>=2024.1",
     "distributed>=2024.1",
+    "onnx>=1.16",
+    "onnxruntime>=1.18",
 )
 
 # Import names that differ from the distribution names (used only when a distribution has no metadata).

@@ -66,7 +66,7 @@ def plot(rows, bones, path):
     ks = [r["k"] for r in rows]
     for bone in bones:
         ax.plot([0, *ks], [rows[0]["shipped"][bone], *(r["after"][bone] for r in rows)], "o-", label=bone)
-    ax.set_xlabel("corrected cases k"), ax.set_ylabel("held-out mean Dice"), ax.set_ylim(0, 1)
+    ax.set_xticks([0, *ks]), ax.set_xlabel("corrected cases k"), ax.set_ylabel("held-out mean Dice"), ax.set_ylim(0, 1)
     ax.set_title("Shipped model fine-tuned on k corrected hip scans"), ax.grid(alpha=0.3), ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)

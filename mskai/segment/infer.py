@@ -100,15 +100,6 @@ def _slab_crop(volume: Volume, grid, slab) -> tuple:
     return tuple(crop)
 
 
-def _n_windows(shape, roi, overlap) -> int:
-    n = 1
-    for size, r in zip(shape, roi):
-        r = min(size, r)
-        step = max(1, int(r * (1 - overlap)))
-        n *= math.ceil((size - r) / step) + 1 if size > r else 1
-    return n
-
-
 def estimate_memory_bytes(model_shape, n_classes, roi, batch_size, widest_channels=128) -> int:
     """Rough peak for sliding-window inference: output and count maps plus one batch of activations."""
     voxels = math.prod(int(n) for n in model_shape)  # Python ints: absurd shapes cannot overflow to small numbers
@@ -145,31 +136,52 @@ def _fit_memory(crop_shape, canonical_spacing, spec, n_classes, batch, fast, spa
     return batch, fast, spacing, model_shape
 
 
-def _probabilities(net, image, roi, batch, overlap, device, progress, cancel) -> torch.Tensor:
-    """Class probabilities (C x model grid, on the CPU) by Gaussian-weighted sliding windows; progress per window,
-    ``cancel`` checked before each batch of windows."""
+def _probabilities(package, image, roi, batch, overlap, device, progress, cancel, settings) -> torch.Tensor:
+    """Class probabilities (C x model grid, on the CPU) by Gaussian-weighted sliding windows: ONNX Runtime on the CPU
+    where it can (no MONAI import), else the torch network with MONAI's sliding windows. Progress per window,
+    ``cancel`` checked before each batch of windows; ``settings["runtime"]`` says which ran."""
+    from mskai.segment.runtime import onnx_runner
+    from mskai.segment.windows import count_windows, sliding_windows
+
+    total = count_windows(tuple(image.shape[1:]), roi, overlap)
+    run = onnx_runner(package, roi, torch.get_num_threads()) if device.type == "cpu" else None
+    settings["runtime"] = "onnxruntime" if run else "torch"
+
+    def check(done):
+        if cancel is not None and cancel():
+            raise Cancelled("Segmentation cancelled")
+        progress("infer", min(1.0, done / total))
+
+    if run is not None:
+        check(0)
+        probabilities = torch.from_numpy(sliding_windows(run, image.numpy(), roi, len(package.metadata["labels"]) + 1,
+                                                         overlap, batch, check))
+    else:
+        probabilities = _torch_logits(package.build_network().to(device), image, roi, batch, overlap, device, check)
+    with torch.inference_mode():  # softmax in place: no second full-size copy
+        probabilities -= probabilities.max(dim=0, keepdim=True).values
+        probabilities.exp_()
+        probabilities /= probabilities.sum(dim=0, keepdim=True)
+    return probabilities
+
+
+def _torch_logits(net, image, roi, batch, overlap, device, check) -> torch.Tensor:
     from monai.inferers import sliding_window_inference
 
-    total = _n_windows(tuple(image.shape[1:]), roi, overlap)
     done = [0]
 
     def predictor(x):
-        if cancel is not None and cancel():
-            raise Cancelled("Segmentation cancelled")
+        check(done[0])
         y = net(x)
         done[0] += x.shape[0]
-        progress("infer", min(1.0, done[0] / total))
         return y
 
     with torch.inference_mode():
         logits = sliding_window_inference(image[None].to(device), roi_size=roi, sw_batch_size=batch,
                                           predictor=predictor, overlap=overlap, mode="gaussian",
                                           sw_device=device, device=torch.device("cpu"))
-        probabilities = logits[0]  # softmax in place: no second full-size copy
-        probabilities -= probabilities.max(dim=0, keepdim=True).values
-        probabilities.exp_()
-        probabilities /= probabilities.sum(dim=0, keepdim=True)
-    return probabilities
+    check(done[0])
+    return logits[0]
 
 
 def segment_volume(volume: Volume, package, options: SegmentOptions | None = None, progress=None,
@@ -211,8 +223,7 @@ def segment_volume(volume: Volume, package, options: SegmentOptions | None = Non
     progress("preprocess", 1.0)
 
     t = time.perf_counter()
-    probabilities = _probabilities(package.build_network().to(device), image, roi, batch, options.overlap, device,
-                                   progress, cancel)
+    probabilities = _probabilities(package, image, roi, batch, options.overlap, device, progress, cancel, settings)
     del image
     timings["infer"] = time.perf_counter() - t
 

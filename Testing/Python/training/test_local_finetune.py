@@ -68,21 +68,23 @@ def test_better_means_higher_on_average_and_no_bone_much_lower():
     assert not is_better(figures(femur=0.80), figures(femur=0.95, sacrum=0.0))  # a sacrum drawn where there is none
 
 
-def test_improve_skips_damaged_cases_by_name_and_needs_two(tiny_model, tmp_path):
+def test_improve_skips_damaged_cases_by_name_and_a_single_case_is_kept_aside(tiny_model, tmp_path):
     from mskai.training.local import improve
 
     library = _library(tmp_path / "lib", 2)
     damaged = library.cases()[0][0]
     (damaged.folder / "image.nrrd").write_bytes(b"NRRD0004\nnot really\n")
-    with pytest.raises(MskaiError, match="at least 2 cases"):
-        improve("test-bones", minutes=0.05, library=library)
-    failed = run_mskai("cases", "improve", "--library", tmp_path / "lib", "--model", "test-bones", "--minutes", "0.05",
-                       ok=False)
-    assert failed.returncode == 1 and "at least 2 cases" in failed.stderr and "Traceback" not in failed.stderr
+    with pytest.raises(MskaiError, match="library is empty"):
+        improve("test-bones", minutes=0.05, library=CaseLibrary(tmp_path / "empty"))
+    failed = run_mskai("cases", "improve", "--library", tmp_path / "empty", "--model", "test-bones", ok=False)
+    assert failed.returncode == 1 and "library is empty" in failed.stderr and "Traceback" not in failed.stderr
+    single = improve("test-bones", minutes=0.05, library=library)  # one readable case: trained on, never the default
+    assert single["training_cases"] == 1 and single["heldout_cases"] == [] and single["accepted"] is False
+    assert single["skipped"] and single["skipped"][0].startswith(damaged.id)
     _library(tmp_path / "lib", 2, seed=5)
     done = run_mskai("cases", "improve", "--library", tmp_path / "lib", "--model", "test-bones", "--minutes", "0.05",
                      "--threads", "2")
-    assert damaged.id in done.stderr and "test-bones@1.0.0+local.1" in done.stdout
+    assert damaged.id in done.stderr and "test-bones@1.0.0+local.2" in done.stdout
 
 
 def test_a_cancelled_improve_leaves_no_package_and_no_partial_files(tiny_model, tmp_path):
