@@ -111,6 +111,25 @@ def test_mskai_modules_import_no_circle_when_loaded():
             visit(name, [name])
 
 
+def test_help_and_dicom_ls_import_neither_torch_nor_vtk_nor_monai(tmp_path):
+    """The commands that only read DICOM start without the heavy libraries (measured: torch 1.1 s, MONAI 2.3 s more)."""
+    import subprocess
+    import sys
+
+    from mskai.synth.dicom_writer import write_series
+    from mskai.synth.phantom import phantom
+
+    write_series(phantom(shape=(32, 32, 8)), tmp_path / "series")
+    code = ("import sys, mskai.cli\n"
+            "for argv in (['--help'], ['dicom', 'ls', sys.argv[1]]):\n"
+            "    try:\n        mskai.cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'vtk', 'vtkmodules', 'monai', 'onnxruntime', 'matplotlib', 'dask')"
+            " if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "series")], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert "1 volume(s)" in result.stdout and result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
 def test_the_command_line_starts_without_training_synthesis_or_torch():
     import subprocess
     import sys
