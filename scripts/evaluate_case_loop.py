@@ -56,6 +56,18 @@ def copy_cases(source: CaseLibrary, ids, folder: Path) -> CaseLibrary:
     return library
 
 
+def rebuild(out: Path, work: Path):
+    """The table again, the library's held-out figures read from the local packages the run left in ``work``."""
+    record = json.loads((out / "case_loop.json").read_text())
+    for r in record["rows"]:
+        (metadata,) = (work / f"models-{r['k']}").glob("*/metadata.json")
+        local = json.loads(metadata.read_text())["local"]
+        r["library_before"] = {b: v["dice"] for b, v in local["before"].items()}
+        r["library_after"] = {b: v["dice"] for b, v in local["after"].items()}
+    write_table(record["rows"], out)
+    (out / "case_loop.json").write_text(json.dumps(record, indent=2))
+
+
 def plot(rows, bones, path):
     import matplotlib
 
@@ -80,10 +92,14 @@ def main():
     parser.add_argument("--heldout", type=int, default=4, help="held-out scans of the test people")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "Resources" / "Training" / "case-loop"))
+    parser.add_argument("--rebuild", help="only rebuild the table from --out's case_loop.json and this work folder's "
+                                           "local packages (their held-out figures)")
     args = parser.parse_args()
     ks = sorted(int(k) for k in args.ks.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.rebuild:
+        return rebuild(out, Path(args.rebuild))
     work = Path(tempfile.mkdtemp(prefix="mskai-case-loop-"))
     os.environ["MSKAI_MODELS_DIR"] = str(work / "models-none")
     import torch
@@ -110,6 +126,8 @@ def main():
         wall = (time.perf_counter() - started) / 60
         after = score(find_model(result["model"]), held_cases)
         rows.append({"k": k, "train_minutes": result["train_minutes"], "total_minutes": round(wall, 2),
+                     "library_before": {b: v["dice"] for b, v in result["before"].items()},
+                     "library_after": {b: v["dice"] for b, v in result["after"].items()},
                      "accepted": result["accepted"], "library_heldout": len(result["heldout_cases"]),
                      "shipped": {b: v["dice"] for b, v in baseline["mean"].items()},
                      "after": {b: v["dice"] for b, v in after["mean"].items()},
@@ -117,17 +135,31 @@ def main():
         print(f"k={k}: {json.dumps(rows[-1])}", flush=True)
         (out / "case_loop.json").write_text(json.dumps({"shipped": SHIPPED, "minutes": args.minutes,
                                                         "heldout_scans": args.heldout, "rows": rows}, indent=2))
-    bones = sorted(b for b in baseline["mean"] if all(b in r["after"] for r in rows))
-    lines = ["| corrected cases k | " + " | ".join(f"{b} Dice" for b in bones) + " | training min | total min | "
-             "made the default |", "|---:|" + "---:|" * len(bones) + "---:|---:|---|",
-             "| 0 (shipped 0.3.0) | " + " | ".join(f"{baseline['mean'][b]['dice']:.3f}" for b in bones) + " | | | |"]
+    write_table(rows, out)
+
+
+def write_table(rows, out: Path):
+    """case_loop.md and case_loop.png from the rows; "made the default" by the shipped rule (``is_better`` on the
+    library's own held-out cases)."""
+    from mskai.training.local import is_better
+
     for r in rows:
+        figures = [{"mean": {b: {"dice": d} for b, d in r[key].items()}} for key in ("library_before", "library_after")]
+        r["accepted"] = bool(r["library_heldout"]) and is_better(*figures)
+    shipped = rows[0]["shipped"]
+    bones = sorted(b for b in shipped if all(b in r["after"] for r in rows))
+    absent = sorted(b for b in shipped if not any(b in r["after"] for r in rows))
+    lines = ["| corrected cases k | " + " | ".join(f"{b} Dice" for b in bones) + " | bones drawn where there are "
+             "none | training min | total min | made the default |", "|---:|" + "---:|" * len(bones) + "---|---:|---:|---|",
+             "| 0 (shipped 0.3.0) | " + " | ".join(f"{shipped[b]:.3f}" for b in bones) + f" | {', '.join(absent)} | | | |"]
+    for r in rows:
+        extra = sorted(set(r["after"]) - set(bones))
         lines.append(f"| {r['k']} | " + " | ".join(f"{r['after'][b]:.3f}" for b in bones)
-                     + f" | {r['train_minutes']:.1f} | {r['total_minutes']:.1f} | {'yes' if r['accepted'] else 'no'} |")
+                     + f" | {', '.join(extra) or 'none'} | {r['train_minutes']:.1f} | {r['total_minutes']:.1f} | "
+                     f"{'yes' if r['accepted'] else 'no'} |")
     (out / "case_loop.md").write_text("\n".join(lines) + "\n")
     plot(rows, bones, out / "case_loop.png")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()
