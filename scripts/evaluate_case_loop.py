@@ -66,6 +66,22 @@ def rebuild(out: Path, work: Path):
         r["library_after"] = {b: v["dice"] for b, v in local["after"].items()}
     write_table(record["rows"], out)
     (out / "case_loop.json").write_text(json.dumps(record, indent=2))
+    overlays(work, out, [r["k"] for r in record["rows"]])
+
+
+def overlays(work: Path, out: Path, ks):
+    """The first held-out scan (truth), as the shipped model and the k-case fine-tunes segment it."""
+    from mskai.models.package import load_package
+    from mskai.segment.figures import three_planes_png
+    from mskai.segment.infer import SegmentOptions, segment_volume
+
+    case = sorted(CaseLibrary(work / "heldout").cases()[0], key=lambda c: c.id)[0]
+    image = case.image()
+    three_planes_png(image, case.labels(), out / "heldout_truth.png", "held-out hip scan: truth")
+    for name, package in [("shipped", find_model(SHIPPED))] + [
+            (f"k{k}", load_package(next((work / f"models-{k}").glob("*/metadata.json")).parent)) for k in ks]:
+        labels = segment_volume(image, package, SegmentOptions(check_compatibility=False)).labels
+        three_planes_png(image, labels, out / f"heldout_{name}.png", f"held-out hip scan: {package.id}@{package.version}")
 
 
 def plot(rows, bones, path):
@@ -136,6 +152,7 @@ def main():
         (out / "case_loop.json").write_text(json.dumps({"shipped": SHIPPED, "minutes": args.minutes,
                                                         "heldout_scans": args.heldout, "rows": rows}, indent=2))
     write_table(rows, out)
+    overlays(work, out, ks)
 
 
 def write_table(rows, out: Path):
