@@ -91,18 +91,19 @@ def run_segment(volume: Path, threads: int, extra=()) -> dict:
     return {"wall_s": wall, "peak_mb": process["peak_mb"], "timings": report["timings_s"], "out": out}
 
 
-def compare_meshes(label_path: Path) -> dict:
-    """Seconds to build all bone surfaces: mskai (VTK flying edges + windowed sinc) vs Slicer's conversion."""
+def compare_meshes(label_path: Path, threads: int) -> dict:
+    """Seconds to build all bone surfaces: mskai (VTK flying edges + windowed sinc, one thread per bone up to
+    ``threads``) vs Slicer's conversion."""
     import slicer
 
     from mskai.volume_files import read_volume_file
     from mskai.segment.labels import BONES
-    from mskai.segment.meshes import surface
+    from mskai.segment.meshes import surfaces
 
     labels = read_volume_file(label_path)
     array = np.asarray(labels.array, dtype=np.uint8)
     start = time.perf_counter()
-    ours = {b.name: surface(array, b.value, labels.affine_lps) for b in BONES}
+    ours = surfaces(array, [b.value for b in BONES], labels.affine_lps, threads=threads)
     ours_s = time.perf_counter() - start
     triangles = sum(m.GetNumberOfPolys() for m in ours.values() if m is not None)
 
@@ -152,7 +153,7 @@ def main():
         print(f"{name}: {r['wall_s']:.1f} s of {goals[name]} s goal ({r['wall_s'] / goals[name]:.2f}x), "
               f"peak RSS {r['peak_mb'] / 1024:.2f} GB of 4 GB ({r['peak_mb'] / 4096:.2f}x)")
     if "knee" in args.cases:
-        m = compare_meshes(knee_volume()[1])
+        m = compare_meshes(knee_volume()[1], args.threads)
         print("\nBone surfaces from the knee label map (4 bones, 384x384x160):")
         print(f"{'method':<44}{'seconds':>9}{'triangles':>11}")
         print(f"{'mskai (flying edges + windowed sinc, LPS)':<44}{m['mskai_s']:>9.2f}{m['mskai_triangles']:>11}")

@@ -280,7 +280,7 @@ def write_outputs(labels: Volume, folder, *, model, timings: dict, settings: dic
     """
     import time
 
-    from mskai.segment.meshes import surface, write_mesh
+    from mskai.segment.meshes import surfaces as bone_surfaces, write_mesh
 
     folder = Path(folder)
     if confidence is not None:
@@ -297,7 +297,7 @@ def write_outputs(labels: Volume, folder, *, model, timings: dict, settings: dic
 
     t = time.perf_counter()
     mesh_formats = [f for f in ("stl", "ply", "obj") if f in formats]
-    surfaces = {label.value: surface(labels.array, label.value, labels.affine_lps) for label in table}
+    surfaces = bone_surfaces(labels.array, [label.value for label in table], labels.affine_lps)
     timings["meshes"] = time.perf_counter() - t
     t = time.perf_counter()
     for label in table:
