@@ -1,9 +1,10 @@
 """The engine run in a background process, and its result brought into the scene (slicer-core, no Qt).
 
-``VolumeEngineJob`` runs one `mskai <command>` on a volume node (temporary folder, the node written to a fixed-name
-NRRD, EngineJob, progress forwarded by ``poll()``, output loaded into the scene all or nothing, cleanup, cancel);
-``EngineBatchJob`` runs one `mskai batch <command>` over a DICOM database. AutoSegMSKLib's SegmentationJob/BatchJob and
-ACLClassifierLib's job build on them; the process launcher itself is ``mskai.runner.engine.EngineJob`` (pure Python).
+``PolledEngineJob`` is what every such job shares (poll, wait, cancel, the result made once). ``VolumeEngineJob`` runs
+one `mskai <command>` on a volume node (temporary folder, the node written to a fixed-name NRRD, output loaded into
+the scene all or nothing, cleanup); ``EngineBatchJob`` runs one `mskai batch <command>` over a DICOM database.
+AutoSegMSKLib's SegmentationJob, BatchJob and ImproveJob and ACLClassifierLib's job build on them; the process
+launcher itself is ``mskai.runner.engine.EngineJob`` (pure Python).
 """
 
 from __future__ import annotations
@@ -39,7 +40,63 @@ def installed_models(task: str) -> list[dict]:
             for p in packages]
 
 
-class VolumeEngineJob:
+class PolledEngineJob:
+    """An engine process a GUI timer polls: ``poll()`` forwards progress as ``onProgress(stage, fraction)`` and, once
+    the engine has ended, sets ``result`` from ``ended(state)`` (an MskaiError there becomes {"error": message}),
+    runs ``cleanup()`` and calls ``onFinished(result)`` once. ``wait()`` blocks until then; ``cancel()`` ends the
+    engine's process tree. Subclasses set ``_engine`` (a started EngineJob), ``onProgress`` and ``onFinished``."""
+
+    failure = "The engine failed"  # the message when the engine ends without a one-line error of its own
+    onProgress = onFinished = result = None
+
+    def poll(self) -> bool:
+        """Forward new progress; True once the job has finished (then ``result`` is set)."""
+        if self.result is not None:
+            return True
+        for event in self._engine.poll():
+            if self.onProgress and "stage" in event:
+                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
+        if self._engine.running:
+            return False
+        self._engine.wait()
+        try:
+            self.result = self.ended(self._engine.state)
+        except MskaiError as exc:
+            self.result = {"error": str(exc)}
+        finally:
+            self.cleanup()
+        if self.onFinished:
+            self.onFinished(self.result)
+        return True
+
+    def ended(self, state: str) -> dict:
+        """The result of a run that ended in ``state``; subclasses say what "done" gives (``done()``)."""
+        if state == "done":
+            return self.done()
+        if state == "cancelled":
+            return {"cancelled": True}
+        return {"error": self._engine.error or self.failure}
+
+    def done(self) -> dict:
+        raise NotImplementedError
+
+    def cleanup(self):
+        """Called once the result is known, whatever it is."""
+
+    def wait(self, poll_s: float = 0.1) -> dict:
+        """Block until finished; returns the result."""
+        while not self.poll():
+            time.sleep(poll_s)
+        return self.result
+
+    def cancel(self):
+        """End the engine process tree; ``onFinished`` reports the cancel."""
+        if self.result is None:
+            self._engine.cancel()
+            self.poll()
+
+
+class VolumeEngineJob(PolledEngineJob):
     """`mskai <command> input.nrrd -o <output> --progress json <arguments>` on a volume node, in another process.
 
     The node is written to a private temporary folder under a fixed name (node names may name the patient).
@@ -49,8 +106,6 @@ class VolumeEngineJob:
     ``onFinished(result)`` once: load's dict, or {"error": message}, or {"cancelled": True}. The temporary folder
     is removed in every case.
     """
-
-    failure = "The engine failed"  # the message when the engine ends without a one-line error of its own
 
     def __init__(self, scene, volumeNode, command, arguments, load, onProgress=None, onFinished=None,
                  prefix="mskai-"):
@@ -70,47 +125,10 @@ class VolumeEngineJob:
             shutil.rmtree(self._work, ignore_errors=True)
             raise
 
-    def poll(self) -> bool:
-        """Forward new progress; True once the job has finished (then ``result`` is set)."""
-        if self.result is not None:
-            return True
-        for event in self._engine.poll():
-            if self.onProgress and "stage" in event:
-                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
-        if self._engine.running:
-            return False
-        self._engine.wait()
-        if self._engine.state == "done":
-            self._finish(self._load)
-        elif self._engine.state == "cancelled":
-            self._finish(lambda: {"cancelled": True})
-        else:
-            self._finish(lambda: {"error": self._engine.error or self.failure})
-        return True
+    def cleanup(self):
+        shutil.rmtree(self._work, ignore_errors=True)
 
-    def wait(self, poll_s: float = 0.1) -> dict:
-        """Block until finished; returns the result."""
-        while not self.poll():
-            time.sleep(poll_s)
-        return self.result
-
-    def cancel(self):
-        """End the engine process tree; the scene is left as it was."""
-        if self.result is None:
-            self._engine.cancel()
-            self.poll()
-
-    def _finish(self, make_result):
-        try:
-            self.result = make_result()
-        except MskaiError as exc:
-            self.result = {"error": str(exc)}
-        finally:
-            shutil.rmtree(self._work, ignore_errors=True)
-        if self.onFinished:
-            self.onFinished(self.result)
-
-    def _load(self) -> dict:
+    def done(self) -> dict:
         """Bring the engine's files into the scene, all or nothing."""
         added = []
         try:
@@ -122,7 +140,7 @@ class VolumeEngineJob:
             raise
 
 
-class EngineBatchJob:
+class EngineBatchJob(PolledEngineJob):
     """`mskai batch <command>` over a DICOM database in another process: the module's GUI stays usable.
 
     ``poll()`` calls ``onProgress("batch", fraction)`` per unit (series or study) and, once, ``onFinished(summary)``
@@ -130,32 +148,22 @@ class EngineBatchJob:
     batch keeps the units it finished (a later run with resume does the rest) and leaves no half-written unit.
     """
 
+    failure = "The batch engine failed"
+
     def __init__(self, command, databaseDir, outputDir, resume=True, arguments=(), onProgress=None, onFinished=None):
         self.output = Path(outputDir).resolve()
         self.onProgress, self.onFinished, self.result = onProgress, onFinished, None
         self._engine = EngineJob(["batch", command, str(databaseDir), "-o", str(self.output), "--progress", "json",
                                   *(["--resume"] if resume else []), *arguments]).start()
 
-    def poll(self) -> bool:
-        if self.result is not None:
-            return True
-        for event in self._engine.poll():
-            if self.onProgress:
-                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
-        if self._engine.running:
-            return False
-        self._engine.wait()
+    def ended(self, state: str) -> dict:
         report = self.output / "batch.json"
-        if self._engine.state == "cancelled":
-            self.result = {"cancelled": True}
-        elif report.is_file() and self._engine.returncode in (0, 1):  # 1: some units failed, the batch finished
+        if state == "cancelled":
+            return {"cancelled": True}
+        if report.is_file() and self._engine.returncode in (0, 1):  # 1: some units failed, the batch finished
             summary = json.loads(report.read_text())
-            self.result = {key: summary[key] for key in ("done", "skipped", "failed")}
-        else:
-            self.result = {"error": self._engine.error or "The batch engine failed"}
-        if self.onFinished:
-            self.onFinished(self.result)
-        return True
+            return {key: summary[key] for key in ("done", "skipped", "failed")}
+        return {"error": self._engine.error or self.failure}
 
     def cancel(self):
         if self.result is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mskai import MskaiError
 from mskai.runner.engine import EngineJob
+from SlicerMSKCommon.jobs import PolledEngineJob
 from SlicerMSKCommon.nodes import add_volume_node, same_geometry, volume_from_node
 from SlicerMSKCommon.segmentations import label_volume, reference_volume
 
@@ -66,10 +67,12 @@ def save_case(scene, segmentationNode, volumeNode=None, library=None) -> dict:
     return library.add(image, labels, [b.value for b in table], model=model, draft=draft).record
 
 
-class ImproveJob:
-    """`mskai cases improve` in another process: ``poll()`` forwards ``onProgress(stage, fraction)`` and calls
-    ``onFinished(result)`` once: the engine's result (model, accepted, before, after, ...), {"error": message} or
-    {"cancelled": True}. ``cancel()`` ends it; no package and no partial file is left."""
+class ImproveJob(PolledEngineJob):
+    """`mskai cases improve` in another process (see PolledEngineJob): ``onFinished(result)`` gets the engine's result
+    (model, accepted, before, after, ...), {"error": message} or {"cancelled": True}. ``cancel()`` ends it; no package
+    and no partial file is left."""
+
+    failure = "Improving the model failed"
 
     def __init__(self, model=None, minutes=10.0, library=None, onProgress=None, onFinished=None):
         from mskai.models.registry import user_dir
@@ -89,34 +92,8 @@ class ImproveJob:
             shutil.rmtree(self._work, ignore_errors=True)
             raise
 
-    def poll(self) -> bool:
-        if self.result is not None:
-            return True
-        for event in self._engine.poll():
-            if self.onProgress:
-                self.onProgress(event["stage"], float(event.get("progress", 0.0)))
-        if self._engine.running:
-            return False
-        self._engine.wait()
-        if self._engine.state == "done":
-            self.result = json.loads((self._work / "result.json").read_text())
-        elif self._engine.state == "cancelled":
-            self.result = {"cancelled": True}
-        else:
-            self.result = {"error": self._engine.error or "Improving the model failed"}
+    def done(self) -> dict:
+        return json.loads((self._work / "result.json").read_text())
+
+    def cleanup(self):
         shutil.rmtree(self._work, ignore_errors=True)
-        if self.onFinished:
-            self.onFinished(self.result)
-        return True
-
-    def wait(self, poll_s: float = 0.2) -> dict:
-        import time
-
-        while not self.poll():
-            time.sleep(poll_s)
-        return self.result
-
-    def cancel(self):
-        if self.result is None:
-            self._engine.cancel()
-            self.poll()
