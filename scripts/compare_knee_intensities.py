@@ -95,6 +95,7 @@ def main():
     parser.add_argument("--model", required=True, help="knee ligament package (segments the real series)")
     parser.add_argument("--knees", type=int, default=16)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--grades", default="0,1,2,3", help="ACL grades drawn in turn (the real series: intact)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "knee_intensities")
     args = parser.parse_args()
     from mskai.dicom import plan_volumes, read_volume, scan_folder
@@ -112,12 +113,13 @@ def main():
         rows.append({"group": "real T2 MESE", "echo": echo, "stats": statistics(volume, masks)})
         if echo in (1, 4, 8):
             pictures.append((f"real, echo {echo}", _middle(volume)))
-    seen = set()
+    seen, grades = set(), [int(g) for g in args.grades.split(",")]
     for i in range(args.knees):
-        volume, masks = synthetic_acl_knee(i % 4, np.random.default_rng(args.seed * 1_000_003 + i),
+        grade = grades[i % len(grades)]
+        volume, masks = synthetic_acl_knee(grade, np.random.default_rng(args.seed * 1_000_003 + i),
                                            subjects=acl_shape_subjects("test"), with_masks=True)
         contrast = volume.meta["series_description"].removeprefix("SYNTHETIC ").removesuffix(" sagittal knee")
-        rows.append({"group": f"synthetic {contrast}", "grade": i % 4, "stats": statistics(volume, masks)})
+        rows.append({"group": f"synthetic {contrast}", "grade": grade, "stats": statistics(volume, masks)})
         if contrast not in seen:
             seen.add(contrast)
             pictures.append((f"synthetic {contrast}", _middle(volume)))

@@ -52,6 +52,8 @@ def main():
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--class-weight", action="append", default=[], metavar="LABEL=WEIGHT",
+                        help="a class's weight in the loss, e.g. 3=2 (the ACL); repeatable")
     parser.add_argument("--out", default=str(REPO / "Resources" / "Training" / "mskai-knee-ligaments-demo"))
     args = parser.parse_args()
     channels = tuple(int(c) for c in args.channels.split(","))
@@ -64,6 +66,7 @@ def main():
                          channels=channels, model_id="mskai-knee-ligaments-demo", version=args.version, demo=True,
                          training_data=TRAINING_DATA, seed=args.seed, bf16=args.bf16, max_minutes=args.max_minutes,
                          workers=args.workers,
+                         class_weights={int(k): float(v) for k, v in (w.split("=") for w in args.class_weight)},
                          extra={"task": KNEE_LIGAMENTS, "title": "Knee cruciate ligaments (sagittal MR)",
                                 "description": "Femur, tibia, ACL and PCL on sagittal knee MR, slice by slice (2.5D).",
                                 "labels": label_table(LIGAMENT_TABLE),

@@ -13,6 +13,8 @@ thin slices averaged into slabs of about ``SLAB_MM``, the network run on every `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -58,28 +60,55 @@ def _plane_axes(volume: Volume, axis: int):
     return anterior, superior
 
 
-def _slice_points(volume: Volume, axis: int, k: float, centre_mm: np.ndarray, anterior, superior, scale=1.0,
-                  angle=0.0, size=SIZE) -> np.ndarray:
-    """Voxel coordinates (3, size, size) of the in-plane grid of slice ``k``: row r runs inferior, column c
-    posterior; ``scale`` / ``angle`` (radians) rotate and zoom the grid (training augmentation)."""
-    normal_ijk = np.zeros(3)
-    normal_ijk[axis] = k
+@dataclass(frozen=True)
+class SliceGrid:
+    """Where the network's SIZE x SIZE pixels lie on each of the ``n`` slices across ``axis``: the same voxel
+    coordinates ``points`` (2, SIZE, SIZE) along the two in-plane axes on every slice (in the slice's own plane)."""
+
+    axis: int
+    n: int
+    points: np.ndarray
+
+    def __len__(self):
+        return self.n
+
+    def sample(self, array: np.ndarray, order: int) -> np.ndarray:
+        """n x SIZE x SIZE: ``array`` (on the volume grid) on every slice's grid; zero outside the volume."""
+        before = (slice(None),) * self.axis
+        return np.stack([ndimage.map_coordinates(array[before + (k,)], self.points, order=order, mode="constant",
+                                                 cval=0) for k in range(self.n)])
+
+
+def _slice_grid(volume: Volume, axis: int, centre_mm: np.ndarray, anterior, superior, scale=1.0, angle=0.0,
+                size=SIZE) -> SliceGrid:
+    """The in-plane grid: row r runs inferior, column c posterior, centred on ``centre_mm`` projected into each
+    slice; ``scale`` / ``angle`` (radians) rotate and zoom it (training augmentation)."""
     inv = np.linalg.inv(volume.affine_lps)
     centre_ijk = inv[:3, :3] @ centre_mm + inv[:3, 3]
-    centre_ijk[axis] = k
     centre = volume.affine_lps[:3, :3] @ centre_ijk + volume.affine_lps[:3, 3]
     c, s = np.cos(angle), np.sin(angle)
     down, back = -(c * superior + s * anterior), -(-s * superior + c * anterior)
     offsets = (np.arange(size) - (size - 1) / 2) * IN_PLANE_MM * scale
     lps = centre + offsets[:, None, None] * down + offsets[None, :, None] * back
-    ijk = lps @ inv[:3, :3].T + inv[:3, 3]
-    ijk[..., axis] = k  # in the slice's own plane (oblique acquisitions)
-    return np.moveaxis(ijk, -1, 0)
+    ijk = lps @ inv[:3, :3].T + inv[:3, 3]  # the slice axis' coordinate is dropped: each slice's own plane
+    return SliceGrid(axis, volume.shape[axis], np.moveaxis(ijk[..., [a for a in range(3) if a != axis]], -1, 0))
+
+
+def percentiles(array, qs) -> np.ndarray:
+    """``np.percentile(array, qs)`` (linear), from a histogram for integer images (several times faster)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "iu" or array.dtype.itemsize > 2:
+        return np.percentile(array, qs)
+    low = int(array.min())
+    cumulative = np.cumsum(np.bincount((array.ravel() - low).astype(np.intp) if low else array.ravel()))
+    rank = np.asarray(qs, dtype=float) / 100 * (array.size - 1)  # 0-based ranks in the sorted values
+    below, above = (np.searchsorted(cumulative, r, side="right") + low for r in (np.floor(rank), np.ceil(rank)))
+    return below + (rank - np.floor(rank)) * (above - below)
 
 
 def normalised(array: np.ndarray) -> np.ndarray:
     """Intensities scaled by the 0.5 and 99.5 percentiles to about [0, 1], clipped to [-0.5, 1.5] (float32)."""
-    lo, hi = np.percentile(array, (INTENSITY["lower"], INTENSITY["upper"]))
+    lo, hi = percentiles(array, (INTENSITY["lower"], INTENSITY["upper"]))
     return ((np.asarray(array, dtype=np.float32) - lo) / max(hi - lo, 1e-6)).clip(*INTENSITY["clip"])
 
 
@@ -109,82 +138,98 @@ def slab_centres(n: int, step: int) -> np.ndarray:
 
 
 def slice_stack(volume: Volume, centre_mm=None, scale=1.0, angle=0.0, shift_mm=(0.0, 0.0, 0.0), step: int = 1):
-    """(images m x (2 CONTEXT + 1) x SIZE x SIZE float32, grids: voxel coordinates per slice, slice axis) of the
+    """(images m x (2 CONTEXT + 1) x SIZE x SIZE float32, the slices' SliceGrid, slice axis) of the
     sagittal slices of ``volume``, neighbours as channels (edges repeated). ``step`` > 1: the slab of ``step``
-    slices around each of ``slab_centres``, its neighbours the slabs ``step`` slices away; grids of every slice."""
+    slices around each of ``slab_centres``, its neighbours the slabs ``step`` slices away; the grid covers every slice."""
     axis = slice_axis(volume)
     centre = (volume.ijk_to_lps((np.array(volume.shape) - 1) / 2)[0] if centre_mm is None
               else np.asarray(centre_mm, dtype=float)) + np.asarray(shift_mm)
     anterior, superior = _plane_axes(volume, axis)
     image = normalised(volume.array)
     n = volume.shape[axis]
-    grids = [_slice_points(volume, axis, k, centre, anterior, superior, scale, angle) for k in range(n)]
-    planes = np.stack([ndimage.map_coordinates(image, g, order=1, mode="constant", cval=0.0) for g in grids])
+    grid = _slice_grid(volume, axis, centre, anterior, superior, scale, angle)
+    planes = grid.sample(image, order=1)
     if step > 1:
         planes = ndimage.uniform_filter1d(planes, step, axis=0, mode="nearest")
     centres = slab_centres(n, step)
     index = np.clip(centres[:, None] + step * np.arange(-CONTEXT, CONTEXT + 1)[None], 0, n - 1)
-    return planes[index].astype(np.float32), grids, axis
+    return planes[index].astype(np.float32), grid, axis
 
 
-def labels_on_slices(labels: np.ndarray, grids) -> np.ndarray:
+def labels_on_slices(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
     """A label map on the volume grid sampled onto the slice grids (nearest): n x SIZE x SIZE uint8."""
-    return np.stack([ndimage.map_coordinates(labels, g, order=0, mode="constant", cval=0) for g in grids])
+    return grid.sample(labels, order=0).astype(np.uint8)
 
 
 def _back_to_volume(probabilities: np.ndarray, volume: Volume, axis: int, centre, anterior, superior,
                     centres=None, chunk: int = 16) -> np.ndarray:
     """Labels on the volume grid from per-slice probabilities (m x C x SIZE x SIZE, at the slices ``centres``; all
-    slices by default), linear in the plane and between the centres; outside the slice grids background."""
+    slices by default), linear in the plane and between the centres; outside the slice grids background.
+
+    The grid lies alike on every slice, so each centre's probabilities are resampled onto the voxels once and the
+    slices between are blended from those (both steps are linear: the same as blending first)."""
     import torch
     import torch.nn.functional as F
 
     shape = volume.shape
     centres = np.arange(shape[axis]) if centres is None else np.asarray(centres)
     in_plane = [a for a in range(3) if a != axis]
-    ii, jj = np.meshgrid(np.arange(shape[in_plane[0]]), np.arange(shape[in_plane[1]]), indexing="ij")
-    out = np.zeros(shape, np.uint8)
-    rows_dir, cols_dir = -superior, -anterior
+    inv = np.linalg.inv(volume.affine_lps)
+    centre_ijk = inv[:3, :3] @ np.asarray(centre, dtype=float) + inv[:3, 3]
+    offset = np.zeros((3,) + tuple(shape[a] for a in in_plane))
+    offset[in_plane[0]], offset[in_plane[1]] = np.meshgrid(np.arange(shape[in_plane[0]]) - centre_ijk[in_plane[0]],
+                                                           np.arange(shape[in_plane[1]]) - centre_ijk[in_plane[1]],
+                                                           indexing="ij")
+    d = np.tensordot(volume.affine_lps[:3, :3], offset, 1)  # mm from the grid centre, in the slice's plane
+    scale = IN_PLANE_MM * (SIZE - 1) / 2  # to grid_sample's -1..1
+    grid = np.stack([np.tensordot(-anterior, d, 1), np.tensordot(-superior, d, 1)], axis=-1) / scale  # columns first
+    grid = torch.from_numpy(grid.astype(np.float32))[None]
     p = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))
+    on_voxels = torch.cat([F.grid_sample(p[i:i + chunk], grid.expand(len(p[i:i + chunk]), -1, -1, -1),
+                                         mode="bilinear", padding_mode="zeros", align_corners=True)
+                           for i in range(0, len(p), chunk)])  # m x C x in-plane shape
+    out = np.zeros(shape, np.uint8)
     for first in range(0, shape[axis], chunk):
         ks = np.arange(first, min(first + chunk, shape[axis]))
         right = np.minimum(np.searchsorted(centres, ks), len(centres) - 1)
         left = np.where(centres[right] > ks, np.maximum(right - 1, 0), right)
         span = (centres[right] - centres[left]).astype(np.float32)
         w = torch.from_numpy(np.where(span > 0, (ks - centres[left]) / np.maximum(span, 1), 0.0).astype(np.float32))
-        slices = p[left] * (1 - w)[:, None, None, None] + p[right] * w[:, None, None, None]
-        grids = []
-        for k in ks:
-            ijk = np.zeros((3,) + ii.shape)
-            ijk[in_plane[0]], ijk[in_plane[1]], ijk[axis] = ii, jj, k
-            lps = np.tensordot(volume.affine_lps[:3, :3], ijk, 1) + volume.affine_lps[:3, 3, None, None]
-            grid_centre = _slice_points(volume, axis, k, centre, anterior, superior, size=1)[:, 0, 0]
-            d = lps - (volume.affine_lps[:3, :3] @ grid_centre + volume.affine_lps[:3, 3])[:, None, None]
-            r = np.tensordot(rows_dir, d, 1) / IN_PLANE_MM / ((SIZE - 1) / 2)  # grid_sample's -1..1
-            c = np.tensordot(cols_dir, d, 1) / IN_PLANE_MM / ((SIZE - 1) / 2)
-            grids.append(np.stack([c, r], axis=-1))  # x (columns) first
-        grid = torch.from_numpy(np.stack(grids).astype(np.float32))
-        sampled = F.grid_sample(slices, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        labels = sampled.max(1).indices.to(torch.uint8).numpy()  # zeros outside: background (the first) wins ties
+        blended = on_voxels[left] * (1 - w)[:, None, None, None] + on_voxels[right] * w[:, None, None, None]
+        labels = blended.max(1).indices.to(torch.uint8).numpy()  # zeros outside: background (the first) wins ties
         out[tuple(ks if a == axis else slice(None) for a in range(3))] = np.moveaxis(labels, 0, axis)
     return out
 
 
-def segment_ligaments(volume: Volume, package, network=None, batch: int = 8) -> Volume:
-    """Femur, tibia, ACL and PCL (``LIGAMENT_TABLE`` values) on the volume's grid."""
+def _network_runner(package, network):
+    """``run(stack)`` -> probabilities: ``network`` (torch) when given, else ONNX Runtime, else the package's torch
+    network."""
     import torch
 
+    if network is None:
+        from mskai.segment.runtime import onnx_runner
+
+        run = onnx_runner(package, (SIZE, SIZE), torch.get_num_threads())
+        if run is not None:
+            return lambda stack: torch.softmax(torch.from_numpy(run(stack)), 1).numpy()
+        network = package.build_network()
+    network.eval()
+
+    def run_torch(stack):
+        with torch.inference_mode():
+            return torch.softmax(network(torch.from_numpy(stack)), 1).numpy()
+    return run_torch
+
+
+def segment_ligaments(volume: Volume, package, network=None, batch: int = 8) -> Volume:
+    """Femur, tibia, ACL and PCL (``LIGAMENT_VALUES``) on the volume's grid. network: a torch network already
+    built (batch use); without one the package's network runs under ONNX Runtime where it can."""
     check_input(package)
-    net = network or package.build_network()
-    net.eval()
+    run = _network_runner(package, network)
     axis = slice_axis(volume)
     step = slab_step(volume, axis)
     stack, _, _ = slice_stack(volume, step=step)
-    probabilities = []
-    with torch.inference_mode():
-        for start in range(0, len(stack), batch):
-            probabilities.append(torch.softmax(net(torch.from_numpy(stack[start:start + batch])), 1).numpy())
-    probabilities = np.concatenate(probabilities)
+    probabilities = np.concatenate([run(stack[start:start + batch]) for start in range(0, len(stack), batch)])
     centre = volume.ijk_to_lps((np.array(volume.shape) - 1) / 2)[0]
     anterior, superior = _plane_axes(volume, axis)
     labels = _back_to_volume(probabilities, volume, axis, centre, anterior, superior,

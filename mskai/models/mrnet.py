@@ -1,7 +1,10 @@
 """The MRNet-style classifier: one 2D CNN applied to every slice, features pooled over slices, a linear head.
 
-The per-slice network is MONAI's ResNet (2D) laid out like torchvision's (stride-2 stem, downsampling without
-bias), so ImageNet weights in that layout can initialise it when the user supplies the file (``load_backbone``).
+The per-slice network is a basic-block ResNet (2D) in plain torch, with the module names, weights and initialisation
+of MONAI's ``ResNet(block="basic", spatial_dims=2, conv1_t_stride=2, bias_downsample=False, feed_forward=False)``
+(a test checks the two agree) and laid out like torchvision's, so ImageNet weights in that layout can initialise it
+when the user supplies the file (``load_backbone``). Plain torch because classifying a knee must not wait for MONAI's
+import (about 2 s of every `mskai classify`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,58 @@ import torch
 from torch import nn
 
 from mskai import MskaiError
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a shortcut (1x1 convolution + batch norm when the shape changes)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = (nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                           if stride != 1 or in_planes != planes else None)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        return self.act(out + shortcut)
+
+
+class ResNet2d(nn.Module):
+    """(N, channels, H, W) -> (N, widths[-1]) features: a 7x7 stride-2 stem, max pooling, four stages of
+    ``layers[i]`` blocks of ``widths[i]`` channels (stride 2 from the second), global average pooling."""
+
+    def __init__(self, in_channels: int, layers, widths):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.in_planes = widths[0]
+        stages = []
+        for i, (blocks, planes) in enumerate(zip(layers, widths)):
+            stage = []
+            for b in range(blocks):
+                stage.append(BasicBlock(self.in_planes, planes, 2 if i > 0 and b == 0 else 1))
+                self.in_planes = planes
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:  # nothing to draw on the meta device
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
 
 
 class MRNetStyle(nn.Module):
@@ -21,15 +76,13 @@ class MRNetStyle(nn.Module):
 
     def __init__(self, in_channels: int = 1, n_classes: int = 4, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                  pooling: str = "max", dropout: float = 0.2):
-        from monai.networks.nets import ResNet
-
         super().__init__()
         if pooling not in ("max", "attention"):
             raise MskaiError(f"pooling must be max or attention, not {pooling!r}")
+        if len(layers) != 4 or len(widths) != 4 or min(layers) < 1 or min(widths) < 1:
+            raise MskaiError(f"layers and widths need four positive entries (one per stage), not {layers} and {widths}")
         self.pooling = pooling
-        self.backbone = ResNet(block="basic", layers=list(layers), block_inplanes=list(widths), spatial_dims=2,
-                               n_input_channels=in_channels, conv1_t_stride=2, bias_downsample=False,
-                               feed_forward=False)
+        self.backbone = ResNet2d(in_channels, list(layers), list(widths))
         features = self.backbone.in_planes  # channels after the last stage
         self.attention = (nn.Sequential(nn.Linear(features, 64), nn.Tanh(), nn.Linear(64, 1))
                           if pooling == "attention" else None)

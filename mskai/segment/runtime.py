@@ -35,7 +35,8 @@ def _export(package, roi, path):
     import torch
 
     net = package.build_network().eval()
-    window = torch.from_numpy(np.random.default_rng(0).normal(0.5, 0.3, (1, 1, *roi)).astype(np.float32))
+    channels = package.metadata["network"]["args"].get("in_channels", 1)
+    window = torch.from_numpy(np.random.default_rng(0).normal(0.5, 0.3, (1, channels, *roi)).astype(np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and instance-norm notes
@@ -58,7 +59,7 @@ def _session(path, threads):
 
 
 def onnx_runner(package, roi, threads: int | None = None):
-    """``run(windows)`` (B x 1 x roi float32 -> B x classes x roi) by ONNX Runtime, or None (use torch)."""
+    """``run(windows)`` (B x channels x roi float32 -> B x classes x roi) by ONNX Runtime, or None (use torch)."""
     if os.environ.get("MSKAI_RUNTIME", "").lower() == "torch":
         return None
     if importlib.util.find_spec("onnxruntime") is None:

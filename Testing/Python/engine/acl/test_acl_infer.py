@@ -22,6 +22,28 @@ def test_network_pools_over_slices_and_any_slice_count():
         assert torch.allclose(net(x), net(x.flip(2)), atol=1e-5)
 
 
+@pytest.mark.parametrize("layers, widths", [((1, 1, 1, 1), (16, 32, 64, 128)), ((2, 1, 2, 1), (8, 16, 32, 48))])
+def test_the_plain_torch_backbone_is_monai_resnet_with_its_names_and_outputs(layers, widths):
+    from monai.networks.nets import ResNet
+
+    from mskai.models.mrnet import ResNet2d
+
+    torch.manual_seed(3)
+    monai_net = ResNet(block="basic", layers=list(layers), block_inplanes=list(widths), spatial_dims=2,
+                       n_input_channels=2, conv1_t_stride=2, bias_downsample=False, feed_forward=False)
+    for module in monai_net.modules():  # running statistics as a trained network has them
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    ours = ResNet2d(2, layers, widths)
+    assert sorted(ours.state_dict()) == sorted(monai_net.state_dict())
+    ours.load_state_dict(monai_net.state_dict())
+    x = torch.randn(3, 2, 96, 80)
+    assert torch.allclose(ours.eval()(x), monai_net.eval()(x), atol=1e-6)
+    with pytest.raises(MskaiError, match="four positive entries"):
+        MRNetStyle(layers=(1, 1, 1), widths=(8, 16, 32))
+
+
 def test_backbone_weights_in_torchvision_layout_load_and_a_mismatch_is_refused(tmp_path):
     from monai.networks.nets import ResNet
     from safetensors.torch import save_file
