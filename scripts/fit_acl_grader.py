@@ -25,11 +25,12 @@ sys.path.insert(0, str(REPO))
 from mskai.training.acl_signs import choose_threshold, evaluate_grader, fit_grader, measure_cases  # noqa: E402
 
 
-def _rows(out: Path, name: str, n: int, split: str, seed: int, segmenter, reuse: bool) -> list:
+def _rows(out: Path, name: str, n: int, split: str, seed: int, args) -> list:
     path = out / f"signs_{name}.json"
-    if reuse and path.is_file():
+    if args.reuse and path.is_file():
         return json.loads(path.read_text())
-    rows = measure_cases(n, split, seed, segmenter, progress=lambda i, k: print(f"{name} {i}/{k}", end="\r", flush=True))
+    rows = measure_cases(n, split, seed, segmenter_model=args.segmenter, workers=args.workers,
+                         progress=lambda i, k: print(f"{name} {i}/{k}", end="\r", flush=True))
     path.write_text(json.dumps(rows, indent=1))
     print()
     return rows
@@ -63,18 +64,14 @@ def main():
     parser.add_argument("--package-from", help="ACL package whose image classifier the new package keeps")
     parser.add_argument("--package-out", type=Path, help="where to write the ACL package that reads anatomy")
     parser.add_argument("--version", default="0.4.0")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering and measuring knees")
     args = parser.parse_args()
     if args.package_from and not (args.segmenter and args.package_out):
         parser.error("--package-from needs --segmenter (the ligament model it names) and --package-out")
     args.out.mkdir(parents=True, exist_ok=True)
-    segmenter = None
-    if args.segmenter:
-        from mskai.acl.ligaments import ligament_segmenter
-
-        segmenter = ligament_segmenter(args.segmenter)
-    train = _rows(args.out, "train", args.train, "train", args.seed, segmenter, args.reuse)
-    val = _rows(args.out, "val", args.val, "val", args.seed + 2, segmenter, args.reuse)
-    test = _rows(args.out, "test", args.test, "test", args.seed + 1, segmenter, args.reuse)
+    train = _rows(args.out, "train", args.train, "train", args.seed, args)
+    val = _rows(args.out, "val", args.val, "val", args.seed + 2, args)
+    test = _rows(args.out, "test", args.test, "test", args.seed + 1, args)
     grader = fit_grader(train)
     grader["threshold"] = choose_threshold(val, grader, args.min_specificity)
     figures = {split: evaluate_grader(rows, grader) for split, rows in (("train", train), ("val", val), ("test", test))}

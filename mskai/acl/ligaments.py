@@ -252,10 +252,10 @@ def ligament_masks(labels: Volume) -> dict:
 
 
 def ligament_segmenter(model):
-    """A Volume -> masks function with the package ``model`` (id, path or package) loaded once."""
+    """A Volume -> masks function with the package ``model`` (id, path or package) loaded once (its network run
+    as ``segment_ligaments`` runs it)."""
     from mskai.models.registry import resolve_model
     from mskai.models.tasks import KNEE_LIGAMENTS
 
     package = resolve_model(model, KNEE_LIGAMENTS)
-    net = package.build_network()
-    return lambda volume: ligament_masks(segment_ligaments(volume, package, net))
+    return lambda volume: ligament_masks(segment_ligaments(volume, package))

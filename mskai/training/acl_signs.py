@@ -13,24 +13,63 @@ import numpy as np
 from mskai.acl import GRADES, to_binary
 
 
-def measure_cases(n: int, split: str, seed: int, segmenter=None, progress=None) -> list[dict]:
-    """Signs of ``n`` synthetic knees (grades in turn) of one OAI subject split: {"grade", "signs" or "reason"}."""
+def _measure_one(i: int, split: str, seed: int, segmenter) -> dict:
     from mskai.acl.signs import SignsUnavailable, tear_signs
     from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee
 
-    subjects = acl_shape_subjects(split)
+    grade = i % 4
+    volume, truth = synthetic_acl_knee(grade, np.random.default_rng(seed * 1_000_003 + i),
+                                       subjects=acl_shape_subjects(split), with_masks=True)
+    masks = truth if segmenter is None else segmenter(volume)
+    try:
+        return {"grade": grade, "signs": tear_signs(masks, volume.affine_lps, volume.array)["signs"]}
+    except SignsUnavailable as exc:
+        return {"grade": grade, "reason": str(exc)}
+
+
+_WORKER = {}  # the segmenter of a worker process, built once by _start_worker
+
+
+def _start_worker(model):
+    import torch
+
+    from mskai.acl.ligaments import ligament_segmenter
+
+    torch.set_num_threads(1)
+    _WORKER["segmenter"] = ligament_segmenter(model) if model else None
+
+
+def _measure_in_worker(job):
+    return _measure_one(*job, _WORKER["segmenter"])
+
+
+def measure_cases(n: int, split: str, seed: int, segmenter=None, progress=None, workers: int = 1,
+                  segmenter_model=None) -> list[dict]:
+    """Signs of ``n`` synthetic knees (grades in turn) of one OAI subject split: {"grade", "signs" or "reason"}.
+
+    workers > 1: that many processes (one thread each), each segmenting with its own ``segmenter_model`` (a
+    ligament package reference; ``segmenter`` is for one process). The same rows, in the same order, either way."""
+    jobs = [(i, split, seed) for i in range(n)]
+    if workers <= 1:
+        if segmenter is None and segmenter_model:
+            from mskai.acl.ligaments import ligament_segmenter
+
+            segmenter = ligament_segmenter(segmenter_model)
+        results = (_measure_one(*job, segmenter) for job in jobs)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(segmenter_model,))
+        results = pool.map(_measure_in_worker, jobs)
     rows = []
-    for i in range(n):
-        grade = i % 4
-        volume, truth = synthetic_acl_knee(grade, np.random.default_rng(seed * 1_000_003 + i), subjects=subjects,
-                                           with_masks=True)
-        masks = truth if segmenter is None else segmenter(volume)
-        try:
-            rows.append({"grade": grade, "signs": tear_signs(masks, volume.affine_lps, volume.array)["signs"]})
-        except SignsUnavailable as exc:
-            rows.append({"grade": grade, "reason": str(exc)})
+    for row in results:
+        rows.append(row)
         if progress:
-            progress(i + 1, n)
+            progress(len(rows), n)
+    if workers > 1:
+        pool.shutdown()
     return rows
 
 

@@ -111,3 +111,11 @@ def test_a_malformed_grader_is_refused():
                    {**good, "threshold": 1.5}):
         with pytest.raises(MskaiError, match="grader is malformed"):
             check_grader(broken)
+
+
+def test_knees_measured_in_worker_processes_are_the_knees_measured_in_one():
+    from mskai.training.acl_signs import measure_cases
+
+    one = measure_cases(2, "val", 9)
+    two = measure_cases(2, "val", 9, workers=2)
+    assert [r["grade"] for r in one] == [0, 1] and one == two
