@@ -37,18 +37,20 @@ class ACLClassifier(ScriptedLoadableModule):
             "background; Cancel stops it.</li><li>Read the verdict and the probabilities (table, bar chart); the "
             "evidence map is shown over the slices, which jump to the key slice; step through the slices with the "
             "strongest evidence.</li><li>Save the report (JSON, CSV), the evidence map and a PNG of the key slice."
-            "</li></ol>A model that reads anatomy (the 0.4.0 candidates, not yet shipped) also segments the ACL and "
-            "PCL for the Segment Editor, measures the tear signs (continuity, gap, length, angles to the Blumensaat "
-            "line and the plateau, signal, notch) into the table, draws the Blumensaat line and the footprints as "
-            "markups, grades from the signs or says <i>indeterminate</i> and why; after correcting the segments press "
-            "<i>Measure signs again</i>. The shipped 0.3.0 reads the image only: on 27 real exams checked "
-            "independently it was near chance (AUC 0.58), so treat its verdict as a demonstration only.<p>Whole "
+            "</li></ol>The bundled model (0.4.0) reads anatomy: it segments the ACL and PCL for the Segment Editor, "
+            "measures the tear signs (continuity, gap, length, angles to the Blumensaat line and the plateau, signal, "
+            "notch) into the table, draws the Blumensaat line and the footprints as markups, and grades from the signs "
+            "or says <i>indeterminate</i> and why; after correcting the segments press <i>Measure signs again</i>. "
+            "The heat map is the image classifier's evidence, one more view: that classifier alone was near chance on "
+            "27 real exams checked independently (AUC 0.58), so it does not vote. Checked on synthetic knees of unseen "
+            "subjects only (torn vs intact AUC 0.947, specificity 0.84): a demonstration, not a diagnosis.<p>Whole "
             "databases: the Batch section, or ACLClassifierLogic.processDatabase in the Python console (see the "
             "README).")
         parent.acknowledgementText = (
             "The demo model is trained on synthetic sagittal knees rendered from femur/tibia masks of Osteoarthritis "
             "Initiative knees (wilsonkchung/knee-osteoarthritis-classification-using-bone-distance, Apache-2.0) and "
-            "the pymskt knee sample data (MIT). See NOTICE.md.")
+            "the pymskt knee sample data (MIT); the ligament model also on the Visible Human Female's ACL and PCL "
+            "profiles (CC BY 4.0, Andreassen et al. 2022). See NOTICE.md.")
 
 
 @parameterNodeWrapper

@@ -8,6 +8,7 @@ import torch
 
 from conftest import make_package, run_mskai
 from mskai import MskaiError
+from mskai.acl import GRADES
 from mskai.models.mrnet import MRNetStyle, load_backbone
 
 
@@ -235,3 +236,9 @@ def test_the_bundled_acl_demo_model_says_demo_and_classifies_the_real_knee_serie
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "not for clinical use" in result.stderr and report["model"]["id"] == "mskai-acl-demo"
     assert "echo" in report["series"]["reason"] and report["timings_s"]["classify_and_cam"] < 10
+    # it reads anatomy with the bundled ligament package: graded from the tear signs, the ligaments written
+    ligaments = find_model(package.metadata["anatomy"]["ligament_model"])
+    assert ligaments.source.parent.name == "Models" and ligaments.metadata["demo"] is True
+    assert (ligaments.source / "NOTICE.md").is_file()
+    assert report["probabilities_source"] == "tear signs" and report["predicted"] in GRADES
+    assert report["anatomy"]["signs"]["acl_volume_ml"] > 0.2 and (tmp_path / "out" / "ligaments.seg.nrrd").is_file()
