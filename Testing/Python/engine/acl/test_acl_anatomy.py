@@ -65,3 +65,28 @@ def test_a_segmentation_on_another_grid_or_a_package_without_anatomy_is_refused(
     result = run_mskai("classify", folder / "knee.nrrd", "-o", tmp_path / "out", "--model", broken, ok=False)
     assert result.returncode != 0 and "grader is malformed" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_the_shipped_model_gives_no_grade_on_a_sagittal_hip_or_a_phantom(tmp_path):
+    """Non-knee sagittal volumes the network was never shown: a hip (bones of a hip CT person drawn as an MR-like
+    image, 3.5 mm sagittal slices) and the MR phantom. The bundled 0.4.0 says indeterminate, with the reason."""
+    from scipy import ndimage
+
+    from mskai.acl.run import classify_to_folder
+    from mskai.synth.hip_ct import hip_ct_subjects, load_hip_ct
+    from mskai.synth.phantom import phantom
+
+    labels, affine = load_hip_ct(hip_ct_subjects()[0])
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    step = max(1, int(round(3.5 / spacing[0])))
+    body = ndimage.binary_dilation(labels > 0, iterations=15)
+    image = np.where(body, 350.0, 20.0) + np.where(labels > 0, 630.0, 0.0)
+    image = ndimage.gaussian_filter(image, 1.0) + np.random.default_rng(0).normal(0, 25, image.shape)
+    image = ndimage.uniform_filter1d(image, step, axis=0)[::step]
+    hip = Volume(image.astype(np.int16), np.diag([-spacing[0] * step, -spacing[1], spacing[2], 1.0]))
+    write_volume(hip, tmp_path / "hip.nrrd")
+    write_volume(phantom(shape=(256, 256, 40), spacing=(0.6, 0.6, 3.5)), tmp_path / "phantom.nrrd")
+    for name in ("hip", "phantom"):
+        report = classify_to_folder(tmp_path / f"{name}.nrrd", tmp_path / name)
+        assert report["model"]["version"] == "0.4.0" and report["predicted"] == "indeterminate", name
+        assert report["indeterminate_reason"] and report["anatomy"]["p_torn"] is None
