@@ -140,7 +140,7 @@ def slab_centres(n: int, step: int) -> np.ndarray:
 def slice_stack(volume: Volume, centre_mm=None, scale=1.0, angle=0.0, shift_mm=(0.0, 0.0, 0.0), step: int = 1):
     """(images m x (2 CONTEXT + 1) x SIZE x SIZE float32, the slices' SliceGrid, slice axis) of the
     sagittal slices of ``volume``, neighbours as channels (edges repeated). ``step`` > 1: the slab of ``step``
-    slices around each of ``slab_centres``, its neighbours the slabs ``step`` slices away; the grid covers every slice."""
+    slices around each of ``slab_centres``, its neighbours the slabs ``step`` slices away (the grid: every slice)."""
     axis = slice_axis(volume)
     centre = (volume.ijk_to_lps((np.array(volume.shape) - 1) / 2)[0] if centre_mm is None
               else np.asarray(centre_mm, dtype=float)) + np.asarray(shift_mm)

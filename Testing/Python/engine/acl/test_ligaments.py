@@ -141,8 +141,9 @@ def test_integer_percentiles_from_the_histogram_equal_numpys():
 
     rng = np.random.default_rng(4)
     qs = (0.0, 0.5, 37.3, 50.0, 99.5, 100.0)
-    for array in (rng.integers(-300, 3000, (40, 30, 20)).astype(np.int16), rng.integers(0, 60000, 999).astype(np.uint16),
-                  np.array([5, 5, 5, 7], np.int16), rng.normal(size=(9, 9)).astype(np.float32)):
+    for array in (rng.integers(-300, 3000, (40, 30, 20)).astype(np.int16),
+                  rng.integers(0, 60000, 999).astype(np.uint16), np.array([5, 5, 5, 7], np.int16),
+                  rng.normal(size=(9, 9)).astype(np.float32)):
         assert np.allclose(percentiles(array, qs), np.percentile(array, qs), rtol=0, atol=1e-9)
 
 
