@@ -50,27 +50,27 @@ def measure_cases(n: int, split: str, seed: int, segmenter=None, progress=None, 
     workers > 1: that many processes (one thread each), each segmenting with its own ``segmenter_model`` (a
     ligament package reference; ``segmenter`` is for one process). The same rows, in the same order, either way."""
     jobs = [(i, split, seed) for i in range(n)]
+
+    def collect(results):
+        rows = []
+        for row in results:
+            rows.append(row)
+            if progress:
+                progress(len(rows), n)
+        return rows
+
     if workers <= 1:
         if segmenter is None and segmenter_model:
             from mskai.acl.ligaments import ligament_segmenter
 
             segmenter = ligament_segmenter(segmenter_model)
-        results = (_measure_one(*job, segmenter) for job in jobs)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        return collect(_measure_one(*job, segmenter) for job in jobs)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(segmenter_model,))
-        results = pool.map(_measure_in_worker, jobs)
-    rows = []
-    for row in results:
-        rows.append(row)
-        if progress:
-            progress(len(rows), n)
-    if workers > 1:
-        pool.shutdown()
-    return rows
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                             initargs=(segmenter_model,)) as pool:
+        return collect(pool.map(_measure_in_worker, jobs))
 
 
 def fit_grader(rows: list[dict], c: float = 1.0) -> dict:
