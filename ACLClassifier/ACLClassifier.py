@@ -43,7 +43,7 @@ class ACLClassifier(ScriptedLoadableModule):
             "or says <i>indeterminate</i> and why; after correcting the segments press <i>Measure signs again</i>. "
             "The heat map is the image classifier's evidence, one more view: that classifier alone was near chance on "
             "27 real exams checked independently (AUC 0.58), so it does not vote. Checked on synthetic knees of unseen "
-            "subjects only (torn vs intact AUC 0.947, specificity 0.84): a demonstration, not a diagnosis.<p>Whole "
+            "subjects only (torn vs intact AUC 0.955, specificity 0.90): a demonstration, not a diagnosis.<p>Whole "
             "databases: the Batch section, or ACLClassifierLogic.processDatabase in the Python console (see the "
             "README).")
         parent.acknowledgementText = (
