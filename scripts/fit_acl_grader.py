@@ -29,7 +29,7 @@ def _rows(out: Path, name: str, n: int, split: str, seed: int, args) -> list:
     path = out / f"signs_{name}.json"
     if args.reuse and path.is_file():
         return json.loads(path.read_text())
-    rows = measure_cases(n, split, seed, segmenter_model=args.segmenter, workers=args.workers,
+    rows = measure_cases(n, split, seed, segmenter=args.segmenter, workers=args.workers,
                          progress=lambda i, k: print(f"{name} {i}/{k}", end="\r", flush=True))
     path.write_text(json.dumps(rows, indent=1))
     print()

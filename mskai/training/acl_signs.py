@@ -2,8 +2,8 @@
 on the training split (scikit-learn), and its evaluation on the held-out split (AUC torn vs intact, macro F1,
 specificity at the reported operating point, how often the signs are unavailable).
 
-``segmenter``: a function (Volume) -> masks {"acl", "pcl", "femur", "tibia"} on the volume's grid. None measures the
-generator's own masks (the ceiling: what the signs can tell when the segmentation is perfect).
+``segmenter``: a knee ligament package (id, path or package) whose masks {"acl", "pcl", "femur", "tibia"} are measured.
+None measures the generator's own masks (the ceiling: what the signs can tell when the segmentation is perfect).
 """
 
 from __future__ import annotations
@@ -13,43 +13,49 @@ import numpy as np
 from mskai.acl import GRADES, to_binary
 
 
-def _measure_one(i: int, split: str, seed: int, segmenter) -> dict:
+def _measure_one(i: int, subjects: list, seed: int, segment) -> dict:
     from mskai.acl.signs import SignsUnavailable, tear_signs
-    from mskai.synth.acl_knee import acl_shape_subjects, synthetic_acl_knee
+    from mskai.synth.acl_knee import synthetic_acl_knee
 
     grade = i % 4
-    volume, truth = synthetic_acl_knee(grade, np.random.default_rng(seed * 1_000_003 + i),
-                                       subjects=acl_shape_subjects(split), with_masks=True)
-    masks = truth if segmenter is None else segmenter(volume)
+    volume, truth = synthetic_acl_knee(grade, np.random.default_rng(seed * 1_000_003 + i), subjects=subjects,
+                                       with_masks=True)
+    masks = truth if segment is None else segment(volume)
     try:
         return {"grade": grade, "signs": tear_signs(masks, volume.affine_lps, volume.array)["signs"]}
     except SignsUnavailable as exc:
         return {"grade": grade, "reason": str(exc)}
 
 
-_WORKER = {}  # the segmenter of a worker process, built once by _start_worker
-
-
-def _start_worker(model):
-    import torch
-
+def _segment_function(segmenter):
     from mskai.acl.ligaments import ligament_segmenter
 
+    return ligament_segmenter(segmenter) if segmenter else None
+
+
+_WORKER = {}  # the segment function of a worker process, built once by _start_worker
+
+
+def _start_worker(segmenter):
+    import torch
+
     torch.set_num_threads(1)
-    _WORKER["segmenter"] = ligament_segmenter(model) if model else None
+    _WORKER["segment"] = _segment_function(segmenter)
 
 
 def _measure_in_worker(job):
-    return _measure_one(*job, _WORKER["segmenter"])
+    return _measure_one(*job, _WORKER["segment"])
 
 
-def measure_cases(n: int, split: str, seed: int, segmenter=None, progress=None, workers: int = 1,
-                  segmenter_model=None) -> list[dict]:
+def measure_cases(n: int, split: str, seed: int, segmenter=None, progress=None, workers: int = 1) -> list[dict]:
     """Signs of ``n`` synthetic knees (grades in turn) of one OAI subject split: {"grade", "signs" or "reason"}.
 
-    workers > 1: that many processes (one thread each), each segmenting with its own ``segmenter_model`` (a
-    ligament package reference; ``segmenter`` is for one process). The same rows, in the same order, either way."""
-    jobs = [(i, split, seed) for i in range(n)]
+    workers > 1: that many processes (one thread each), each loading ``segmenter`` itself. The same rows, in the
+    same order, either way."""
+    from mskai.synth.acl_knee import acl_shape_subjects
+
+    subjects = acl_shape_subjects(split)
+    jobs = [(i, subjects, seed) for i in range(n)]
 
     def collect(results):
         rows = []
@@ -60,16 +66,13 @@ def measure_cases(n: int, split: str, seed: int, segmenter=None, progress=None, 
         return rows
 
     if workers <= 1:
-        if segmenter is None and segmenter_model:
-            from mskai.acl.ligaments import ligament_segmenter
-
-            segmenter = ligament_segmenter(segmenter_model)
-        return collect(_measure_one(*job, segmenter) for job in jobs)
+        segment = _segment_function(segmenter)
+        return collect(_measure_one(*job, segment) for job in jobs)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                             initargs=(segmenter_model,)) as pool:
+                             initargs=(segmenter,)) as pool:
         return collect(pool.map(_measure_in_worker, jobs))
 
 
